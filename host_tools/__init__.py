@@ -1,0 +1,1 @@
+"""aedgate host tools: keys, tokens, unlock/dispatch, monitor, provisioning, console."""

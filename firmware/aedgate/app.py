@@ -1,0 +1,260 @@
+# The cabinet application: wires the injected hardware (`hw`) to the cabinet logic, the outbox
+# and the MQTT session, as a handful of asyncio tasks. The same code runs on the ESP32 (board.py
+# builds `hw` from machine.Pin & co.) and in the simulator (simulated `hw`).
+import json
+
+from aedgate import VERSION, config
+from aedgate.cabinet import Cabinet
+from aedgate.compat import Flag, asyncio, sleep_ms
+from aedgate.mqtt import MQTTClient, backoff_ms
+from aedgate.outbox import Outbox
+
+
+class App:
+    def __init__(self, hw, flash):
+        self.hw = hw
+        self.flash = flash
+        self.clock = hw.clock
+        self.log = getattr(hw, "log", None) or print
+        self.boot_ts = self.clock.time()
+        self.cfg, errors = config.load(flash, hw.unique_id)
+        self.device_id = self.cfg["device_id"]
+        self.topic = "aed/v1/" + self.device_id + "/"
+        self.outbox = Outbox(flash)
+        self.wake = Flag()            # something is waiting to be published
+        self.online = False
+        self.mqtt = None
+        self._link_lost = False
+        self._acks = []               # command results waiting to be sent (RAM: not events)
+        self._timers = {}             # name -> task (door left open, siren)
+        self.cabinet = Cabinet(self.cfg, self.emit, VERSION)
+        self.emit({"type": "boot", "cause": hw.reset_cause, "fw": VERSION})
+        for field, reason in errors:
+            # A missing file on a fresh board is normal; say it once, as an error all the same.
+            self.emit({"type": "config_error", "field": field, "reason": reason})
+        self.commands = {}            # cmd name -> callable(payload, dup); filled by features
+
+    # -- events and state ----------------------------------------------------------------
+    def emit(self, ev):
+        ev["v"] = 1
+        ev["ts"] = self.clock.time()
+        self.outbox.add(ev)
+        self.log("event %s seq=%d" % (ev["type"], ev["seq"]))
+        if self.outbox.dropped:
+            count, self.outbox.dropped = self.outbox.dropped, 0
+            self.emit({"type": "events_dropped", "count": count})
+        self.wake.set()
+
+    def ack(self, payload):
+        payload["v"] = 1
+        payload["ts"] = self.clock.time()
+        if len(self._acks) < 16:  # acks answer live requests; a stale backlog helps no one
+            self._acks.append(payload)
+        self.wake.set()
+
+    def state_changed(self):
+        self.cabinet.changed = True
+        self.wake.set()
+
+    def state_payload(self):
+        now = self.clock.time()
+        s = self.cabinet.state(now, now - self.boot_ts, len(self.outbox))
+        s["v"] = 1
+        s["ts"] = now
+        return json.dumps(s)
+
+    # -- inputs --------------------------------------------------------------------------
+    async def _watch(self, pin, on_change):
+        """Wait for a pin interrupt, let the contact settle, then report the new level. No
+        polling: an idle cabinet sleeps here until an edge arrives."""
+        flag = Flag()
+        pin.irq(handler=lambda p: flag.set(), trigger=pin.IRQ_RISING | pin.IRQ_FALLING)
+        level = pin.value()
+        on_change(level)
+        while True:
+            await flag.wait()
+            await sleep_ms(self.cfg["debounce_ms"])
+            now = pin.value()
+            if now != level:
+                level = now
+                on_change(level)
+
+    def _door(self, level):
+        is_open = level == self.cfg["door_open_level"]
+        siren = self.cabinet.door_changed(is_open, self.clock.time())
+        if is_open:
+            self._start_timer("door", self._door_left_open())
+            if siren:
+                self._start_timer("siren", self._siren(self.cfg["siren_s"]))
+        else:
+            self._stop_timer("door")
+            self._stop_timer("siren")
+            self._siren_off()
+        self.wake.set()
+
+    def _mains(self, level):
+        self.cabinet.mains_changed(bool(level))
+        self.wake.set()
+
+    async def _door_left_open(self):
+        await self.clock.sleep_ms(self.cfg["door_left_open_s"] * 1000)
+        self.cabinet.door_still_open(self.clock.time())
+        self.wake.set()
+
+    async def _siren(self, seconds):
+        try:
+            self.hw.siren.value(1)
+            await self.clock.sleep_ms(seconds * 1000)
+        finally:
+            self._siren_off()
+
+    def _siren_off(self):
+        if self.hw.siren:
+            self.hw.siren.value(0)
+
+    def _start_timer(self, name, coro):
+        self._stop_timer(name)
+        self._timers[name] = asyncio.create_task(coro)
+
+    def _stop_timer(self, name):
+        t = self._timers.pop(name, None)
+        if t:
+            t.cancel()
+
+    # -- slow sensors and heartbeat ------------------------------------------------------
+    def read_battery_mv(self):
+        uv = self.hw.battery.read_uv()
+        return int(uv * self.cfg["battery_divider"] * self.cfg["battery_cal"] / 1000)
+
+    async def sample(self):
+        if self.hw.battery:
+            self.cabinet.battery_reading(self.read_battery_mv())
+        if self.hw.temp:
+            try:
+                self.cabinet.temp_reading(await self.hw.temp.read_c())
+            except OSError:
+                pass  # a sensor that does not answer leaves the last reading; state omits none
+        self.cabinet.check_expiry(self.clock.time())
+        if self.cabinet.changed:
+            self.wake.set()
+
+    async def _sampler(self):
+        while True:
+            await self.sample()
+            await self.clock.sleep_ms(self.cfg["sample_s"] * 1000)
+
+    async def _heartbeat(self):
+        while True:
+            await self.clock.sleep_ms(self.cfg["heartbeat_s"] * 1000)
+            self.state_changed()
+
+    # -- MQTT session --------------------------------------------------------------------
+    def _status(self, online):
+        s = {"v": 1, "ts": self.clock.time(), "online": online}
+        if online:
+            s["fw"] = VERSION
+            s["reset_cause"] = self.hw.reset_cause
+            s["boot_ts"] = self.boot_ts
+        return json.dumps(s)
+
+    def _on_message(self, topic, payload, retain, dup):
+        if not topic.startswith(self.topic + "cmd/"):
+            return
+        name = topic[len(self.topic) + 4:]
+        if retain:
+            # Commands are never retained by a correct backend; a retained copy is stale by
+            # definition and must never actuate anything.
+            self.log("cmd %s: retained copy ignored" % name)
+            return
+        handler = self.commands.get(name)
+        if handler is None:
+            self.log("cmd %s: unknown command" % name)
+            return
+        handler(payload, dup)
+
+    async def _session(self):
+        cfg = self.cfg
+        attempt = 0
+        while True:
+            if not cfg["broker_host"]:
+                await sleep_ms(60000)  # not configured: keep watching the cabinet locally
+                continue
+            client = MQTTClient(
+                self.device_id, self.hw.net, cfg["broker_host"], cfg["broker_port"],
+                keepalive=cfg["keepalive_s"], user=cfg["broker_user"] or None,
+                password=cfg["broker_password"] or None,
+                will=(self.topic + "status", self._status(False), 1, True),
+                ssl=self.hw.tls_context(cfg) if cfg["broker_tls"] else None,
+                server_hostname=cfg["broker_host"] if cfg["broker_tls"] else None,
+                on_message=self._on_message)
+            try:
+                # A persistent session: the broker keeps commands sent during a short blip.
+                await client.connect(clean_session=False)
+                await client.subscribe(self.topic + "cmd/#", 1)
+                await client.publish(self.topic + "status", self._status(True), 1, True)
+                attempt = 0
+                self.mqtt = client
+                self.online = True
+                self.log("online: %s:%d" % (cfg["broker_host"], cfg["broker_port"]))
+                self.cabinet.changed = True
+                await self._connected(client)
+            except Exception as e:  # OSError, MQTTError, timeouts: all end in a reconnect
+                self.log("mqtt: %s %s" % (type(e).__name__, e))
+            self.online = False
+            self.mqtt = None
+            client.close()
+            delay = backoff_ms(attempt)
+            attempt = min(attempt + 1, 16)
+            await sleep_ms(delay)
+
+    async def _connected(self, client):
+        self._link_lost = False
+        reader = asyncio.create_task(self._read(client))
+        try:
+            await self._publish_all(client)
+        finally:
+            reader.cancel()
+
+    async def _read(self, client):
+        try:
+            await client.run()
+        except Exception as e:
+            self.log("mqtt link lost: %s %s" % (type(e).__name__, e))
+        self._link_lost = True
+        self.wake.set()
+
+    async def _publish_all(self, client):
+        """Send, in order: outbox events (removed only after PUBACK), acks, then the state."""
+        while not self._link_lost:
+            seq = self.outbox.oldest()
+            if seq is not None:
+                payload = self.outbox.payload(seq)
+                if payload is not None:
+                    await client.publish(self.topic + "event", payload, 1)
+                self.outbox.remove(seq)
+                continue
+            if self._acks:
+                await client.publish(self.topic + "ack", json.dumps(self._acks[0]), 1)
+                self._acks.pop(0)
+                continue
+            if self.cabinet.changed:
+                await client.publish(self.topic + "state", self.state_payload(), 1, True)
+                continue
+            await self.wake.wait()
+
+    # -- run -----------------------------------------------------------------------------
+    async def run(self):
+        hw = self.hw
+        tasks = [asyncio.create_task(self._session()),
+                 asyncio.create_task(self._sampler()),
+                 asyncio.create_task(self._heartbeat())]
+        if hw.door:
+            tasks.append(asyncio.create_task(self._watch(hw.door, self._door)))
+        if hw.mains:
+            tasks.append(asyncio.create_task(self._watch(hw.mains, self._mains)))
+        try:
+            await asyncio.gather(*tasks)
+        finally:
+            for t in tasks + list(self._timers.values()):
+                t.cancel()
+            self._siren_off()

@@ -1,0 +1,202 @@
+# What the cabinet knows about itself, and which events and alarms follow from each reading.
+# Pure logic: readings come in as plain values, events go out through `emit(dict)`; no hardware,
+# no network, no timers here (the app owns those), so every rule is easy to test.
+
+_DAY_S = 86400
+
+
+class Cabinet:
+    def __init__(self, cfg, emit, fw):
+        self.cfg = cfg
+        self._emit = emit
+        self.door = "closed"
+        self.lock = "locked"
+        self.battery_mv = None
+        self.mains = None
+        self.temp_c = None
+        self.alarms = set()
+        self.service_needed = False
+        self.mission = None          # mission id while a mission window is open
+        self.door_opened_at = None   # Unix seconds
+        self.fw = fw
+        self._expiry_level = {}      # expiry field -> lowest warning threshold already reported
+        self.changed = True          # state differs from what was last published
+        self._reported_mv = None
+        self._reported_temp = None
+
+    # -- helpers -------------------------------------------------------------------------
+    def _event(self, kind, extra=None):
+        ev = {"type": kind}
+        if extra:
+            ev.update(extra)
+        self._emit(ev)
+
+    def _alarm(self, name, on):
+        if on and name not in self.alarms:
+            self.alarms.add(name)
+            self.changed = True
+        elif not on and name in self.alarms:
+            self.alarms.discard(name)
+            self.changed = True
+
+    # -- door ----------------------------------------------------------------------------
+    def door_changed(self, is_open, now):
+        """Returns True when the siren should sound (opened with no mission)."""
+        new = "open" if is_open else "closed"
+        if new == self.door:
+            return False
+        self.door = new
+        self.changed = True
+        extra = {"mission": self.mission} if self.mission else None
+        if is_open:
+            self.door_opened_at = now
+            self._event("door_opened", extra)
+            if not self.mission:
+                self._alarm("door_alarm", True)
+                self._event("door_alarm")
+                return True
+            return False
+        open_s = now - self.door_opened_at if self.door_opened_at is not None else 0
+        self.door_opened_at = None
+        extra = extra or {}
+        extra["open_s"] = max(0, open_s)
+        self._event("door_closed", extra)
+        self._alarm("door_alarm", False)
+        self._alarm("door_left_open", False)
+        return False
+
+    def door_still_open(self, now):
+        """Called when the door-left-open timer fires."""
+        if self.door == "open" and "door_left_open" not in self.alarms:
+            self._alarm("door_left_open", True)
+            self._event("door_left_open", {"open_s": now - (self.door_opened_at or now)})
+
+    # -- power ---------------------------------------------------------------------------
+    def battery_reading(self, mv):
+        cfg = self.cfg
+        # Report a new state for a real change only: ADC noise must not publish every sample.
+        if self._reported_mv is None or abs(mv - self._reported_mv) >= 50:
+            self.changed = True
+        self.battery_mv = mv
+        hyst = cfg["battery_hysteresis_mv"]
+        # Enter an alarm at its threshold; leave it only hysteresis above, so a battery that
+        # hovers around the threshold does not flap.
+        if mv <= cfg["battery_critical_mv"] and "battery_critical" not in self.alarms:
+            self._alarm("battery_critical", True)
+            self._alarm("battery_low", True)
+            self._event("battery_critical", {"battery_mv": mv})
+        elif mv <= cfg["battery_low_mv"] and "battery_low" not in self.alarms:
+            self._alarm("battery_low", True)
+            self._event("battery_low", {"battery_mv": mv})
+        if "battery_critical" in self.alarms and mv > cfg["battery_critical_mv"] + hyst:
+            self._alarm("battery_critical", False)
+        if "battery_low" in self.alarms and mv > cfg["battery_low_mv"] + hyst:
+            self._alarm("battery_low", False)
+            self._alarm("battery_critical", False)
+            self._event("battery_ok", {"battery_mv": mv})
+
+    def battery_pct(self):
+        if self.battery_mv is None:
+            return None
+        full, empty = self.cfg["battery_full_mv"], self.cfg["battery_empty_mv"]
+        pct = (self.battery_mv - empty) * 100 // (full - empty)
+        return max(0, min(100, pct))
+
+    def mains_changed(self, present):
+        if present == self.mains:
+            return
+        first = self.mains is None
+        self.mains = present
+        self.changed = True
+        self._alarm("mains_lost", not present)
+        if not present:
+            self._event("mains_lost")
+        elif not first:
+            self._event("mains_restored")
+
+    # -- climate -------------------------------------------------------------------------
+    def temp_reading(self, c):
+        if c is None:
+            return
+        c = round(c, 1)
+        if self._reported_temp is None or abs(c - self._reported_temp) >= 0.5:
+            self.changed = True
+        self.temp_c = c
+        cfg = self.cfg
+        lo, hi, hyst = cfg["temp_min_c"], cfg["temp_max_c"], cfg["temp_hysteresis_c"]
+        if "temp_out_of_range" not in self.alarms:
+            if c < lo or c > hi:
+                self._alarm("temp_out_of_range", True)
+                self._event("temp_out_of_range", {"temp_c": c, "min_c": lo, "max_c": hi})
+        elif lo + hyst <= c <= hi - hyst:
+            self._alarm("temp_out_of_range", False)
+            self._event("temp_ok", {"temp_c": c})
+
+    # -- consumables ---------------------------------------------------------------------
+    def days_left(self, field, today):
+        from aedgate.compat import parse_date
+        d = parse_date(self.cfg[field]) if self.cfg[field] else None
+        return None if d is None else d - today
+
+    def check_expiry(self, now):
+        """Fire pads/AED-battery warnings once per threshold crossed (e.g. 30 and 7 days), and
+        an expired event at 0."""
+        today = now // _DAY_S
+        for field, name in (("pads_expiry", "pads"), ("aed_battery_expiry", "aed_battery")):
+            left = self.days_left(field, today)
+            if left is None:
+                continue
+            info = {"days_left": left, "expiry": self.cfg[field]}
+            level = self._expiry_level.get(field)
+            if left < 0:
+                if level != -1:
+                    self._expiry_level[field] = -1
+                    self._alarm(name + "_expiring", False)
+                    self._alarm(name + "_expired", True)
+                    self._event(name + "_expired", info)
+                continue
+            crossed = None
+            for t in self.cfg["expiry_warn_days"]:
+                if left <= t and (crossed is None or t < crossed):
+                    crossed = t
+            if crossed is None:
+                if level is not None:  # a new date was set: clear old warnings
+                    self._expiry_level.pop(field)
+                    self._alarm(name + "_expiring", False)
+                    self._alarm(name + "_expired", False)
+                continue
+            if level is None or level == -1 or crossed < level:
+                self._expiry_level[field] = crossed
+                self._alarm(name + "_expired", False)
+                self._alarm(name + "_expiring", True)
+                self._event(name + "_expiring", info)
+
+    # -- report --------------------------------------------------------------------------
+    def state(self, now, uptime_s, outbox):
+        """The full state payload (without v/ts); marks it as reported."""
+        today = now // _DAY_S
+        self.changed = False
+        self._reported_mv = self.battery_mv
+        self._reported_temp = self.temp_c
+        s = {
+            "door": self.door,
+            "lock": self.lock,
+            "battery_mv": self.battery_mv if self.battery_mv is not None else 0,
+            "battery_pct": self.battery_pct() or 0,
+            "pads_expiry": self.cfg["pads_expiry"],
+            "pads_days_left": self.days_left("pads_expiry", today),
+            "aed_battery_expiry": self.cfg["aed_battery_expiry"],
+            "aed_battery_days_left": self.days_left("aed_battery_expiry", today),
+            "alarms": sorted(self.alarms),
+            "fw": self.fw,
+            "uptime_s": uptime_s,
+            "service_needed": self.service_needed,
+            "outbox": outbox,
+        }
+        if self.mains is not None:
+            s["mains"] = self.mains
+        if self.temp_c is not None:
+            s["temp_c"] = self.temp_c
+        if self.mission:
+            s["mission"] = self.mission
+        return s

@@ -1,0 +1,186 @@
+# The cabinet's configuration: one JSON file on flash, validated at boot. A bad value never stops
+# the cabinet: it is replaced by a safe default and reported (a config_error event per problem).
+import json
+
+from aedgate.compat import parse_date
+
+CONFIG_FILE = "config.json"
+LAST_GOOD_FILE = "config.good"  # copy of the last file that loaded cleanly, used if it rots
+
+# name: (type, default, low, high). Types: "int", "num", "bool", "str", "date", "secret",
+# "ints" (list of ints), "pins", "keys". low/high bound ints/nums, or lengths of strings.
+SCHEMA = {
+    "device_id": ("id", None, 1, 64),
+    "broker_host": ("str", "", 0, 253),
+    "broker_port": ("int", 1883, 1, 65535),
+    "broker_tls": ("bool", False, 0, 0),
+    "broker_ca": ("str", "ca.pem", 0, 64),        # CA certificate file on flash, for TLS
+    "broker_user": ("str", "", 0, 128),
+    "broker_password": ("secret", "", 0, 128),
+    "keepalive_s": ("int", 60, 10, 1200),
+    "wifi_ssid": ("str", "", 0, 32),
+    "wifi_password": ("secret", "", 0, 64),
+    "heartbeat_s": ("int", 1800, 10, 86400),
+    "sample_s": ("int", 60, 1, 3600),            # slow sensors: battery, temperature, expiry
+    "door_left_open_s": ("int", 300, 10, 86400),
+    "siren_s": ("int", 60, 0, 600),
+    "debounce_ms": ("int", 50, 5, 2000),
+    "door_open_level": ("int", 1, 0, 1),         # pin level that means "door open"
+    "battery_divider": ("num", 5.0, 1.0, 20.0),  # battery volts per volt at the ADC pin
+    "battery_cal": ("num", 1.0, 0.5, 1.5),       # per-board calibration factor
+    "battery_full_mv": ("int", 12700, 1000, 60000),
+    "battery_empty_mv": ("int", 11000, 1000, 60000),
+    "battery_low_mv": ("int", 11900, 1000, 60000),
+    "battery_critical_mv": ("int", 11500, 1000, 60000),
+    "battery_hysteresis_mv": ("int", 200, 0, 5000),
+    "temp_min_c": ("num", 0.0, -60.0, 100.0),    # AED storage range (typical 0-50 C)
+    "temp_max_c": ("num", 50.0, -60.0, 100.0),
+    "temp_hysteresis_c": ("num", 1.0, 0.0, 20.0),
+    "pads_expiry": ("date", None, 0, 0),
+    "aed_battery_expiry": ("date", None, 0, 0),
+    "expiry_warn_days": ("ints", [30, 7], 0, 3650),
+    "pins": ("pins", {}, 0, 48),
+    "issuer": ("str", "dispatch", 1, 64),
+    "keys": ("keys", [], 0, 0),                  # mission-token key slots: current and next
+    "max_window_s": ("int", 300, 5, 1800),
+    "lock_type": ("choice", "pulse", 0, 0),
+    "lock_pulse_ms": ("int", 3000, 100, 10000),
+    "lock_cooldown_ms": ("int", 2000, 0, 60000),
+}
+CHOICES = {"lock_type": ("pulse", "hold", "motor")}
+PIN_NAMES = ("door", "lock", "lock_sense", "siren", "led", "battery_adc", "mains", "temp", "button")
+_ID_CHARS = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_-"
+
+
+def valid_device_id(s):
+    if not isinstance(s, str) or not 1 <= len(s) <= 64:
+        return False
+    for c in s:
+        if c not in _ID_CHARS:
+            return False
+    return True
+
+
+def _is_int(v):
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _check(name, v):
+    """None when v is acceptable for `name`, else a short reason code."""
+    kind, _, lo, hi = SCHEMA[name]
+    if kind == "int":
+        if not _is_int(v):
+            return "bad_type"
+        return None if lo <= v <= hi else "out_of_range"
+    if kind == "num":
+        if not (_is_int(v) or isinstance(v, float)) or v != v:  # v != v: NaN
+            return "bad_type"
+        return None if lo <= v <= hi else "out_of_range"
+    if kind == "bool":
+        return None if isinstance(v, bool) else "bad_type"
+    if kind in ("str", "secret"):
+        if not isinstance(v, str):
+            return "bad_type"
+        return None if lo <= len(v) <= hi else "out_of_range"
+    if kind == "id":
+        return None if valid_device_id(v) else "bad_value"
+    if kind == "date":
+        if v is None:
+            return None
+        return None if parse_date(v) is not None else "bad_value"
+    if kind == "choice":
+        return None if v in CHOICES[name] else "bad_value"
+    if kind == "ints":
+        if not isinstance(v, list) or len(v) > 8:
+            return "bad_type"
+        for d in v:
+            if not _is_int(d) or not lo <= d <= hi:
+                return "bad_value"
+        return None
+    if kind == "pins":
+        if not isinstance(v, dict):
+            return "bad_type"
+        for k in v:
+            p = v[k]
+            if k not in PIN_NAMES or not (p is None or (_is_int(p) and lo <= p <= hi)):
+                return "bad_value"
+        return None
+    if kind == "keys":
+        if not isinstance(v, list) or len(v) > 2:
+            return "bad_type"
+        for slot in v:
+            if not (isinstance(slot, dict) and _hex_ok(slot.get("kid"), 0, 32) and _hex_ok(slot.get("key"), 32, 32)):
+                return "bad_value"
+        return None
+    return "bad_type"
+
+
+def _hex_ok(s, lo, hi):
+    if not isinstance(s, str) or len(s) % 2 or not lo <= len(s) // 2 <= hi:
+        return False
+    for c in s:
+        if c not in "0123456789abcdefABCDEF":
+            return False
+    return True
+
+
+def validate(raw):
+    """raw: the decoded JSON (any type). Returns (config dict, [(field, reason), ...])."""
+    cfg = {}
+    errors = []
+    if not isinstance(raw, dict):
+        errors.append(("config", "bad_type"))
+        raw = {}
+    for name in SCHEMA:
+        default = SCHEMA[name][1]
+        if name not in raw:
+            cfg[name] = default
+            continue
+        reason = _check(name, raw[name])
+        if reason:
+            errors.append((name, reason))
+            cfg[name] = default
+        else:
+            cfg[name] = raw[name]
+    for name in raw:
+        if name not in SCHEMA:
+            errors.append((str(name)[:32], "unknown_key"))
+    # Cross-field rules: thresholds that contradict each other fall back together.
+    if not cfg["battery_critical_mv"] < cfg["battery_low_mv"] or not cfg["battery_empty_mv"] < cfg["battery_full_mv"]:
+        errors.append(("battery_low_mv", "out_of_range"))
+        for n in ("battery_critical_mv", "battery_low_mv", "battery_empty_mv", "battery_full_mv"):
+            cfg[n] = SCHEMA[n][1]
+    if not cfg["temp_min_c"] < cfg["temp_max_c"]:
+        errors.append(("temp_min_c", "out_of_range"))
+        cfg["temp_min_c"], cfg["temp_max_c"] = SCHEMA["temp_min_c"][1], SCHEMA["temp_max_c"][1]
+    return cfg, errors
+
+
+def load(flash, fallback_id):
+    """Read and validate the config file. Returns (config, errors). A missing, unreadable or
+    corrupt file falls back to the last good copy, then to defaults; nothing here raises."""
+    errors = []
+    raw = None
+    data = flash.read(CONFIG_FILE)
+    if data is None:
+        errors.append(("config", "missing"))
+    else:
+        try:
+            raw = json.loads(data)
+        except (ValueError, UnicodeError, MemoryError):
+            errors.append(("config", "corrupt_file"))
+    if raw is None:
+        good = flash.read(LAST_GOOD_FILE)
+        if good is not None:
+            try:
+                raw = json.loads(good)
+            except ValueError:
+                raw = None
+    cfg, more = validate(raw if raw is not None else {})
+    if raw is not None:
+        errors.extend(more)
+    if cfg["device_id"] is None:
+        cfg["device_id"] = fallback_id
+    if data is not None and not errors and flash.read(LAST_GOOD_FILE) != data:
+        flash.write(LAST_GOOD_FILE, data)
+    return cfg, errors

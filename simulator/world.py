@@ -1,0 +1,246 @@
+"""The simulated physical world of one cabinet, and the hardware objects the firmware sees.
+
+The firmware receives these objects exactly where, on the ESP32, board.py hands it machine.Pin,
+machine.ADC and a Wi-Fi backed network: same small interfaces, different backing.
+"""
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+from typing import Any, Callable
+
+# Battery model: a 12 V lead-acid backup battery. Discharges while mains is off, recharges while
+# it is on. Rates are per simulated hour.
+FULL_MV = 12750
+DRAIN_MV_PER_H = 40
+CHARGE_MV_PER_H = 120
+
+
+class SimPin:
+    """A GPIO pin: inputs are driven by the world, outputs by the firmware."""
+
+    IRQ_RISING = 1
+    IRQ_FALLING = 2
+
+    def __init__(self, level: int = 0, on_output: Callable[[int], None] | None = None):
+        self._level = level
+        self._handler = None
+        self._on_output = on_output
+
+    def value(self, v: int | None = None):
+        if v is None:
+            return self._level
+        v = 1 if v else 0
+        if v != self._level:
+            self._level = v
+            if self._on_output:
+                self._on_output(v)
+
+    def irq(self, handler=None, trigger=3):
+        self._handler = handler
+
+    def drive(self, level: int) -> None:
+        """The world changes the input level; fires the interrupt handler like an edge would."""
+        level = 1 if level else 0
+        if level != self._level:
+            self._level = level
+            if self._handler:
+                self._handler(self)
+
+
+class SimClock:
+    """Unix time for the firmware, optionally accelerated (`speed`) and shiftable (clock jumps).
+    Firmware timers (heartbeat, door left open, sampling) sleep through `sleep_ms`, so they run
+    `speed` times faster too; MQTT keepalive uses real time because the broker is real."""
+
+    def __init__(self, speed: float = 1.0, start: float | None = None):
+        self.speed = speed
+        self._t0 = time.monotonic()
+        self._base = start if start is not None else time.time()
+        self.offset = 0.0
+
+    def time(self) -> int:
+        return int(self._base + (time.monotonic() - self._t0) * self.speed + self.offset)
+
+    def sleep_ms(self, ms: int):
+        return asyncio.sleep(ms / 1000 / self.speed)
+
+
+class SimNet:
+    """Wi-Fi plus TCP: real loopback connections to the broker, cut when the Wi-Fi goes down."""
+
+    def __init__(self, source_ip: str | None = None):
+        self.up = True
+        self.source_ip = source_ip
+        self._writers: list[asyncio.StreamWriter] = []
+
+    def isconnected(self) -> bool:
+        return self.up
+
+    async def open(self, host, port, ssl=None, server_hostname=None):
+        if not self.up:
+            await asyncio.sleep(0.5)  # an association attempt that fails
+            raise OSError(113, "wifi down")
+        kw: dict[str, Any] = {}
+        if ssl is not None:
+            kw = {"ssl": ssl, "server_hostname": server_hostname}
+        if self.source_ip:
+            kw["local_addr"] = (self.source_ip, 0)
+        reader, writer = await asyncio.open_connection(host, port, **kw)
+        self._writers = [w for w in self._writers if not w.is_closing()]
+        self._writers.append(writer)
+        return reader, writer
+
+    def set_up(self, up: bool) -> None:
+        self.up = up
+        if not up:
+            for w in self._writers:
+                w.transport.abort()  # no FIN handshake: the link just vanishes
+            self._writers.clear()
+
+
+class SimADC:
+    def __init__(self, world: "World"):
+        self.world = world
+
+    def read_uv(self) -> int:
+        mv = self.world.battery_mv() + random.randint(-8, 8)  # a little ADC noise
+        return int(mv * 1000 / self.world.divider)
+
+
+class SimTemp:
+    def __init__(self, world: "World"):
+        self.world = world
+
+    async def read_c(self) -> float:
+        return self.world.temp_c + random.uniform(-0.1, 0.1)
+
+
+class SimHardware:
+    """What the firmware's App receives as `hw` in the simulator."""
+
+    def __init__(self, world: "World", reset_cause: str):
+        self.world = world
+        self.unique_id = world.device_id
+        self.reset_cause = reset_cause
+        self.clock = world.clock
+        self.net = world.net
+        self.door = world.door_pin
+        self.mains = world.mains_pin
+        self.button = world.button_pin
+        self.lock = SimPin(0, world.lock_output)
+        self.lock_sense = None
+        self.siren = SimPin(0, world.siren_output)
+        self.led = SimPin(0)
+        self.battery = SimADC(world)
+        self.temp = SimTemp(world)
+        self.log = world.log
+
+    def tls_context(self, cfg):
+        import ssl
+        ctx = ssl.create_default_context()
+        return ctx
+
+
+class World:
+    """One cabinet's physical surroundings: door, mains, backup battery, temperature, Wi-Fi,
+    power. Changed by world-control messages, scenario steps or the Python API."""
+
+    def __init__(self, device_id: str, clock: SimClock, net: SimNet, log=None):
+        self.device_id = device_id
+        self.clock = clock
+        self.net = net
+        self.log = log or (lambda msg: None)
+        self.divider = 5.0
+        self.temp_c = 21.0
+        self.door_pin = SimPin(0)      # level 1 = open (config door_open_level default)
+        self.mains_pin = SimPin(1)
+        self.button_pin = SimPin(0)
+        self.powered = True
+        self.siren = False
+        self.lock_on = False
+        self._mv = FULL_MV - random.randint(0, 150)
+        self._mv_at = clock.time()
+        self.on_power: Callable[[bool], None] | None = None
+
+    # -- physics ---------------------------------------------------------------------------
+    def battery_mv(self) -> int:
+        now = self.clock.time()
+        hours = (now - self._mv_at) / 3600
+        if self.mains_pin.value():
+            mv = min(FULL_MV, self._mv + hours * CHARGE_MV_PER_H)
+        else:
+            mv = max(9000, self._mv - hours * DRAIN_MV_PER_H)
+        return int(mv)
+
+    def _settle_battery(self) -> None:
+        self._mv = self.battery_mv()
+        self._mv_at = self.clock.time()
+
+    def lock_output(self, level: int) -> None:
+        self.lock_on = bool(level)
+
+    def siren_output(self, level: int) -> None:
+        self.siren = bool(level)
+
+    # -- control -----------------------------------------------------------------------------
+    def apply(self, change: dict) -> list[str]:
+        """Apply a world-control message. Returns a list of errors (unknown keys, bad values);
+        the valid part of the message is still applied."""
+        errors = []
+        if not isinstance(change, dict):
+            return ["world change must be a JSON object"]
+        for key, val in change.items():
+            try:
+                handler = getattr(self, "_set_" + str(key), None)
+                if handler is None:
+                    errors.append("unknown key %r" % key)
+                else:
+                    err = handler(val)
+                    if err:
+                        errors.append("%s: %s" % (key, err))
+            except (TypeError, ValueError) as e:
+                errors.append("%s: %s" % (key, e))
+        return errors
+
+    def _set_door(self, v):
+        if v not in ("open", "closed"):
+            return "expected \"open\" or \"closed\""
+        self.door_pin.drive(1 if v == "open" else 0)
+
+    def _set_mains(self, v):
+        if not isinstance(v, bool):
+            return "expected true or false"
+        self._settle_battery()
+        self.mains_pin.drive(1 if v else 0)
+
+    def _set_battery_mv(self, v):
+        if not isinstance(v, int) or isinstance(v, bool) or not 0 <= v <= 60000:
+            return "expected an integer 0-60000"
+        self._mv = v
+        self._mv_at = self.clock.time()
+
+    def _set_temp_c(self, v):
+        if not isinstance(v, (int, float)) or isinstance(v, bool) or not -60 <= v <= 100:
+            return "expected a number -60..100"
+        self.temp_c = float(v)
+
+    def _set_power(self, v):
+        if v not in ("on", "off"):
+            return "expected \"on\" or \"off\""
+        if (v == "on") != self.powered:
+            self.powered = v == "on"
+            if self.on_power:
+                self.on_power(self.powered)
+
+    def _set_wifi(self, v):
+        if v not in ("up", "down"):
+            return "expected \"up\" or \"down\""
+        self.net.set_up(v == "up")
+
+    def _set_button(self, v):
+        if v != "press":
+            return "expected \"press\""
+        self.button_pin.drive(1)
+        asyncio.get_running_loop().call_later(0.2, self.button_pin.drive, 0)

@@ -1,0 +1,217 @@
+# MQTT 3.1.1 packets on the wire: encoders for what the client sends, one bounded reader for what
+# the broker sends. No sockets here, so it is unit-tested (and fuzzed) without a network.
+# Only what the cabinet uses: QoS 0/1, one topic per SUBSCRIBE, no QoS 2.
+import struct
+
+from aedgate.compat import const
+
+CONNACK = const(0x20)
+PUBLISH = const(0x30)
+PUBACK = const(0x40)
+SUBACK = const(0x90)
+UNSUBACK = const(0xB0)
+PINGRESP = const(0xD0)
+
+PINGREQ_PACKET = b"\xc0\x00"
+DISCONNECT_PACKET = b"\xe0\x00"
+
+MAX_REMAINING = const(268435455)  # largest length a 4-byte varint can say
+TOPIC_CAP = const(256)  # longer incoming topic names are skipped, not stored
+_SKIP_CHUNK = const(256)  # discarded bytes are read this many at a time
+
+# The exact size of each fixed-size packet the broker may send us, by its first byte (flags
+# included: anything else in the low nibble is malformed). SUBACK is 3 because we subscribe one
+# topic at a time.
+_FIXED = {CONNACK: 2, PUBACK: 2, SUBACK: 3, UNSUBACK: 2, PINGRESP: 0}
+
+
+class MQTTError(Exception):
+    """Protocol failure; args[0] is a short reason: "malformed", "closed", "timeout",
+    "keepalive", "protocol", "suback", "connack:N"."""
+
+
+def encode_len(n):
+    if n < 0 or n > MAX_REMAINING:
+        raise ValueError("length")
+    out = bytearray()
+    while True:
+        b = n & 0x7F
+        n >>= 7
+        if n:
+            out.append(b | 0x80)
+        else:
+            out.append(b)
+            return bytes(out)
+
+
+def decode_len(buf, pos=0):
+    """(value, position after the varint) from bytes; for tests and tools."""
+    n = 0
+    for i in range(4):
+        if pos + i >= len(buf):
+            raise MQTTError("closed")
+        b = buf[pos + i]
+        n |= (b & 0x7F) << (7 * i)
+        if not b & 0x80:
+            return n, pos + i + 1
+    raise MQTTError("malformed")
+
+
+def _str(s):
+    if isinstance(s, str):
+        s = s.encode()
+    if len(s) > 0xFFFF:
+        raise ValueError("too long")
+    return struct.pack("!H", len(s)) + s
+
+
+def _packet(first, body):
+    return bytes((first,)) + encode_len(len(body)) + body
+
+
+def connect_packet(client_id, keepalive, clean=True, will=None, user=None, password=None):
+    flags = 0x02 if clean else 0
+    payload = _str(client_id)
+    if will is not None:
+        topic, msg, qos, retain = will
+        if qos not in (0, 1):
+            raise ValueError("will qos")
+        flags |= 0x04 | (qos << 3) | (0x20 if retain else 0)
+        payload += _str(topic) + _str(msg)
+    if password is not None and user is None:
+        raise ValueError("password without user")  # MQTT 3.1.1 forbids it [MQTT-3.1.2-22]
+    if user is not None:
+        flags |= 0x80
+        payload += _str(user)
+    if password is not None:
+        flags |= 0x40
+        payload += _str(password)
+    return _packet(0x10, b"\x00\x04MQTT\x04" + struct.pack("!BH", flags, keepalive) + payload)
+
+
+def publish_header(topic, payload_len, qos=0, retain=False, dup=False, pid=0):
+    """Fixed header + topic (+ packet id): the payload is written after it as is, so a large
+    payload is never copied into a new buffer."""
+    if qos not in (0, 1):
+        raise ValueError("qos")
+    var = _str(topic)
+    if qos:
+        var += struct.pack("!H", pid)
+    first = PUBLISH | (0x08 if dup else 0) | (qos << 1) | (0x01 if retain else 0)
+    return bytes((first,)) + encode_len(len(var) + payload_len) + var
+
+
+def publish_packet(topic, payload, qos=0, retain=False, dup=False, pid=0):
+    if isinstance(payload, str):
+        payload = payload.encode()
+    return publish_header(topic, len(payload), qos, retain, dup, pid) + payload
+
+
+def subscribe_packet(pid, topic, qos):
+    return _packet(0x82, struct.pack("!H", pid) + _str(topic) + bytes((qos,)))
+
+
+def puback_packet(pid):
+    return struct.pack("!BBH", PUBACK, 2, pid)
+
+
+async def _read(rd, n):
+    try:
+        return await rd.readexactly(n)
+    except EOFError:  # CPython's IncompleteReadError is one too
+        raise MQTTError("closed")
+
+
+async def _skip(rd, n):
+    while n:
+        k = min(n, _SKIP_CHUNK)
+        await _read(rd, k)
+        n -= k
+
+
+async def read_len(rd):
+    n = 0
+    for i in range(4):
+        b = (await _read(rd, 1))[0]
+        n |= (b & 0x7F) << (7 * i)
+        if not b & 0x80:
+            return n
+    raise MQTTError("malformed")
+
+
+def _topic(raw):
+    # Dropped (None) when not a valid MQTT topic name: empty, bad UTF-8, or a NUL inside.
+    try:
+        t = raw.decode()
+    except UnicodeError:
+        return None
+    if not t or "\x00" in t:
+        return None
+    return t
+
+
+async def read_packet(rd, max_payload):
+    """Reads one packet from the broker. Never asks `rd` for more than max(max_payload,
+    TOPIC_CAP) bytes at once, whatever the packet claims. Returns one of
+      (CONNACK, session_present, return_code)   (PUBACK, pid)   (SUBACK, pid, code)
+      (UNSUBACK, pid)   (PINGRESP,)
+      (PUBLISH, topic, payload, qos, retain, dup, pid)
+    where topic is None when it must be dropped and payload is None when it was longer than
+    max_payload (skipped unread). Raises MQTTError only."""
+    first = (await _read(rd, 1))[0]
+    n = await read_len(rd)
+    if first & 0xF0 == PUBLISH:
+        return await _read_publish(rd, first, n, max_payload)
+    want = _FIXED.get(first)
+    if want is None:
+        # QoS 2 handshakes, or packets only a client sends: a broker that sends them is broken.
+        raise MQTTError("protocol" if first & 0xF0 in (0x50, 0x60, 0x70) else "malformed")
+    if n != want:
+        raise MQTTError("malformed")
+    if first == PINGRESP:
+        return (PINGRESP,)
+    body = await _read(rd, n)
+    if first == CONNACK:
+        if body[0] & 0xFE:
+            raise MQTTError("malformed")
+        return (CONNACK, bool(body[0] & 1), body[1])
+    pid = (body[0] << 8) | body[1]
+    if first == SUBACK:
+        if body[2] not in (0, 1, 2, 0x80):
+            raise MQTTError("malformed")
+        return (SUBACK, pid, body[2])
+    return (first, pid)
+
+
+async def _read_publish(rd, first, n, max_payload):
+    qos = (first >> 1) & 3
+    if qos == 3:
+        raise MQTTError("malformed")
+    if qos == 2:
+        # We never subscribe above QoS 1, so a conforming broker never sends QoS 2 to us.
+        raise MQTTError("protocol")
+    if n < 2:
+        raise MQTTError("malformed")
+    b = await _read(rd, 2)
+    tlen = (b[0] << 8) | b[1]
+    head = 2 + tlen + (2 if qos else 0)
+    if head > n:
+        raise MQTTError("malformed")
+    if tlen > TOPIC_CAP:
+        await _skip(rd, tlen)
+        topic = None
+    else:
+        topic = _topic(await _read(rd, tlen)) if tlen else None
+    pid = 0
+    if qos:
+        b = await _read(rd, 2)
+        pid = (b[0] << 8) | b[1]
+        if not pid:
+            raise MQTTError("malformed")
+    plen = n - head
+    if plen > max_payload:
+        await _skip(rd, plen)
+        payload = None
+    else:
+        payload = await _read(rd, plen) if plen else b""
+    return (PUBLISH, topic, payload, qos, bool(first & 1), bool(first & 8), pid)

@@ -59,7 +59,7 @@ async def play(plain: bool) -> int:
     finally:
         teller.cancel()
         from rich.console import Console
-        Console().print(screen(obs, "demo over"))
+        Console(width=max(Console().width, 110)).print(screen(obs, "demo over"))
         result = {"online": obs.online(), "events": obs.event_count, "gaps": obs.gaps}
         await fleet.stop()
         await obs.stop()

@@ -190,16 +190,11 @@ class App:
             try:
                 # A persistent session: the broker keeps commands sent during a short blip.
                 await client.connect(clean_session=False)
-                await client.subscribe(self.topic + "cmd/#", 1)
-                await client.publish(self.topic + "status", self._status(True), 1, True)
-                attempt = 0
-                self.mqtt = client
-                self.online = True
-                self.log("online: %s:%d" % (cfg["broker_host"], cfg["broker_port"]))
-                self.cabinet.changed = True
                 await self._connected(client)
             except Exception as e:  # OSError, MQTTError, timeouts: all end in a reconnect
                 self.log("mqtt: %s %s" % (type(e).__name__, e))
+            if self.online:
+                attempt = 0  # we were up: the next outage starts its backoff afresh
             self.online = False
             self.mqtt = None
             client.close()
@@ -209,8 +204,14 @@ class App:
 
     async def _connected(self, client):
         self._link_lost = False
-        reader = asyncio.create_task(self._read(client))
+        reader = asyncio.create_task(self._read(client))  # acks arrive through the reader
         try:
+            await client.subscribe(self.topic + "cmd/#", 1)
+            await client.publish(self.topic + "status", self._status(True), 1, True)
+            self.mqtt = client
+            self.online = True
+            self.log("online: %s:%d" % (self.cfg["broker_host"], self.cfg["broker_port"]))
+            self.cabinet.changed = True
             await self._publish_all(client)
         finally:
             reader.cancel()

@@ -27,6 +27,8 @@ class Flash:
         """Replace `name` with `data` so that a power cut leaves the old or the new file, never a
         mix: write a temporary file, then rename it over the old one (atomic on littlefs and
         POSIX)."""
+        if isinstance(data, str):
+            data = data.encode()
         tmp = self._path(name + ".tmp")
         with open(tmp, "wb") as f:
             f.write(data)

@@ -1,0 +1,63 @@
+import json
+
+from aedgate import config
+from fwtest import temp_flash, wipe
+
+
+def test_defaults_when_missing():
+    f = temp_flash()
+    cfg, errors = config.load(f, "aed-00ff")
+    assert cfg["device_id"] == "aed-00ff"
+    assert cfg["heartbeat_s"] == 1800
+    assert errors == [("config", "missing")]
+    wipe(f)
+
+
+def test_bad_values_fall_back_one_by_one():
+    cfg, errors = config.validate({"device_id": "cab+1", "heartbeat_s": 5, "siren_s": "60",
+                                   "broker_port": 1884, "pads_expiry": "2027-02-30",
+                                   "temp_min_c": 2.5, "colour": "red"})
+    reasons = dict(errors)
+    assert reasons["device_id"] == "bad_value"
+    assert reasons["heartbeat_s"] == "out_of_range"
+    assert reasons["siren_s"] == "bad_type"
+    assert reasons["pads_expiry"] == "bad_value"
+    assert reasons["colour"] == "unknown_key"
+    assert cfg["heartbeat_s"] == 1800 and cfg["siren_s"] == 60 and cfg["pads_expiry"] is None
+    assert cfg["broker_port"] == 1884 and cfg["temp_min_c"] == 2.5  # good values kept
+
+
+def test_bool_is_not_an_int():
+    cfg, errors = config.validate({"heartbeat_s": True, "broker_tls": 1})
+    assert dict(errors) == {"heartbeat_s": "bad_type", "broker_tls": "bad_type"}
+
+
+def test_contradicting_thresholds_reset_together():
+    cfg, errors = config.validate({"battery_low_mv": 11000, "battery_critical_mv": 11500})
+    assert ("battery_low_mv", "out_of_range") in errors
+    assert cfg["battery_low_mv"] > cfg["battery_critical_mv"]
+
+
+def test_pins_and_keys_checked():
+    cfg, errors = config.validate({"pins": {"door": 4, "lazer": 3}, "keys": [{"kid": "01", "key": "zz"}]})
+    assert dict(errors) == {"pins": "bad_value", "keys": "bad_value"}
+    cfg, errors = config.validate({"pins": {"door": 4, "temp": None}, "keys": [{"kid": "", "key": "ab" * 32}]})
+    assert errors == []
+
+
+def test_corrupt_file_uses_last_good_copy():
+    f = temp_flash()
+    f.write("config.json", json.dumps({"device_id": "cab-0042", "heartbeat_s": 600}))
+    cfg, errors = config.load(f, "x")
+    assert errors == [] and cfg["heartbeat_s"] == 600
+    f.write("config.json", b'{"device_id": "cab-0042", "heartb')  # torn write
+    cfg, errors = config.load(f, "x")
+    assert errors == [("config", "corrupt_file")]
+    assert cfg["device_id"] == "cab-0042" and cfg["heartbeat_s"] == 600
+    wipe(f)
+
+
+def test_not_an_object():
+    for raw in ([], "x", 3, None):
+        cfg, errors = config.validate(raw)
+        assert errors and errors[0] == ("config", "bad_type")

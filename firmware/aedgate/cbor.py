@@ -1,0 +1,131 @@
+# A strict, minimal CBOR (RFC 8949) decoder: exactly what the mission token profile needs and
+# nothing more, because every byte it reads comes from the network before any MAC is checked.
+#
+# Accepted: unsigned and negative integers (shortest encoding only, at most 64-bit arguments),
+# byte strings, text strings (strictly valid UTF-8), arrays and maps (definite length only).
+# Map keys must be integers or text, and a key may appear only once.
+# Rejected: indefinite lengths, tags (the token module strips the tags 61/17 it allows in front
+# of the message itself), floats, true/false/null and every other simple value, non-shortest
+# encodings, trailing bytes, nesting deeper than `max_depth`, more than 16 items in a container.
+# Every length is checked against the bytes that remain BEFORE anything is allocated, and the
+# recursion depth is bounded by `max_depth`, so 10,000 nested arrays fail after a few levels.
+from aedgate.compat import const
+
+_MAX_ITEMS = const(16)  # the profile's largest container is the claims map (8 keys)
+_DEFAULT_DEPTH = const(4)
+
+
+class CBORError(Exception):
+    """Input that is not strict profile CBOR; args[0] is a short reason."""
+
+
+def decode(data, max_depth=_DEFAULT_DEPTH):
+    """Decode exactly one CBOR item filling all of `data` (bytes, bytearray or memoryview).
+    Byte strings come back as bytes, text as str, arrays as lists, maps as dicts."""
+    buf = data if isinstance(data, memoryview) else memoryview(data)
+    value, pos = _item(buf, 0, max_depth)
+    if pos != len(buf):
+        raise CBORError("trailing bytes")
+    return value
+
+
+def _head(buf, pos):
+    # One initial byte plus its argument -> (major type, argument, position after the head).
+    n = len(buf)
+    if pos >= n:
+        raise CBORError("truncated")
+    ib = buf[pos]
+    major = ib >> 5
+    info = ib & 0x1F
+    pos += 1
+    if info < 24:
+        return major, info, pos
+    if info > 27:
+        raise CBORError("indefinite length" if info == 31 else "reserved value")
+    size = 1 << (info - 24)  # 1, 2, 4 or 8 bytes
+    if size > n - pos:
+        raise CBORError("truncated")
+    arg = 0
+    for i in range(pos, pos + size):
+        arg = (arg << 8) | buf[i]
+    # Shortest form only: one value, one encoding (an attacker cannot vary bytes freely).
+    if arg < (24 if size == 1 else 1 << (4 * size)):
+        raise CBORError("non-shortest integer")
+    return major, arg, pos + size
+
+
+def _item(buf, pos, depth):
+    major, arg, pos = _head(buf, pos)
+    if major == 0:
+        return arg, pos
+    if major == 1:
+        return -1 - arg, pos
+    if major == 2 or major == 3:
+        if arg > len(buf) - pos:
+            raise CBORError("truncated")
+        end = pos + arg
+        if major == 2:
+            return bytes(buf[pos:end]), end
+        _check_utf8(buf, pos, end)
+        return str(bytes(buf[pos:end]), "utf-8"), end
+    if major == 4 or major == 5:
+        if depth <= 0:
+            raise CBORError("too deep")
+        # Each item takes at least one byte: check the count against what remains first.
+        if arg > _MAX_ITEMS or (arg << (major - 4)) > len(buf) - pos:
+            raise CBORError("too many items")
+        depth -= 1
+        if major == 4:
+            out = []
+            for _ in range(arg):
+                v, pos = _item(buf, pos, depth)
+                out.append(v)
+            return out, pos
+        out = {}
+        for _ in range(arg):
+            k, pos = _item(buf, pos, 0)  # depth 0: a key can never be a container
+            if not isinstance(k, (int, str)):
+                raise CBORError("bad map key")
+            if k in out:
+                raise CBORError("duplicate map key")
+            out[k], pos = _item(buf, pos, depth)
+        return out, pos
+    if major == 6:
+        raise CBORError("tag not allowed")
+    raise CBORError("float or simple value")
+
+
+def _check_utf8(buf, i, end):
+    # RFC 3629: no overlong forms, no surrogates, nothing above U+10FFFF. MicroPython's own
+    # decoder accepts all three, so the check is done here for both runtimes.
+    while i < end:
+        c = buf[i]
+        if c < 0x80:
+            i += 1
+            continue
+        lo, hi = 0x80, 0xBF
+        if 0xC2 <= c <= 0xDF:
+            n = 1
+        elif 0xE0 <= c <= 0xEF:
+            n = 2
+            if c == 0xE0:
+                lo = 0xA0
+            elif c == 0xED:
+                hi = 0x9F
+        elif 0xF0 <= c <= 0xF4:
+            n = 3
+            if c == 0xF0:
+                lo = 0x90
+            elif c == 0xF4:
+                hi = 0x8F
+        else:
+            raise CBORError("bad utf-8")
+        if i + n >= end:
+            raise CBORError("bad utf-8")
+        b = buf[i + 1]
+        if b < lo or b > hi:
+            raise CBORError("bad utf-8")
+        for j in range(i + 2, i + n + 1):
+            if buf[j] & 0xC0 != 0x80:
+                raise CBORError("bad utf-8")
+        i += n + 1

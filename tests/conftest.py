@@ -1,5 +1,10 @@
 import os
 import sys
+
+# Imported up front: hypothesis' pytest plugin would otherwise import it lazily at the end of
+# the session, while simulator threads may still be winding down; CPython 3.11's AST compiler is
+# not thread-safe in its recursion bookkeeping there ("AST constructor recursion depth mismatch").
+import hypothesis  # noqa: F401
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent

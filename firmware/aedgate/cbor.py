@@ -4,9 +4,12 @@
 # Accepted: unsigned and negative integers (shortest encoding only, at most 64-bit arguments),
 # byte strings, text strings (strictly valid UTF-8), arrays and maps (definite length only).
 # Map keys must be integers or text, and a key may appear only once.
+# Floats, true/false/null and the other simple values are well-formed CBOR the profile never
+# uses: they decode to the marker OTHER (their value is not read), so a caller's type checks
+# refuse them with the reason that fits where they sit (an alg of 5.0 is a bad alg).
 # Rejected: indefinite lengths, tags (the token module strips the tags 61/17 it allows in front
-# of the message itself), floats, true/false/null and every other simple value, non-shortest
-# encodings, trailing bytes, nesting deeper than `max_depth`, more than 16 items in a container.
+# of the message itself), non-shortest integer and length encodings, trailing bytes, nesting
+# deeper than `max_depth`, more than 16 items in a container, map keys other than int or text.
 # Every length is checked against the bytes that remain BEFORE anything is allocated, and the
 # recursion depth is bounded by `max_depth`, so 10,000 nested arrays fail after a few levels.
 from aedgate.compat import const
@@ -17,6 +20,14 @@ _DEFAULT_DEPTH = const(4)
 
 class CBORError(Exception):
     """Input that is not strict profile CBOR; args[0] is a short reason."""
+
+
+class _Other:
+    def __repr__(self):
+        return "<float or simple value>"
+
+
+OTHER = _Other()
 
 
 def decode(data, max_depth=_DEFAULT_DEPTH):
@@ -55,6 +66,8 @@ def _head(buf, pos):
 
 
 def _item(buf, pos, depth):
+    if pos < len(buf) and buf[pos] >= 0xE0:
+        return _other(buf, pos)
     major, arg, pos = _head(buf, pos)
     if major == 0:
         return arg, pos
@@ -90,9 +103,22 @@ def _item(buf, pos, depth):
                 raise CBORError("duplicate map key")
             out[k], pos = _item(buf, pos, depth)
         return out, pos
-    if major == 6:
-        raise CBORError("tag not allowed")
-    raise CBORError("float or simple value")
+    raise CBORError("tag not allowed")  # major 6; major 7 went to _other
+
+
+def _other(buf, pos):
+    # Major type 7: skip a float or simple value, checking only that it is well-formed.
+    info = buf[pos] & 0x1F
+    if info < 24:
+        return OTHER, pos + 1
+    if info > 27:
+        raise CBORError("break or reserved value")
+    size = 1 << (info - 24)
+    if size > len(buf) - pos - 1:
+        raise CBORError("truncated")
+    if info == 24 and buf[pos + 1] < 32:
+        raise CBORError("bad simple value")
+    return OTHER, pos + 1 + size
 
 
 def _check_utf8(buf, i, end):

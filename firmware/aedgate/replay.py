@@ -2,7 +2,8 @@
 # accepted tokens, each kept until its exp falls below the time floor. QoS 1 redelivery, a
 # retained copy or a captured token presented again all find their cti here.
 #
-# Caller order:  claims = token.verify(...)
+# Caller order:  try: claims = token.verify(raw, device_id, slots, timefloor.now(clock))
+#                except TokenError as e: raise the floor to e.args[1].get("iat"), ack e.args[0]
 #                if replay.seen(claims["cti"], claims["iat"]): reject "replay"
 #                replay.add(claims["cti"], claims["exp"], claims["iat"])   # on flash now
 #                timefloor.raise_to(claims["iat"]); actuate; ack

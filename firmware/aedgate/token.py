@@ -1,11 +1,14 @@
-# Mission token verification: COSE_Mac0 (RFC 9052) carrying CWT claims (RFC 8392), profile
-# fixed in docs (PROTOCOL.md "Mission token (fixed profile)"), checks in the order of
-# SECURITY.md rule 1. This module only says whether a token is genuine and current; the caller
-# then checks replay (aedgate.replay), persists, raises the time floor and actuates.
+# Command token verification: COSE_Mac0 (RFC 9052) carrying CWT claims (RFC 8392), profile
+# fixed in docs/protocol.md ("Mission token profile"), checks in the order of SECURITY.md rule 1.
+# This module only says whether a token is genuine and current; the caller then checks replay
+# (aedgate.replay), persists the cti, raises the time floor and actuates.
 #
-#   claims = token.verify(raw, "cab-0001", [(kid, key), (next_kid, next_key)], now=t)
-#   # -> {"mission": str, "cti": bytes, "exp": int, "iat": int, "window_s": int, "kid": bytes}
-#   # or raises TokenError(reason), reason one of REASONS.
+#   claims = token.verify(raw, "cab-0001", [(kid, key), (next_kid, next_key)], now)
+#   -> {"kind": "unlock", "mission": str, "cti": bytes, "exp": int, "iat": int,
+#       "window_s": int, "kid": bytes, "action": None, "value": None}
+#   or raises TokenError(reason, info): reason one of REASONS; info a dict holding what could be
+#   read from the authenticated claims ("cti", "mission", and "iat" once iss and aud passed,
+#   for the time floor), empty for every rejection at or before the MAC check.
 #
 # Time: `now` is required and should be timefloor.now(clock): a lower bound on the real time,
 # never an upper bound. So `exp > now` is checked strictly, but "not yet valid" is judged with
@@ -15,7 +18,7 @@
 #     real time has reached iat, so only a token that says "not before later than I was made"
 #     is refused;
 #   - iat is compared with now only when `max_future_s` is given (default off), for callers that
-#     hold a trusted clock (the simulator, tests).
+#     hold a trusted clock.
 from aedgate import cbor
 from aedgate.mac import equal, hmac_sha256
 from aedgate.compat import const
@@ -32,45 +35,53 @@ _C_IAT = const(6)
 _C_CTI = const(7)
 _C_MISSION = const(-65537)
 _C_WINDOW = const(-65538)
+_C_ACTION = const(-65539)
+_C_VALUE = const(-65540)
 _TAG_LEN = const(32)
-_MIN_WINDOW_S = const(10)
 
 REASONS = ("too_large", "malformed", "bad_alg", "bad_header", "unknown_kid", "bad_mac",
-           "bad_claim", "wrong_iss", "wrong_aud", "expired", "not_yet_valid", "internal")
+           "bad_claims", "wrong_iss", "wrong_aud", "expired", "not_yet_valid", "internal")
+KINDS = ("unlock", "service", "time")
 
 
 class TokenError(Exception):
-    """A rejected token; args[0] is the short reason code (one of REASONS) for the ack."""
+    """A rejected token: args[0] is the reason code (one of REASONS) for the ack, args[1] a
+    dict of authenticated values that could be read (see the module comment)."""
 
 
-def verify(raw, device_id, keys, now, issuer="dispatch", max_window_s=300, skew_s=60,
-           max_ttl_s=3600, max_future_s=None):
-    """Check a mission token and return its claims, or raise TokenError(reason).
+def verify(raw, device_id, keys, now, issuer="dispatch", max_window_s=300, min_window_s=1,
+           kind="unlock", skew_s=60, max_ttl_s=900, max_future_s=None):
+    """Check a command token and return its claims, or raise TokenError(reason, info).
 
     raw: the MQTT payload (bytes/bytearray/memoryview), at most 512 bytes.
     device_id: this cabinet's id; the token's aud must equal it exactly.
-    keys: key slots, a list of (kid bytes, 32-byte key): current and next, for rotation.
+    keys: key slots, a list of (kid bytes, 32-byte key): current first, then next. A token
+      without kid is checked with the current slot.
     now: Unix seconds, normally timefloor.now(clock) (see the module comment).
-    window_s in the result is clamped into [10, max_window_s]; a window of 0 is clamped up
-    rather than refused, so a dispatch-side slip never keeps the AED locked.
-    Tokens living longer than max_ttl_s (exp - iat) are refused: the replay store then only ever
-    has to remember a cti for that long.
+    kind: "unlock" (needs mission and window), "service" (needs action -65539, may carry value
+      -65540 and mission) or "time" (none of -65537..-65540).
+    window_s in the result is clamped into [min_window_s, max_window_s] (a window of 0 or less
+      is bad_claims, per the profile: uint >= 1).
+    Tokens living longer than max_ttl_s (exp - iat) are bad_claims: a device with a stale clock
+      cannot be opened with an old long-lived token, and the replay store only ever has to
+      remember a cti for that long.
     """
     try:
-        return _verify(raw, device_id, keys, now, issuer, max_window_s, skew_s, max_ttl_s,
-                       max_future_s)
+        return _verify(raw, device_id, keys, now, issuer, max_window_s, min_window_s, kind,
+                       skew_s, max_ttl_s, max_future_s)
     except TokenError:
         raise
     except Exception:  # noqa: BLE001 - no input may crash the caller; "internal" marks a bug
-        raise TokenError("internal")
+        raise TokenError("internal", {})
 
 
-def _verify(raw, device_id, keys, now, issuer, max_window_s, skew_s, max_ttl_s, max_future_s):
+def _verify(raw, device_id, keys, now, issuer, max_window_s, min_window_s, kind, skew_s,
+            max_ttl_s, max_future_s):
     if not isinstance(raw, (bytes, bytearray, memoryview)):
-        raise TokenError("malformed")
+        raise TokenError("malformed", {})
     n = len(raw)
     if n > MAX_TOKEN_BYTES:
-        raise TokenError("too_large")
+        raise TokenError("too_large", {})
     buf = memoryview(raw)
     pos = 0
     # Optional CWT tag 61 (0xD8 0x3D), then optional COSE_Mac0 tag 17 (0xD1). Shortest
@@ -82,91 +93,115 @@ def _verify(raw, device_id, keys, now, issuer, max_window_s, skew_s, max_ttl_s, 
     try:
         msg = cbor.decode(buf[pos:], 2)  # [bstr, {kid}, bstr, bstr]: depth 2 at most
     except cbor.CBORError:
-        raise TokenError("malformed")
+        raise TokenError("malformed", {})
     if (not isinstance(msg, list) or len(msg) != 4 or not isinstance(msg[0], bytes)
             or not isinstance(msg[1], dict) or not isinstance(msg[2], bytes)
-            or not isinstance(msg[3], bytes)):
-        raise TokenError("malformed")
+            or not isinstance(msg[3], bytes) or len(msg[3]) != _TAG_LEN):
+        raise TokenError("malformed", {})
     protected, unprotected, payload, tag = msg
-    header = {}
+    # The protected header must be a non-empty map (bad_header otherwise: there is no alg).
+    header = None
     if protected:
         try:
             header = cbor.decode(protected, 1)
         except cbor.CBORError:
-            raise TokenError("malformed")
-        if not isinstance(header, dict):
-            raise TokenError("malformed")
-
+            pass
+    if not isinstance(header, dict) or not header:
+        raise TokenError("bad_header", {})
     # The algorithm is pinned: the token never chooses it.
     alg = header.get(_H_ALG)
     if type(alg) is not int or alg != _ALG_HMAC_256_256:
-        raise TokenError("bad_alg")
+        raise TokenError("bad_alg", {})
     for k in header:
         if k != _H_ALG and k != _H_KID:
-            raise TokenError("bad_header")
+            raise TokenError("bad_header", {})
     for k in unprotected:
         if k != _H_KID or k in header:
-            raise TokenError("bad_header")
+            raise TokenError("bad_header", {})
     kid = header[_H_KID] if _H_KID in header else unprotected.get(_H_KID)
-    if kid is None:
-        raise TokenError("unknown_kid")
-    if not isinstance(kid, bytes):
-        raise TokenError("bad_header")
+    if kid is not None and not isinstance(kid, bytes):
+        raise TokenError("bad_header", {})
     key = None
     for slot_kid, slot_key in keys:
-        if slot_kid == kid:  # kid is public: a plain compare is fine
+        if kid is None or slot_kid == kid:  # kid is public: a plain compare is fine
             key = slot_key
             break
     if key is None:
-        raise TokenError("unknown_kid")
+        raise TokenError("unknown_kid", {})
 
     # MAC over MAC_structure = ["MAC0", protected (bytes as received), external_aad b"",
     # payload], encoded here piece by piece and fed to the hash without joining.
-    if len(tag) != _TAG_LEN:
-        raise TokenError("bad_mac")
     expected = hmac_sha256(key, (b"\x84\x64MAC0", _bstr_head(len(protected)), protected,
                                  b"\x40", _bstr_head(len(payload)), payload))
     if not equal(expected, tag):
-        raise TokenError("bad_mac")
+        raise TokenError("bad_mac", {})
 
-    # Claims: from here on the bytes are authentic, so errors are dispatch-side bugs.
+    # Claims: from here on the bytes are authentic, so errors are dispatch-side bugs, and the
+    # values read are the issuer's own: they go into TokenError.args[1] for the ack/event.
+    info = {}
     try:
         claims = cbor.decode(payload, 2)
     except cbor.CBORError:
-        raise TokenError("bad_claim")
+        raise TokenError("bad_claims", info)
     if not isinstance(claims, dict):
-        raise TokenError("bad_claim")
-    iss = claims.get(_C_ISS)
-    if not isinstance(iss, str) or iss != issuer:
-        raise TokenError("wrong_iss")
-    aud = claims.get(_C_AUD)
-    if not isinstance(aud, str) or aud != device_id:
-        raise TokenError("wrong_aud")
+        raise TokenError("bad_claims", info)
+    cti = claims.get(_C_CTI)
+    mission = claims.get(_C_MISSION)
+    if isinstance(cti, bytes) and 8 <= len(cti) <= 32:
+        info["cti"] = cti
+    if isinstance(mission, str) and 1 <= len(mission) <= 64:
+        info["mission"] = mission
     exp = claims.get(_C_EXP)
     iat = claims.get(_C_IAT)
     nbf = claims.get(_C_NBF)
-    cti = claims.get(_C_CTI)
-    mission = claims.get(_C_MISSION)
-    window = claims.get(_C_WINDOW)
-    if (type(exp) is not int or type(iat) is not int
+    iss = claims.get(_C_ISS)
+    aud = claims.get(_C_AUD)
+    if ("cti" not in info or not isinstance(iss, str) or not isinstance(aud, str)
+            or type(exp) is not int or type(iat) is not int
             or (nbf is not None and type(nbf) is not int)
-            or not isinstance(cti, bytes) or not 8 <= len(cti) <= 32
-            or not isinstance(mission, str) or not 1 <= len(mission) <= 64
-            or type(window) is not int or window < 0
-            or iat > exp or exp - iat > max_ttl_s):
-        raise TokenError("bad_claim")
+            or iat > exp or exp - iat > max_ttl_s
+            or not _command_claims_ok(claims, kind, mission)):
+        raise TokenError("bad_claims", info)
+    if iss != issuer:
+        raise TokenError("wrong_iss", info)
+    if aud != device_id:
+        raise TokenError("wrong_aud", info)
+    # MAC, iss and aud passed: iat is now authenticated time for the floor, even on rejection.
+    info["iat"] = iat
     if exp <= now:
-        raise TokenError("expired")
+        raise TokenError("expired", info)
     if nbf is not None and nbf > (now if now > iat else iat) + skew_s:
-        raise TokenError("not_yet_valid")
+        raise TokenError("not_yet_valid", info)
     if max_future_s is not None and iat > now + max_future_s:
-        raise TokenError("not_yet_valid")
-    if window < _MIN_WINDOW_S:
-        window = _MIN_WINDOW_S
-    if window > max_window_s:
-        window = max_window_s
-    return {"mission": mission, "cti": cti, "exp": exp, "iat": iat, "window_s": window,
-            "kid": kid}
+        raise TokenError("not_yet_valid", info)
+    window = claims.get(_C_WINDOW)
+    if window is not None:
+        if window < min_window_s:
+            window = min_window_s
+        if window > max_window_s:
+            window = max_window_s
+    action = claims.get(_C_ACTION)
+    return {"kind": kind, "mission": mission, "cti": cti, "exp": exp, "iat": iat,
+            "window_s": window, "kid": kid, "action": action, "value": claims.get(_C_VALUE)}
+
+
+def _command_claims_ok(claims, kind, mission):
+    # One key for every command: the claims decide what a token may do (docs/protocol.md,
+    # "Keeping command types apart"). A token for one command is bad_claims on another's topic.
+    window = claims.get(_C_WINDOW)
+    action = claims.get(_C_ACTION)
+    value = claims.get(_C_VALUE)
+    if kind == "unlock":
+        return (isinstance(mission, str) and 1 <= len(mission) <= 64
+                and type(window) is int and window >= 1
+                and action is None and value is None)
+    if kind == "service":
+        return ((mission is None or (isinstance(mission, str) and 1 <= len(mission) <= 64))
+                and window is None and isinstance(action, str) and 1 <= len(action) <= 32
+                and (value is None or (isinstance(value, str) and len(value) <= 32)))
+    if kind == "time":
+        return mission is None and window is None and action is None and value is None
+    return False
 
 
 def _bstr_head(n):

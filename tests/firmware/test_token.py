@@ -109,16 +109,26 @@ def reason(raw, now=NOW, **kw):
         token.verify(raw, DEV, SLOTS, now, **kw)
     except TokenError as e:
         assert e.args[0] in token.REASONS and e.args[0] != "internal", e.args
+        assert isinstance(e.args[1], dict)
         return e.args[0]
     return None
+
+
+def info(raw, now=NOW, **kw):
+    try:
+        token.verify(raw, DEV, SLOTS, now, **kw)
+    except TokenError as e:
+        return e.args[1]
+    assert False, "accepted"
 
 
 def test_valid_token_accepted_in_every_wrapping():
     for raw in (make(), make(tag17=False), make(cwt=True), make(tag17=False, cwt=True),
                 make(protected={1: 5}, unprotected={4: KID})):
         got = token.verify(raw, DEV, SLOTS, NOW)
-        assert got == {"mission": "M-2291", "cti": b"\x5a" * 16, "exp": NOW + 120, "iat": NOW,
-                       "window_s": 120, "kid": KID}, got
+        assert got == {"kind": "unlock", "mission": "M-2291", "cti": b"\x5a" * 16,
+                       "exp": NOW + 120, "iat": NOW, "window_s": 120, "kid": KID,
+                       "action": None, "value": None}, got
 
 
 def test_next_key_slot_and_bytearray_input():
@@ -182,23 +192,31 @@ def test_deep_nesting_rejected_without_crash():
         assert reason(deep) == "too_large"
         assert reason(opener * 200 + b"\x00") == "malformed"
     # Nesting inside the MACed payload: authentic but not the profile.
-    assert reason(make(payload=Raw(b"\x81" * 300 + b"\x00"))) == "bad_claim"
+    assert reason(make(payload=Raw(b"\x81" * 300 + b"\x00"))) == "bad_claims"
 
 
 def test_alg_pinned():
     assert reason(make(protected={4: KID})) == "bad_alg"
-    assert reason(make(protected={})) == "bad_alg"  # empty protected bstr
-    assert reason(make(protected=Raw(b"\xa0"))) == "bad_alg"
+    # The protected header must be a non-empty map: empty bstr, empty map, not CBOR, not a map.
+    for p in ({}, Raw(b"\xa0"), Raw(b"\xa1\x01"), Raw(b"\x05"), Raw(b"\x81\x05")):
+        assert reason(make(protected=p)) == "bad_header"
     for alg in (0, 4, 6, 7, -7, -8, 1, "HS256", b"\x05", 5.0, True, -5, 261):
-        assert reason(make(protected={1: alg, 4: KID})) in ("bad_alg", "malformed"), alg
+        assert reason(make(protected={1: alg, 4: KID})) == "bad_alg", alg
     assert reason(make(protected={4: KID}, unprotected={1: 5})) == "bad_alg"
     assert reason(make(unprotected={1: 5})) == "bad_header"
 
 
 def test_kid_selects_a_slot():
     assert reason(make(protected={1: 5, 4: b"other"})) == "unknown_kid"
-    assert reason(make(protected={1: 5})) == "unknown_kid"
     assert reason(make(protected={1: 5}, unprotected={4: b""})) == "unknown_kid"
+    # No kid at all: the current slot (the first) is used.
+    assert reason(make(protected={1: 5})) is None
+    assert reason(make(protected={1: 5}, key=NEXT_KEY)) == "bad_mac"
+    try:
+        token.verify(make(), DEV, [], NOW)
+        assert False, "accepted with no key slots"
+    except TokenError as e:
+        assert e.args[0] == "unknown_kid"
     for bad in ("kid", 7, [KID], {1: KID}):
         assert reason(make(protected={1: 5, 4: bad})) in ("bad_header", "malformed"), bad
         assert reason(make(protected={1: 5}, unprotected={4: bad})) in ("bad_header", "malformed"), bad
@@ -220,16 +238,23 @@ def test_mac_checks():
     assert reason(make(key=mac.device_key(MASTER, "cab-0002"))) == "bad_mac"
     assert reason(make(mac_tag=b"\x00" * 32)) == "bad_mac"
     good = mac.hmac_sha256(KEY, enc(["MAC0", enc({1: 5, 4: KID}), b"", enc(claims())]))
-    assert reason(make(mac_tag=good[:16])) == "bad_mac"
-    assert reason(make(mac_tag=good + b"\x00")) == "bad_mac"
+    assert reason(make(mac_tag=good[:16])) == "malformed"  # tag must be 32 bytes
+    assert reason(make(mac_tag=good + b"\x00")) == "malformed"
+    assert info(make(mac_tag=b"\x00" * 32)) == {}  # nothing unauthenticated is echoed
     assert reason(make(mac_tag=good)) is None
 
 
 def test_audience_and_issuer():
-    for aud in ("cab-0002", [DEV], DEV + "\x00", DEV.upper(), DEV.encode(), "", _DROP, 1):
+    for aud in ("cab-0002", DEV + "\x00", DEV.upper(), "", " " + DEV):
         assert reason(make(claims(aud=aud))) == "wrong_aud", aud
-    for iss in ("Dispatch", "dispatch\x00", b"dispatch", _DROP):
+    for aud in ([DEV], DEV.encode(), _DROP, 1):  # missing or of the wrong type
+        assert reason(make(claims(aud=aud))) == "bad_claims", aud
+    for iss in ("Dispatch", "dispatch\x00", ""):
         assert reason(make(claims(iss=iss))) == "wrong_iss", iss
+    for iss in (b"dispatch", _DROP, ["dispatch"]):
+        assert reason(make(claims(iss=iss))) == "bad_claims", iss
+    # Authenticated values are echoed; iat only once iss and aud passed.
+    assert info(make(claims(aud="cab-0002"))) == {"cti": b"\x5a" * 16, "mission": "M-2291"}
     raw = make(claims(iss="region-7"))
     assert reason(raw, issuer="region-7") is None
 
@@ -238,26 +263,27 @@ def test_time_claims_must_be_plain_integers():
     for name in ("exp", "iat"):
         for bad in (float(NOW + 60), True, False, str(NOW + 60), Tag(2, b"\x6b\x49\xd2\x00"),
                     Tag(1, NOW + 60), None, _DROP, [NOW]):
-            assert reason(make(claims(**{name: bad}))) == "bad_claim", (name, bad)
-    assert reason(make(claims(nbf=float(NOW)))) == "bad_claim"
+            assert reason(make(claims(**{name: bad}))) == "bad_claims", (name, bad)
+    assert reason(make(claims(nbf=float(NOW)))) == "bad_claims"
 
 
 def test_duplicate_claim_keys_rejected():
     c = list(claims().items()) + [(3, "cab-0002")]
-    assert reason(make(Pairs(c))) == "bad_claim"
+    assert reason(make(Pairs(c))) == "bad_claims"
     c = list(claims().items()) + [(4, NOW + 100)]
-    assert reason(make(Pairs(c))) == "bad_claim"
-    assert reason(make(protected=Pairs([(1, 5), (4, KID), (1, 5)]))) == "malformed"
+    assert reason(make(Pairs(c))) == "bad_claims"
+    assert reason(make(protected=Pairs([(1, 5), (4, KID), (1, 5)]))) == "bad_header"
+    assert reason(make(unprotected=Pairs([(4, KID), (4, KID)]), protected={1: 5})) == "malformed"
 
 
 def test_window_is_clamped():
-    assert token.verify(make(claims(window=0)), DEV, SLOTS, NOW)["window_s"] == 10
-    assert token.verify(make(claims(window=5)), DEV, SLOTS, NOW)["window_s"] == 10
+    assert token.verify(make(claims(window=1)), DEV, SLOTS, NOW)["window_s"] == 1
+    assert token.verify(make(claims(window=5)), DEV, SLOTS, NOW, min_window_s=10)["window_s"] == 10
     assert token.verify(make(claims(window=2 ** 40)), DEV, SLOTS, NOW)["window_s"] == 300
     assert token.verify(make(claims(window=2 ** 64 - 1)), DEV, SLOTS, NOW)["window_s"] == 300
     assert token.verify(make(claims(window=900)), DEV, SLOTS, NOW, max_window_s=600)["window_s"] == 600
-    for bad in (-1, -(2 ** 40), "60", 60.0, True, _DROP):
-        assert reason(make(claims(window=bad))) == "bad_claim", bad
+    for bad in (0, -1, -(2 ** 40), "60", 60.0, True, _DROP):
+        assert reason(make(claims(window=bad))) == "bad_claims", bad
 
 
 def test_expiry_and_not_before():
@@ -265,12 +291,14 @@ def test_expiry_and_not_before():
     assert reason(raw, now=NOW + 119) is None
     assert reason(raw, now=NOW + 120) == "expired"
     assert reason(raw, now=NOW + 10 ** 6) == "expired"
+    # Expired but authentic: iat is handed back for the time floor.
+    assert info(raw, now=NOW + 120) == {"cti": b"\x5a" * 16, "mission": "M-2291", "iat": NOW}
     # A device that lost its clock has only an old floor: a fresh token must still work.
     assert reason(raw, now=NOW - 30 * 86400) is None
     assert reason(make(claims(nbf=NOW))) is None
     assert reason(make(claims(nbf=NOW)), now=NOW - 86400) is None
     assert reason(make(claims(nbf=NOW + 61))) == "not_yet_valid"
-    assert reason(make(claims(nbf=NOW + 3000, exp=NOW + 3600))) == "not_yet_valid"
+    assert reason(make(claims(nbf=NOW + 600, exp=NOW + 900))) == "not_yet_valid"
     # iat in the future is refused only by a caller that trusts its clock.
     ahead = make(claims(iat=NOW + 100, exp=NOW + 200))
     assert reason(ahead) is None
@@ -279,25 +307,48 @@ def test_expiry_and_not_before():
 
 
 def test_lifetime_bounded():
-    assert reason(make(claims(exp=NOW + 3600))) is None
-    assert reason(make(claims(exp=NOW + 3601))) == "bad_claim"
-    assert reason(make(claims(exp=NOW - 1, iat=NOW))) == "bad_claim"
+    assert reason(make(claims(exp=NOW + 900))) is None
+    assert reason(make(claims(exp=NOW + 901))) == "bad_claims"
+    assert reason(make(claims(exp=NOW - 1, iat=NOW))) == "bad_claims"
     assert reason(make(claims(exp=NOW + 7200)), max_ttl_s=7200) is None
+
+
+def test_command_kinds_kept_apart():
+    unlock = make()
+    assert reason(unlock, kind="service") == "bad_claims"
+    assert reason(unlock, kind="time") == "bad_claims"
+    assert reason(unlock, kind="nonsense") == "bad_claims"
+    service = make(Pairs(list(claims(window=_DROP).items()) + [(-65539, "aed_checked")]))
+    got = token.verify(service, DEV, SLOTS, NOW, kind="service")
+    assert got["kind"] == "service" and got["action"] == "aed_checked" and got["window_s"] is None
+    assert reason(service) == "bad_claims"  # a service token never unlocks
+    c = claims(window=_DROP)
+    c[-65539] = "set_pads_expiry"
+    c[-65540] = "2027-01-31"
+    got = token.verify(make(c), DEV, SLOTS, NOW, kind="service")
+    assert got["value"] == "2027-01-31" and got["mission"] == "M-2291"
+    t = claims(window=_DROP, mission=_DROP)
+    assert token.verify(make(t), DEV, SLOTS, NOW, kind="time")["iat"] == NOW
+    assert reason(make(t)) == "bad_claims"
+    assert reason(make(t), kind="service") == "bad_claims"
+    c = claims()
+    c[-65539] = "aed_checked"
+    assert reason(make(c)) == "bad_claims"  # unlock claims plus an action: refused
 
 
 def test_cti_and_mission_shapes():
     for cti in (b"\x01" * 8, b"\x01" * 32):
         assert reason(make(claims(cti=cti))) is None
     for cti in (b"\x01" * 7, b"\x01" * 33, "0123456789", 12345678, _DROP):
-        assert reason(make(claims(cti=cti))) == "bad_claim", cti
+        assert reason(make(claims(cti=cti))) == "bad_claims", cti
     assert reason(make(claims(mission="m" * 64))) is None
     assert token.verify(make(claims(mission="Einsatz-Ü1")), DEV, SLOTS, NOW)["mission"] == "Einsatz-Ü1"
     for m in ("", "m" * 65, b"M-1", 7, _DROP):
-        assert reason(make(claims(mission=m))) == "bad_claim", m
+        assert reason(make(claims(mission=m))) == "bad_claims", m
     # Invalid UTF-8 (a surrogate, an overlong NUL) in the MACed payload.
     for bad in (b"\x63\xed\xa0\x80", b"\x62\xc0\x80", b"\x64\xf4\x90\x80\x80", b"\x61\xff"):
         c = Pairs(list(claims(mission=_DROP).items()) + [(-65537, Raw(bad))])
-        assert reason(make(c)) == "bad_claim", bad
+        assert reason(make(c)) == "bad_claims", bad
 
 
 def test_outer_structure():
@@ -323,8 +374,13 @@ def test_cbor_decoder_strictness():
     assert cbor.decode(b"\x3a\x00\x01\x00\x00") == -65537
     assert cbor.decode(b"\x1b\xff\xff\xff\xff\xff\xff\xff\xff") == 2 ** 64 - 1
     assert cbor.decode(b"\xa2\x01\x61a\x61b\x40") == {1: "a", "b": b""}
+    for other in (b"\xf4", b"\xf5", b"\xf6", b"\xf7", b"\xf8\x20", b"\xf9\x00\x00", b"\xfa" + bytes(4),
+                  b"\xfb" + bytes(8)):
+        assert cbor.decode(other) is cbor.OTHER
+    assert cbor.decode(b"\x82\xf5\x01") == [cbor.OTHER, 1]
     for bad in (b"\x18\x17", b"\x19\x00\xff", b"\x1a\x00\x00\xff\xff", b"\x1b" + bytes(4) + b"\xff" * 4,
-                b"\x5f\xff", b"\x7f\xff", b"\xbf\xff", b"\x1c", b"\xf9\x00\x00", b"\xf7", b"\xc2\x40",
+                b"\x5f\xff", b"\x7f\xff", b"\xbf\xff", b"\x1c", b"\xf8\x1f", b"\xf9\x00", b"\xfb" + bytes(7),
+                b"\xff", b"\xfc", b"\xa1\xf6\x00", b"\xc2\x40",
                 b"\xa2\x01\x00\x01\x01", b"\xa1\x40\x00", b"\xa1\x80\x00", b"\x5a\xff\xff\xff\xff",
                 b"\x9a\xff\xff\xff\xff", b"\x91" + b"\x00" * 17, b"\x00\x00", b""):
         try:

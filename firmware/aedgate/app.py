@@ -3,11 +3,16 @@
 # builds `hw` from machine.Pin & co.) and in the simulator (simulated `hw`).
 import json
 
-from aedgate import VERSION, config
+from aedgate import VERSION, config, service
 from aedgate.cabinet import Cabinet
-from aedgate.compat import Flag, asyncio, sleep_ms
+from aedgate.compat import Flag, asyncio, sleep_ms, ticks_diff, ticks_ms
+from aedgate.gate import Gate
+from aedgate.mission import Missions
 from aedgate.mqtt import MQTTClient, backoff_ms
 from aedgate.outbox import Outbox
+
+_EXPIRY_FILE = "expiry"
+_STATE_MIN_INTERVAL_MS = 1000  # at most one state message a second, however busy the cabinet
 
 
 class App:
@@ -25,6 +30,7 @@ class App:
         self.online = False
         self.mqtt = None
         self._link_lost = False
+        self._state_sent = ticks_ms() - _STATE_MIN_INTERVAL_MS
         self._acks = []               # command results waiting to be sent (RAM: not events)
         self._timers = {}             # name -> task (door left open, siren)
         self.cabinet = Cabinet(self.cfg, self.emit, VERSION)
@@ -32,7 +38,11 @@ class App:
         for field, reason in errors:
             # A missing file on a fresh board is normal; say it once, as an error all the same.
             self.emit({"type": "config_error", "field": field, "reason": reason})
-        self.commands = {}            # cmd name -> callable(payload, dup); filled by features
+        self.commands = {}            # cmd name -> callable(payload, dup)
+        self.cabinet.load_expiry(flash.read(_EXPIRY_FILE))
+        self.gate = Gate(flash, self.cfg, self.device_id)
+        self.missions = Missions(self, self.gate)
+        self.commands["service"] = lambda raw, dup: service.on_command(self, self.gate, self.missions, raw)
 
     # -- events and state ----------------------------------------------------------------
     def emit(self, ev):
@@ -64,8 +74,8 @@ class App:
         return json.dumps(s)
 
     # -- inputs --------------------------------------------------------------------------
-    async def _watch(self, pin, on_change):
-        """Wait for a pin interrupt, let the contact settle, then report the new level. No
+    async def _watch(self, pin, on_change, settle_ms):
+        """Wait for a pin interrupt, let the input settle, then report the new level. No
         polling: an idle cabinet sleeps here until an edge arrives."""
         flag = Flag()
         pin.irq(handler=lambda p: flag.set(), trigger=pin.IRQ_RISING | pin.IRQ_FALLING)
@@ -73,7 +83,7 @@ class App:
         on_change(level)
         while True:
             await flag.wait()
-            await sleep_ms(self.cfg["debounce_ms"])
+            await sleep_ms(settle_ms)
             now = pin.value()
             if now != level:
                 level = now
@@ -81,6 +91,8 @@ class App:
 
     def _door(self, level):
         is_open = level == self.cfg["door_open_level"]
+        if is_open and self.cabinet.door == "closed":
+            self.missions.door_opened()
         siren = self.cabinet.door_changed(is_open, self.clock.time())
         if is_open:
             self._start_timer("door", self._door_left_open())
@@ -96,10 +108,17 @@ class App:
         self.cabinet.mains_changed(bool(level))
         self.wake.set()
 
+    def _button(self, level):
+        if level == 0:  # pressed: the button pulls its input low
+            self.missions.button_pressed()
+
     async def _door_left_open(self):
+        # Reported at the limit, then again every 1800 s while the door stays open.
         await self.clock.sleep_ms(self.cfg["door_left_open_s"] * 1000)
-        self.cabinet.door_still_open(self.clock.time())
-        self.wake.set()
+        while True:
+            self.cabinet.door_still_open(self.clock.time())
+            self.wake.set()
+            await self.clock.sleep_ms(1800 * 1000)
 
     async def _siren(self, seconds):
         try:
@@ -134,7 +153,8 @@ class App:
                 self.cabinet.temp_reading(await self.hw.temp.read_c())
             except OSError:
                 pass  # a sensor that does not answer leaves the last reading; state omits none
-        self.cabinet.check_expiry(self.clock.time())
+        if self.cabinet.check_expiry(self.clock.time()):
+            self.flash.write(_EXPIRY_FILE, self.cabinet.dump_expiry())
         if self.cabinet.changed:
             self.wake.set()
 
@@ -239,7 +259,12 @@ class App:
                 self._acks.pop(0)
                 continue
             if self.cabinet.changed:
+                wait = _STATE_MIN_INTERVAL_MS - ticks_diff(ticks_ms(), self._state_sent)
+                if wait > 0:
+                    await sleep_ms(wait)
+                    continue  # events that came meanwhile go first
                 await client.publish(self.topic + "state", self.state_payload(), 1, True)
+                self._state_sent = ticks_ms()
                 continue
             await self.wake.wait()
 
@@ -250,12 +275,15 @@ class App:
                  asyncio.create_task(self._sampler()),
                  asyncio.create_task(self._heartbeat())]
         if hw.door:
-            tasks.append(asyncio.create_task(self._watch(hw.door, self._door)))
+            tasks.append(asyncio.create_task(self._watch(hw.door, self._door, self.cfg["debounce_ms"])))
         if hw.mains:
-            tasks.append(asyncio.create_task(self._watch(hw.mains, self._mains)))
+            tasks.append(asyncio.create_task(self._watch(hw.mains, self._mains, self.cfg["mains_debounce_ms"])))
+        if hw.button:
+            tasks.append(asyncio.create_task(self._watch(hw.button, self._button, self.cfg["debounce_ms"])))
         try:
             await asyncio.gather(*tasks)
         finally:
             for t in tasks + list(self._timers.values()):
                 t.cancel()
+            self.missions.all_off()
             self._siren_off()

@@ -66,8 +66,8 @@ class Cabinet:
         return False
 
     def door_still_open(self, now):
-        """Called when the door-left-open timer fires."""
-        if self.door == "open" and "door_left_open" not in self.alarms:
+        """Called when the door-left-open timer fires (at the limit, then periodically)."""
+        if self.door == "open":
             self._alarm("door_left_open", True)
             self._event("door_left_open", {"open_s": now - (self.door_opened_at or now)})
 
@@ -78,21 +78,24 @@ class Cabinet:
         if self._reported_mv is None or abs(mv - self._reported_mv) >= 50:
             self.changed = True
         self.battery_mv = mv
-        hyst = cfg["battery_hysteresis_mv"]
-        # Enter an alarm at its threshold; leave it only hysteresis above, so a battery that
-        # hovers around the threshold does not flap.
-        if mv <= cfg["battery_critical_mv"] and "battery_critical" not in self.alarms:
-            self._alarm("battery_critical", True)
-            self._alarm("battery_low", True)
-            self._event("battery_critical", {"battery_mv": mv})
-        elif mv <= cfg["battery_low_mv"] and "battery_low" not in self.alarms:
-            self._alarm("battery_low", True)
-            self._event("battery_low", {"battery_mv": mv})
-        if "battery_critical" in self.alarms and mv > cfg["battery_critical_mv"] + hyst:
-            self._alarm("battery_critical", False)
-        if "battery_low" in self.alarms and mv > cfg["battery_low_mv"] + hyst:
-            self._alarm("battery_low", False)
-            self._alarm("battery_critical", False)
+        low, crit, hyst = cfg["battery_low_mv"], cfg["battery_critical_mv"], cfg["battery_hysteresis_mv"]
+        # Three bands. Enter a worse band at its threshold; leave it only `hyst` above it, so a
+        # battery hovering around a threshold does not flap.
+        band = "battery_critical" if "battery_critical" in self.alarms else (
+            "battery_low" if "battery_low" in self.alarms else None)
+        if mv <= crit or (band == "battery_critical" and mv < crit + hyst):
+            new = "battery_critical"
+        elif mv <= low or (band is not None and mv < low + hyst):
+            new = "battery_low"
+        else:
+            new = None
+        if new == band:
+            return
+        self._alarm("battery_low", new == "battery_low")
+        self._alarm("battery_critical", new == "battery_critical")
+        if new == "battery_critical" or (new == "battery_low" and band is None):
+            self._event(new, {"battery_mv": mv})
+        elif new is None:
             self._event("battery_ok", {"battery_mv": mv})
 
     def battery_pct(self):
@@ -138,9 +141,34 @@ class Cabinet:
         d = parse_date(self.cfg[field]) if self.cfg[field] else None
         return None if d is None else d - today
 
+    def load_expiry(self, raw):
+        """What was already reported for which date (from flash): reboots don't repeat it."""
+        import json
+        try:
+            levels = json.loads(raw) if raw else {}
+        except ValueError:
+            levels = {}
+        if isinstance(levels, dict):
+            for field in levels:
+                item = levels[field]
+                if isinstance(item, list) and len(item) == 2 and item[0] == self.cfg.get(field):
+                    self._expiry_level[field] = item[1]
+                    name = "pads" if field == "pads_expiry" else "aed_battery"
+                    self._alarm(name + ("_expired" if item[1] == -1 else "_expiring"), True)
+
+    def dump_expiry(self):
+        import json
+        return json.dumps(dict((f, [self.cfg[f], self._expiry_level[f]]) for f in self._expiry_level))
+
     def check_expiry(self, now):
         """Fire pads/AED-battery warnings once per threshold crossed (e.g. 30 and 7 days), and
-        an expired event at 0."""
+        an expired event the day after the date. Returns True when what was reported changed
+        (the app persists it)."""
+        before = dict(self._expiry_level)
+        self._check_expiry(now)
+        return before != self._expiry_level
+
+    def _check_expiry(self, now):
         today = now // _DAY_S
         for field, name in (("pads_expiry", "pads"), ("aed_battery_expiry", "aed_battery")):
             left = self.days_left(field, today)
@@ -187,7 +215,7 @@ class Cabinet:
             "pads_days_left": self.days_left("pads_expiry", today),
             "aed_battery_expiry": self.cfg["aed_battery_expiry"],
             "aed_battery_days_left": self.days_left("aed_battery_expiry", today),
-            "alarms": sorted(self.alarms),
+            "alarms": sorted(self.alarms | {"service_needed"}) if self.service_needed else sorted(self.alarms),
             "fw": self.fw,
             "uptime_s": uptime_s,
             "service_needed": self.service_needed,

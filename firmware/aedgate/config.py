@@ -20,18 +20,19 @@ SCHEMA = {
     "keepalive_s": ("int", 60, 10, 1200),
     "wifi_ssid": ("str", "", 0, 32),
     "wifi_password": ("secret", "", 0, 64),
-    "heartbeat_s": ("int", 1800, 10, 86400),
+    "heartbeat_s": ("int", 900, 10, 86400),
     "sample_s": ("int", 60, 1, 3600),            # slow sensors: battery, temperature, expiry
     "door_left_open_s": ("int", 300, 10, 86400),
     "siren_s": ("int", 60, 0, 600),
     "debounce_ms": ("int", 50, 5, 2000),
+    "mains_debounce_ms": ("int", 5000, 5, 60000),  # a flickering supply is not an outage
     "door_open_level": ("int", 1, 0, 1),         # pin level that means "door open"
     "battery_divider": ("num", 5.0, 1.0, 20.0),  # battery volts per volt at the ADC pin
     "battery_cal": ("num", 1.0, 0.5, 1.5),       # per-board calibration factor
     "battery_full_mv": ("int", 12700, 1000, 60000),
     "battery_empty_mv": ("int", 11000, 1000, 60000),
     "battery_low_mv": ("int", 11900, 1000, 60000),
-    "battery_critical_mv": ("int", 11500, 1000, 60000),
+    "battery_critical_mv": ("int", 11400, 1000, 60000),
     "battery_hysteresis_mv": ("int", 200, 0, 5000),
     "temp_min_c": ("num", 0.0, -60.0, 100.0),    # AED storage range (typical 0-50 C)
     "temp_max_c": ("num", 50.0, -60.0, 100.0),

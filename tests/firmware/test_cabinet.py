@@ -40,29 +40,35 @@ def test_repeated_reading_is_not_an_event():
     assert ev == []
 
 
-def test_door_left_open_once():
+def test_door_left_open_repeats_while_open():
     cab, ev = make()
     cab.door_changed(True, 1000)
     cab.door_still_open(1300)
-    cab.door_still_open(1400)
-    assert types(ev).count("door_left_open") == 1
-    assert ev[-1]["open_s"] == 300
+    cab.door_still_open(3100)
+    assert [e["open_s"] for e in ev if e["type"] == "door_left_open"] == [300, 2100]
+    cab.door_changed(False, 3200)
+    cab.door_still_open(3300)  # a timer that fires late after closing reports nothing
+    assert types(ev).count("door_left_open") == 2 and "door_left_open" not in cab.alarms
 
 
 def test_battery_hysteresis_no_flapping():
-    cab, ev = make()  # low 11900, critical 11500, hysteresis 200
+    cab, ev = make()  # low 11900, critical 11400, hysteresis 200
     for mv in (12500, 11900, 11950, 11880, 12000, 12050, 11890):
         cab.battery_reading(mv)
     assert types(ev) == ["battery_low"]
-    cab.battery_reading(12101)
+    cab.battery_reading(12100)
     assert types(ev) == ["battery_low", "battery_ok"]
-    cab.battery_reading(11400)
+    cab.battery_reading(11400)  # straight from ok to critical
     assert types(ev)[-1] == "battery_critical"
-    assert {"battery_low", "battery_critical"} <= cab.alarms
-    cab.battery_reading(11600)  # above critical, inside hysteresis: still critical
-    assert "battery_critical" in cab.alarms
-    cab.battery_reading(11750)
-    assert "battery_critical" not in cab.alarms and "battery_low" in cab.alarms
+    assert cab.alarms == {"battery_critical"}  # the bands exclude each other
+    cab.battery_reading(11550)  # above critical, inside hysteresis: still critical
+    assert cab.alarms == {"battery_critical"}
+    cab.battery_reading(11600)  # back to low: the alarm changes, no event
+    assert cab.alarms == {"battery_low"} and types(ev)[-1] == "battery_critical"
+    cab.battery_reading(11300)
+    assert types(ev)[-1] == "battery_critical" and types(ev).count("battery_critical") == 2
+    cab.battery_reading(12200)
+    assert types(ev)[-1] == "battery_ok" and not cab.alarms
 
 
 def test_battery_pct_clamped():
@@ -105,6 +111,22 @@ def test_expiry_thresholds_fire_once_each():
     got = [(e["type"], e["days_left"]) for e in ev]
     assert got == [("pads_expiring", 30), ("pads_expiring", 7), ("pads_expired", -1)]
     assert "pads_expired" in cab.alarms and "pads_expiring" not in cab.alarms
+
+
+def test_expiry_reports_survive_a_reboot():
+    today = parse_date("2026-11-24")
+    cab, ev = make(pads_expiry="2026-12-01")
+    assert cab.check_expiry(today * DAY) is True
+    saved = cab.dump_expiry()
+    cab2, ev2 = make(pads_expiry="2026-12-01")
+    cab2.load_expiry(saved)
+    assert "pads_expiring" in cab2.alarms
+    assert cab2.check_expiry(today * DAY) is False and ev2 == []
+    cab3, ev3 = make(pads_expiry="2027-12-01")  # a new date re-arms the warnings
+    cab3.load_expiry(saved)
+    assert not cab3.alarms
+    cab3.load_expiry(b"{corrupt")
+    assert not cab3.alarms
 
 
 def test_expiry_cleared_by_new_date():

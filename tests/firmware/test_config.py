@@ -8,7 +8,7 @@ def test_defaults_when_missing():
     f = temp_flash()
     cfg, errors = config.load(f, "aed-00ff")
     assert cfg["device_id"] == "aed-00ff"
-    assert cfg["heartbeat_s"] == 1800
+    assert cfg["heartbeat_s"] == 900
     assert errors == [("config", "missing")]
     wipe(f)
 
@@ -23,7 +23,7 @@ def test_bad_values_fall_back_one_by_one():
     assert reasons["siren_s"] == "bad_type"
     assert reasons["pads_expiry"] == "bad_value"
     assert reasons["colour"] == "unknown_key"
-    assert cfg["heartbeat_s"] == 1800 and cfg["siren_s"] == 60 and cfg["pads_expiry"] is None
+    assert cfg["heartbeat_s"] == 900 and cfg["siren_s"] == 60 and cfg["pads_expiry"] is None
     assert cfg["broker_port"] == 1884 and cfg["temp_min_c"] == 2.5  # good values kept
 
 

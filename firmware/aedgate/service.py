@@ -1,0 +1,87 @@
+# Signed service commands from a technician or the registry (docs/protocol.md, cmd/service):
+# confirm the AED is back after a mission, or set new expiry dates after replacing pads or the
+# AED's battery. They arrive over MQTT (cmd/service) or over USB serial (aedgate service
+# --port), and go through the same Gate as unlock tokens: verified, single-use, persisted.
+import json
+
+from aedgate import config, token
+from aedgate.compat import parse_date
+
+_DATE_FIELDS = {"set_pads_expiry": "pads_expiry", "set_aed_battery_expiry": "aed_battery_expiry"}
+_SERVICE_FILE = "service"
+
+
+def check(claims):
+    """The action is one we know, with a value it needs; else TokenError bad_claims."""
+    action, value = claims["action"], claims["value"]
+    if action == "aed_checked" and value is None:
+        return
+    if action in _DATE_FIELDS and parse_date(value) is not None:
+        return
+    raise token.TokenError("bad_claims", {"cti": claims["cti"], "mission": claims["mission"]})
+
+
+def apply(flash, cfg, claims):
+    """Carry out a verified service action on flash and in `cfg`. Returns the event to emit."""
+    action, value = claims["action"], claims["value"]
+    if action == "aed_checked":
+        flash.remove(_SERVICE_FILE)
+        return {"type": "service_done"}
+    field = _DATE_FIELDS[action]
+    raw = flash.read(config.CONFIG_FILE)
+    try:
+        stored = json.loads(raw) if raw else {}
+    except ValueError:
+        stored = {}
+    if not isinstance(stored, dict):
+        stored = {}
+    stored[field] = value
+    flash.write(config.CONFIG_FILE, json.dumps(stored))
+    cfg[field] = value
+    return {"type": "service_done", "action": action, field: value}
+
+
+def on_command(app, gate, missions, raw):
+    """cmd/service over MQTT, inside the running app."""
+    try:
+        claims = gate.admit(raw, "service", app.clock.time(), check)
+    except token.TokenError as e:
+        missions._reject("service", e)
+        return
+    ev = apply(app.flash, app.cfg, claims)
+    if claims["action"] == "aed_checked":
+        app.cabinet.service_needed = False
+    else:
+        app.cabinet.check_expiry(app.clock.time())
+    app.emit(ev)
+    app.state_changed()
+    app.ack({"cmd": "service", "result": "accepted", "cti": claims["cti"].hex()})
+
+
+def apply_serial(raw, root="/"):
+    """Over USB, with the app stopped (mpremote interrupted main.py): verify and apply, print one
+    JSON line for the host tool. The event is queued in the outbox for the next connection."""
+    from aedgate.compat import unix_time
+    from aedgate.gate import Gate
+    from aedgate.outbox import Outbox
+    from aedgate.storage import Flash
+    flash = Flash(root)
+    cfg, _ = config.load(flash, "")
+    result = {"cmd": "service"}
+    try:
+        gate = Gate(flash, cfg, cfg["device_id"])
+        claims = gate.admit(bytes(raw), "service", unix_time(), check)
+    except token.TokenError as e:
+        result["result"] = "rejected"
+        result["reason"] = e.args[0]
+        print(json.dumps(result))
+        return result
+    ev = apply(flash, cfg, claims)
+    ev["v"] = 1
+    ev["ts"] = unix_time()
+    Outbox(flash).add(ev)
+    result["result"] = "accepted"
+    result["cti"] = claims["cti"].hex()
+    result["action"] = claims["action"]
+    print(json.dumps(result))
+    return result

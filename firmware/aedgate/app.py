@@ -58,8 +58,16 @@ class App:
     def ack(self, payload):
         payload["v"] = 1
         payload["ts"] = self.clock.time()
-        if len(self._acks) < 16:  # acks answer live requests; a stale backlog helps no one
-            self._acks.append(payload)
+        # Acks answer live requests and stay in RAM, at most 16. When full, a rejection makes
+        # room first: garbage must never crowd out the ack of a genuine unlock.
+        if len(self._acks) >= 16:
+            drop = 0
+            for i in range(len(self._acks)):
+                if self._acks[i]["result"] == "rejected":
+                    drop = i
+                    break
+            self._acks.pop(drop)
+        self._acks.append(payload)
         self.wake.set()
 
     def state_changed(self):
@@ -285,5 +293,5 @@ class App:
         finally:
             for t in tasks + list(self._timers.values()):
                 t.cancel()
-            self.missions.all_off()
+            self.missions.stop()
             self._siren_off()

@@ -3,12 +3,18 @@
 # may the caller act. Shared by the MQTT commands (unlock, service, time) and by the serial
 # service path, so there is exactly one implementation of the order that keeps tokens single-use.
 from aedgate import token
+from aedgate.mac import key_id
 from aedgate.replay import Replay
 from aedgate.timefloor import TimeFloor
 
 
 def key_slots(cfg):
-    return [(bytes.fromhex(s["kid"]), bytes.fromhex(s["key"])) for s in cfg["keys"]]
+    """(kid, key) pairs from the config; an empty kid means the key's default kid."""
+    slots = []
+    for s in cfg["keys"]:
+        key = bytes.fromhex(s["key"])
+        slots.append((bytes.fromhex(s["kid"]) if s["kid"] else key_id(key), key))
+    return slots
 
 
 class Gate:

@@ -27,6 +27,7 @@ class Missions:
         self._flood_start = ticks_ms()
         self._flood_count = 0
         self._suppressed = 0
+        self._pulses = []
         app.cabinet.service_needed = app.flash.read(_SERVICE_FILE) is not None
         app.commands["unlock"] = self.on_unlock
         app.commands["time"] = self.on_time
@@ -95,7 +96,8 @@ class Missions:
 
     def _pulse(self):
         if self.lock and not self.opened:
-            asyncio.create_task(self._release())
+            self._pulses = [t for t in self._pulses if not t.done()]
+            self._pulses.append(asyncio.create_task(self._release()))
 
     async def _release(self):
         fault = await self.lock.release(ticks_diff(self._window_end, ticks_ms()))
@@ -123,25 +125,28 @@ class Missions:
                 if left <= 0 and not self.opened:
                     break
                 # The window's end is in real time (ticks), like the lock's physics.
-                await sleep_ms(min(max(left, 0), 200) if not self.opened else 200)
-        finally:
+                await sleep_ms(200 if self.opened else min(max(left, 0), 200))
+        except asyncio.CancelledError:
+            # The app is stopping (power cut, crash, reset): outputs off, nothing more to say.
             beacon.cancel()
             self._beacon_off()
-            fault = None
-            if self.lock:
-                fault = await self.lock.secure()
-            for m in self.missions:
-                app.emit({"type": "relocked", "mission": m, "reason": reason})
-            self.missions = []
-            self.opened = False
-            self._window = None
-            self._window_end = None
-            app.cabinet.mission = None
-            if fault:
-                self._fault(fault)
-            elif app.cabinet.lock != "fault":
-                app.cabinet.lock = "locked"
-            app.state_changed()
+            self.all_off()
+            raise
+        beacon.cancel()
+        self._beacon_off()
+        fault = await self.lock.secure() if self.lock else None
+        for m in self.missions:
+            app.emit({"type": "relocked", "mission": m, "reason": reason})
+        self.missions = []
+        self.opened = False
+        self._window = None
+        self._window_end = None
+        app.cabinet.mission = None
+        if fault:
+            self._fault(fault)
+        elif app.cabinet.lock != "fault":
+            app.cabinet.lock = "locked"
+        app.state_changed()
 
     async def _beacon(self):
         # Guide the volunteer: LED blinking, a short chirp every few seconds.
@@ -182,3 +187,10 @@ class Missions:
     def all_off(self):
         if self.lock:
             self.lock.off()
+
+    def stop(self):
+        """The app is stopping: cancel the window and any pulse; the lock output goes off."""
+        for t in self._pulses + ([self._window] if self._window else []):
+            t.cancel()
+        self._pulses = []
+        self.all_off()

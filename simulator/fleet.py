@@ -6,6 +6,8 @@ import json
 import random
 import shutil
 import tempfile
+import time
+from collections import deque
 from pathlib import Path
 from typing import Callable
 from urllib.parse import urlparse
@@ -15,7 +17,9 @@ from aedgate.app import App
 from aedgate.mqtt import MQTTClient
 from aedgate.storage import Flash
 
-from simulator.world import SimClock, SimHardware, SimNet, World
+from simulator.flash import MemoryFlash
+from simulator.net import NetStats, SimNet
+from simulator.world import SimClock, SimHardware, World
 
 WORLD_TOPIC = "aedsim/world/"
 
@@ -27,8 +31,28 @@ def parse_broker(url: str) -> tuple[str, int]:
     return u.hostname, u.port or 1883
 
 
+def parse_brokers(urls: str | list[str]) -> list[tuple[str, int]]:
+    """`mqtt://a:1883,mqtt://b:1884` (or a list) -> [(host, port), ...]: the broker shards."""
+    if isinstance(urls, str):
+        urls = [u for u in urls.split(",") if u.strip()]
+    if not urls:
+        raise ValueError("no broker URL given")
+    return [parse_broker(u.strip()) for u in urls]
+
+
 def device_id(n: int) -> str:
     return "cab-%04d" % n
+
+
+def shard_of(n: int, shards: int) -> int:
+    """Which broker shard cabinet number n (1-based) talks to: round robin over the shards."""
+    return (n - 1) % shards
+
+
+def source_of(n: int, shards: int, sources: int) -> int:
+    """Which loopback source address cabinet n binds to. Counted per shard, so every
+    (source address, broker) pair gets an even share of that pair's ~28k ephemeral ports."""
+    return ((n - 1) // shards) % sources
 
 
 class LoopbackNet:
@@ -38,23 +62,61 @@ class LoopbackNet:
         return await asyncio.open_connection(host, port)
 
 
-class SimCabinet:
-    """One cabinet: its world, its flash folder, and the firmware App running on them."""
+class FleetCounters:
+    """What the fleet's cabinets said about themselves, counted from their log lines (the
+    firmware reports through `hw.log`), for the live view and the run summary."""
 
-    def __init__(self, device_id: str, flash_dir: Path, clock: SimClock, config: dict,
-                 source_ip: str | None = None, log: Callable[[str], None] | None = None):
+    __slots__ = ("events", "online", "mqtt_errors", "link_lost", "crashes", "commands", "recent")
+
+    def __init__(self) -> None:
+        self.events = 0       # events created (outbox adds)
+        self.online = 0       # sessions that came up (CONNACK + subscribe + birth)
+        self.mqtt_errors = 0  # connect/session failures
+        self.link_lost = 0
+        self.crashes = 0
+        self.commands = 0     # command log lines (unknown/ignored commands included)
+        self.recent: deque = deque(maxlen=20)  # last few error lines, for a person
+
+    def note(self, device_id: str, msg: str) -> None:
+        if msg.startswith("event "):
+            self.events += 1
+        elif msg.startswith("online:"):
+            self.online += 1
+        elif msg.startswith("mqtt link lost"):
+            self.link_lost += 1
+        elif msg.startswith("mqtt:"):
+            self.mqtt_errors += 1
+            self.recent.append("%s: %s" % (device_id, msg))
+        elif msg.startswith("firmware crashed"):
+            self.crashes += 1
+            self.recent.append("%s: %s" % (device_id, msg))
+        elif msg.startswith("cmd "):
+            self.commands += 1
+
+
+class SimCabinet:
+    """One cabinet: its world, its flash (a folder, or memory), and the firmware App on them."""
+
+    __slots__ = ("device_id", "net", "world", "flash", "app", "task", "crashes", "_fleet", "_log")
+
+    def __init__(self, device_id: str, flash_dir: Path | None, clock: SimClock, config: dict,
+                 source_ip: str | None = None, log: Callable[[str], None] | None = None,
+                 fleet: "Fleet | None" = None, stats: NetStats | None = None):
         self.device_id = device_id
-        self.net = SimNet(source_ip)
+        self._fleet = fleet
         self._log = log
+        self.net = SimNet(source_ip, stats, device_id)
         self.world = World(device_id, clock, self.net, log=self.log)
         self.world.on_power = self._power
-        self.flash = Flash(str(flash_dir))
+        self.flash = Flash(str(flash_dir)) if flash_dir is not None else MemoryFlash()
         self.flash.write("config.json", json.dumps(config).encode())
         self.app: App | None = None
         self.task: asyncio.Task | None = None
         self.crashes = 0
 
     def log(self, msg: str) -> None:
+        if self._fleet is not None:
+            self._fleet.counters.note(self.device_id, msg)
         if self._log:
             self._log("%s: %s" % (self.device_id, msg))
 
@@ -105,37 +167,59 @@ class SimCabinet:
 
 
 class Fleet:
-    """N simulated cabinets sharing one asyncio loop, plus the world-control subscriber."""
+    """N simulated cabinets sharing one asyncio loop, plus the world-control subscriber(s).
+
+    `broker_url` may list several brokers (comma-separated): cabinets are spread over them
+    round robin (shards). `flash="memory"` keeps each cabinet's flash in RAM instead of a
+    folder; `source_ips` binds each cabinet's socket to one of these loopback addresses."""
 
     def __init__(self, count: int, broker_url: str, flash_root: Path | None = None,
                  speed: float = 1.0, fleet_key: bytes | None = None, first: int = 1,
                  heartbeat_s: int = 1800, extra_config: dict | None = None,
-                 log: Callable[[str], None] | None = None, seed: int | None = None):
-        self.host, self.port = parse_broker(broker_url)
+                 log: Callable[[str], None] | None = None, seed: int | None = None,
+                 flash: str = "dir", source_ips: list[str] | None = None,
+                 control: bool = True, stats: NetStats | None = None):
+        self.brokers = parse_brokers(broker_url)
+        self.host, self.port = self.brokers[0]
         self.clock = SimClock(speed)
         self._tmp = None
-        if flash_root is None:
+        if flash not in ("dir", "memory"):
+            raise ValueError("flash must be 'dir' or 'memory'")
+        if flash == "dir" and flash_root is None:
             self._tmp = tempfile.mkdtemp(prefix="aedsim-")
             flash_root = Path(self._tmp)
-        self.flash_root = Path(flash_root)
+        self.flash_root = Path(flash_root) if flash == "dir" else None
+        if self.flash_root is not None:
+            self.flash_root.mkdir(parents=True, exist_ok=True)
         self.log = log or (lambda msg: None)
         self.rng = random.Random(seed)
+        self.counters = FleetCounters()
+        self.stats = stats if stats is not None else NetStats()
         self.cabinets: dict[str, SimCabinet] = {}
+        self.first = first
+        self.control = control
+        sources = source_ips or [None]
+        n_b = len(self.brokers)
         for n in range(first, first + count):
             did = device_id(n)
-            cfg = self.cabinet_config(did, fleet_key, heartbeat_s)
+            host, port = self.brokers[shard_of(n, n_b)]
+            cfg = self.cabinet_config(did, fleet_key, heartbeat_s, host, port)
             cfg.update(extra_config or {})
-            self.cabinets[did] = SimCabinet(did, self.flash_root / did, self.clock, cfg, log=self.log)
-        self._control: MQTTClient | None = None
-        self._control_task: asyncio.Task | None = None
+            self.cabinets[did] = SimCabinet(
+                did, self.flash_root / did if self.flash_root is not None else None, self.clock,
+                cfg, source_ip=sources[source_of(n, n_b, len(sources))], log=log, fleet=self,
+                stats=self.stats)
+        self.started = 0
+        self._controls: list[tuple[MQTTClient, asyncio.Task]] = []
 
-    def cabinet_config(self, did: str, fleet_key: bytes | None, heartbeat_s: int) -> dict:
+    def cabinet_config(self, did: str, fleet_key: bytes | None, heartbeat_s: int,
+                       host: str | None = None, port: int | None = None) -> dict:
         from aedgate.compat import civil_from_days
         today = self.clock.time() // 86400
         pads = civil_from_days(today + self.rng.randint(20, 700))
         batt = civil_from_days(today + self.rng.randint(100, 1400))
         cfg = {
-            "device_id": did, "broker_host": self.host, "broker_port": self.port,
+            "device_id": did, "broker_host": host or self.host, "broker_port": port or self.port,
             "heartbeat_s": heartbeat_s, "keepalive_s": 60,
             "pads_expiry": "%04d-%02d-%02d" % pads, "aed_battery_expiry": "%04d-%02d-%02d" % batt,
         }
@@ -148,19 +232,31 @@ class Fleet:
         return self.cabinets[device_id]
 
     async def start(self, ramp_per_s: float | None = None) -> None:
-        await self._start_control()
+        """Boot every cabinet; with `ramp_per_s`, at most that many per second (a connect storm
+        at 100% CPU hurts brokers and the simulator alike)."""
+        if self.control:
+            await self._start_control()
+        t0 = time.monotonic()
         for i, cab in enumerate(self.cabinets.values()):
+            if ramp_per_s:
+                due = t0 + i / ramp_per_s
+                if due > time.monotonic():
+                    await asyncio.sleep(due - time.monotonic())
             cab.start()
-            if ramp_per_s and i % max(1, int(ramp_per_s / 10)) == 0:
-                await asyncio.sleep(0.1)
+            self.started += 1
 
     async def _start_control(self) -> None:
-        client = MQTTClient("aedsim-world-%d" % random.getrandbits(24), LoopbackNet(), self.host,
-                            self.port, keepalive=60, on_message=self._world_message)
-        await client.connect(clean_session=True)
-        self._control_task = asyncio.create_task(client.run())
-        await client.subscribe(WORLD_TOPIC + "+", 1)
-        self._control = client
+        for host, port in self.brokers:
+            client = MQTTClient("aedsim-world-%d" % random.getrandbits(24), LoopbackNet(), host,
+                                port, keepalive=60, on_message=self._world_message)
+            await client.connect(clean_session=True)
+            task = asyncio.create_task(client.run())
+            await client.subscribe(WORLD_TOPIC + "+", 1)
+            self._controls.append((client, task))
+
+    @property
+    def _control(self) -> MQTTClient | None:
+        return self._controls[0][0] if self._controls else None
 
     def _world_message(self, topic, payload, retain, dup) -> None:
         did = topic[len(WORLD_TOPIC):]
@@ -179,13 +275,28 @@ class Fleet:
             self.log("world %s: %s" % (did, err))
 
     def online(self) -> int:
-        return sum(1 for c in self.cabinets.values() if c.app and c.app.online)
+        return sum(1 for c in self.cabinets.values() if c.app is not None and c.app.online)
+
+    def outbox_depths(self) -> tuple[int, int]:
+        """(total, largest) number of events waiting on the cabinets' flash."""
+        total = top = 0
+        for c in self.cabinets.values():
+            if c.app is not None:
+                n = len(c.app.outbox)
+                total += n
+                if n > top:
+                    top = n
+        return total, top
+
+    def broker_of(self, device_id: str) -> tuple[str, int]:
+        n = int(device_id.rsplit("-", 1)[1])
+        return self.brokers[shard_of(n, len(self.brokers))]
 
     async def stop(self) -> None:
         await asyncio.gather(*(c.stop() for c in self.cabinets.values()))
-        if self._control:
-            self._control.close()
-        if self._control_task:
-            self._control_task.cancel()
+        for client, task in self._controls:
+            client.close()
+            task.cancel()
+        self._controls = []
         if self._tmp:
             shutil.rmtree(self._tmp, ignore_errors=True)

@@ -1,17 +1,189 @@
-"""The simulated cabinet's network: Wi-Fi association plus real TCP over loopback."""
+"""The simulated cabinet's network: Wi-Fi association plus real TCP over loopback.
+
+At fleet scale every cabinet holds one real TCP connection, so what one connection costs here
+is multiplied by tens of thousands:
+- `Link` is the stream pair the firmware's MQTT client sees (`readexactly`, `write`, `drain`,
+  `close`) as ONE slotted asyncio protocol object, instead of asyncio's StreamReader +
+  StreamReaderProtocol + StreamWriter (+ a `_closed` future) per connection.
+- Sockets can be bound to a loopback source address (127.0.0.2, 127.0.0.3, …) with
+  IP_BIND_ADDRESS_NO_PORT set first: the kernel then picks the port at connect() time from the
+  full 4-tuple, so each (source, broker) pair has its own ~28k ephemeral ports, and bind() does
+  not search the port space (≈ 580 vs ≈ 4,100 connects/s measured on these machines).
+"""
 from __future__ import annotations
 
 import asyncio
+import socket
+import time
+import zlib
 from typing import Any
+
+# Linux value; Python's socket module only exposes the name on some builds.
+IP_BIND_ADDRESS_NO_PORT = getattr(socket, "IP_BIND_ADDRESS_NO_PORT", 24)
+_READ_HIGH = 256 * 1024  # pause reading past this much unread data (a cabinet reads little)
+
+_addr_cache: dict[tuple[str, int], tuple] = {}
+
+
+def resolve(host: str, port: int) -> tuple:
+    """(family, sockaddr) for host:port, looked up once per process (30k cabinets, 2 brokers)."""
+    key = (host, port)
+    hit = _addr_cache.get(key)
+    if hit is None:
+        info = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
+        hit = _addr_cache[key] = (info[0], info[4])
+    return hit
+
+
+def bound_socket(source_ip: str, family: int = socket.AF_INET) -> socket.socket:
+    """A non-blocking TCP socket bound to `source_ip` with the port left to connect()."""
+    s = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        s.setblocking(False)
+        s.setsockopt(socket.IPPROTO_IP, IP_BIND_ADDRESS_NO_PORT, 1)
+        s.bind((source_ip, 0))
+    except BaseException:
+        s.close()
+        raise
+    return s
+
+
+class NetStats:
+    """Counters shared by all cabinets of one process (no per-connection cost). `trace`, when
+    a list, receives (send time, key) for every PUBLISH payload: key = crc32 over the device id
+    then the payload, which a backend recomputes from what it receives (latency benchmark)."""
+
+    __slots__ = ("opened", "open_errors", "published", "trace")
+
+    def __init__(self) -> None:
+        self.opened = 0
+        self.open_errors = 0
+        self.published = 0
+        self.trace: list | None = None
+
+
+class Link(asyncio.Protocol):
+    """One TCP connection as the MQTT client's reader and writer."""
+
+    __slots__ = ("transport", "_buf", "_waiter", "_eof", "_exc", "_lost", "_paused",
+                 "_drainer", "_stats", "_key", "_payload_next")
+
+    def __init__(self, stats: NetStats | None = None, key: int = 0) -> None:
+        self.transport: asyncio.Transport | None = None
+        self._buf = bytearray()
+        self._waiter: asyncio.Future | None = None
+        self._eof = False
+        self._exc: BaseException | None = None
+        self._lost = False
+        self._paused = False  # writing paused by the transport (socket buffer full)
+        self._drainer: asyncio.Future | None = None
+        self._stats = stats
+        self._key = key  # crc32 of the device id, for trace keys
+        self._payload_next = False
+
+    # -- protocol callbacks ------------------------------------------------------------------
+    def connection_made(self, transport) -> None:
+        self.transport = transport
+
+    def data_received(self, data: bytes) -> None:
+        self._buf += data
+        w = self._waiter
+        if w is not None and not w.done():
+            w.set_result(None)
+        if len(self._buf) > _READ_HIGH:
+            self.transport.pause_reading()
+
+    def eof_received(self) -> bool:
+        self._eof = True
+        self._wake()
+        return False  # close the transport
+
+    def connection_lost(self, exc) -> None:
+        self._lost = True
+        self._eof = True
+        if exc is not None:
+            self._exc = exc
+        self._wake()
+        d = self._drainer
+        if d is not None and not d.done():
+            d.set_exception(ConnectionResetError("Connection lost"))
+
+    def pause_writing(self) -> None:
+        self._paused = True
+
+    def resume_writing(self) -> None:
+        self._paused = False
+        d = self._drainer
+        if d is not None and not d.done():
+            d.set_result(None)
+
+    def _wake(self) -> None:
+        w = self._waiter
+        if w is not None and not w.done():
+            w.set_result(None)
+
+    # -- what the firmware uses ----------------------------------------------------------------
+    async def readexactly(self, n: int) -> bytes:
+        buf = self._buf
+        while len(buf) < n:
+            if self._exc is not None:
+                raise self._exc
+            if self._eof:
+                raise asyncio.IncompleteReadError(bytes(buf), n)
+            self._waiter = asyncio.get_running_loop().create_future()
+            if len(buf) <= _READ_HIGH and self.transport is not None:
+                self.transport.resume_reading()
+            try:
+                await self._waiter
+            finally:
+                self._waiter = None
+        data = bytes(buf[:n])
+        del buf[:n]
+        return data
+
+    def write(self, data) -> None:
+        st = self._stats
+        if st is not None and data:
+            if data[0] & 0xF0 == 0x30:
+                st.published += 1
+                self._payload_next = st.trace is not None
+            elif self._payload_next:
+                self._payload_next = False
+                st.trace.append((time.time(), zlib.crc32(data, self._key)))
+        self.transport.write(data)
+
+    def drain(self) -> asyncio.Future:
+        # A plain future, not a coroutine: the firmware wraps drain() in wait_for, which makes
+        # a Task out of a coroutine on every publish but takes a future as it is.
+        fut = asyncio.get_running_loop().create_future()
+        if self._lost:
+            fut.set_exception(ConnectionResetError("Connection lost"))
+        elif self._paused:
+            self._drainer = fut
+        else:
+            fut.set_result(None)
+        return fut
+
+    def close(self) -> None:
+        if self.transport is not None:
+            self.transport.close()
+
+    def is_closing(self) -> bool:
+        return self.transport is None or self.transport.is_closing()
 
 
 class SimNet:
     """Wi-Fi plus TCP: real loopback connections to the broker, cut when the Wi-Fi goes down."""
 
-    def __init__(self, source_ip: str | None = None):
+    __slots__ = ("up", "source_ip", "_links", "_stats", "_key", "__weakref__")
+
+    def __init__(self, source_ip: str | None = None, stats: NetStats | None = None,
+                 device_id: str = "") -> None:
         self.up = True
         self.source_ip = source_ip
-        self._writers: list[asyncio.StreamWriter] = []
+        self._links: list = []  # Link (plain TCP) or StreamWriter (TLS)
+        self._stats = stats
+        self._key = zlib.crc32(device_id.encode()) if stats is not None else 0
 
     def isconnected(self) -> bool:
         return self.up
@@ -20,19 +192,58 @@ class SimNet:
         if not self.up:
             await asyncio.sleep(0.5)  # an association attempt that fails
             raise OSError(113, "wifi down")
-        kw: dict[str, Any] = {}
-        if ssl is not None:
-            kw = {"ssl": ssl, "server_hostname": server_hostname}
+        try:
+            if ssl is not None:
+                return self._keep(*await self._open_tls(host, port, ssl, server_hostname))
+            link = await self._open_plain(host, port)
+        except OSError:
+            if self._stats is not None:
+                self._stats.open_errors += 1
+            raise
+        if self._stats is not None:
+            self._stats.opened += 1
+        if not self.up:  # the Wi-Fi went down while we were connecting
+            link.transport.abort()
+            raise OSError(113, "wifi down")
+        self._links = [l for l in self._links if not l.is_closing()]
+        self._links.append(link)
+        return link, link
+
+    async def _open_plain(self, host, port) -> Link:
+        loop = asyncio.get_running_loop()
+        family, addr = resolve(host, port)
         if self.source_ip:
-            kw["local_addr"] = (self.source_ip, 0)
-        reader, writer = await asyncio.open_connection(host, port, **kw)
-        self._writers = [w for w in self._writers if not w.is_closing()]
-        self._writers.append(writer)
+            sock = bound_socket(self.source_ip, family)
+        else:
+            sock = socket.socket(family, socket.SOCK_STREAM)
+            sock.setblocking(False)
+        try:
+            await loop.sock_connect(sock, addr)
+            link = Link(self._stats, self._key)
+            await loop.create_connection(lambda: link, sock=sock)
+        except BaseException:
+            sock.close()
+            raise
+        return link
+
+    async def _open_tls(self, host, port, ssl, server_hostname):
+        kw: dict[str, Any] = {"ssl": ssl, "server_hostname": server_hostname}
+        if self.source_ip:
+            family, addr = resolve(host, port)
+            sock = bound_socket(self.source_ip, family)
+            await asyncio.get_running_loop().sock_connect(sock, addr)
+            return await asyncio.open_connection(sock=sock, **kw)
+        return await asyncio.open_connection(host, port, **kw)
+
+    def _keep(self, reader, writer):
+        self._links = [l for l in self._links if not l.is_closing()]
+        self._links.append(writer)
         return reader, writer
 
     def set_up(self, up: bool) -> None:
         self.up = up
         if not up:
-            for w in self._writers:
-                w.transport.abort()  # no FIN handshake: the link just vanishes
-            self._writers.clear()
+            for l in self._links:
+                if l.transport is not None:
+                    l.transport.abort()  # no FIN handshake: the link just vanishes
+            self._links.clear()

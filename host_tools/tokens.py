@@ -107,6 +107,19 @@ def _utc(t: Any) -> str | None:
         return None
 
 
+_STRICT_NOTE = ("not in the strict encoding devices require (trailing bytes, duplicate map keys, "
+                "indefinite or non-shortest lengths)")
+
+
+def _strict(data: bytes, obj: Any) -> bool:
+    # cbor2 reads leniently; the firmware does not. Every profile value re-encodes to exactly
+    # the bytes it came from when, and only when, the input was strict.
+    try:
+        return cbor2.dumps(obj) == data
+    except Exception:
+        return False
+
+
 def _describe(value: Any) -> Any:
     if isinstance(value, bytes):
         return {"hex": value.hex(), "len": len(value)}
@@ -138,6 +151,8 @@ def inspect(raw: bytes, master_key: bytes | None = None, now: int | None = None,
         problems.append("malformed: not CBOR (%s)" % e)
         out["verdict"] = "invalid"
         return out
+    if not _strict(raw, obj):
+        problems.append("malformed: token " + _STRICT_NOTE)
     while isinstance(obj, cbor2.CBORTag):
         out["tags"].append(obj.tag)
         obj = obj.value
@@ -152,6 +167,8 @@ def inspect(raw: bytes, master_key: bytes | None = None, now: int | None = None,
     protected, unprotected, payload, tag = obj
     try:
         header = cbor2.loads(protected) if protected else {}
+        if protected and not _strict(protected, header):
+            problems.append("bad_header: protected header " + _STRICT_NOTE)
     except Exception as e:
         header = {}
         problems.append("malformed: protected header is not CBOR (%s)" % e)
@@ -180,6 +197,8 @@ def inspect(raw: bytes, master_key: bytes | None = None, now: int | None = None,
         out["kid_note"] = "no kid: devices check it with their current key slot"
     try:
         claims = cbor2.loads(payload)
+        if not _strict(payload, claims):
+            problems.append("bad_claims: claims " + _STRICT_NOTE)
     except Exception as e:
         claims = {}
         problems.append("bad_claims: payload is not CBOR (%s)" % e)

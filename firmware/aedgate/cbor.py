@@ -30,95 +30,119 @@ class _Other:
 OTHER = _Other()
 
 
-def decode(data, max_depth=_DEFAULT_DEPTH):
-    """Decode exactly one CBOR item filling all of `data` (bytes, bytearray or memoryview).
+def decode(data, max_depth=_DEFAULT_DEPTH, start=0):
+    """Decode exactly one CBOR item filling data[start:] (bytes, bytearray or memoryview).
     Byte strings come back as bytes, text as str, arrays as lists, maps as dicts."""
-    buf = data if isinstance(data, memoryview) else memoryview(data)
-    value, pos = _item(buf, 0, max_depth)
-    if pos != len(buf):
+    r = _Reader(data, start)
+    value = r.item(max_depth)
+    if r.pos != len(data):
         raise CBORError("trailing bytes")
     return value
 
 
-def _head(buf, pos):
-    # One initial byte plus its argument -> (major type, argument, position after the head).
-    n = len(buf)
-    if pos >= n:
-        raise CBORError("truncated")
-    ib = buf[pos]
-    major = ib >> 5
-    info = ib & 0x1F
-    pos += 1
-    if info < 24:
-        return major, info, pos
-    if info > 27:
-        raise CBORError("indefinite length" if info == 31 else "reserved value")
-    size = 1 << (info - 24)  # 1, 2, 4 or 8 bytes
-    if size > n - pos:
-        raise CBORError("truncated")
-    arg = 0
-    for i in range(pos, pos + size):
-        arg = (arg << 8) | buf[i]
-    # Shortest form only: one value, one encoding (an attacker cannot vary bytes freely).
-    if arg < (24 if size == 1 else 1 << (4 * size)):
-        raise CBORError("non-shortest integer")
-    return major, arg, pos + size
+class _Reader:
+    # Position kept on the object, not passed around in (value, pos) tuples: on MicroPython
+    # every tuple is a heap allocation, and a token is decoded on every message.
+    def __init__(self, data, pos):
+        self.data = data
+        self.pos = pos
+        self.major = 0
 
-
-def _item(buf, pos, depth):
-    if pos < len(buf) and buf[pos] >= 0xE0:
-        return _other(buf, pos)
-    major, arg, pos = _head(buf, pos)
-    if major == 0:
-        return arg, pos
-    if major == 1:
-        return -1 - arg, pos
-    if major == 2 or major == 3:
-        if arg > len(buf) - pos:
+    def head(self):
+        # One initial byte and its argument: sets self.major, returns the argument.
+        data = self.data
+        pos = self.pos
+        n = len(data)
+        if pos >= n:
             raise CBORError("truncated")
-        end = pos + arg
+        ib = data[pos]
+        self.major = ib >> 5
+        info = ib & 0x1F
+        pos += 1
+        if info < 24:
+            self.pos = pos
+            return info
+        if info > 27:
+            raise CBORError("indefinite length" if info == 31 else "reserved value")
+        size = 1 << (info - 24)  # 1, 2, 4 or 8 bytes
+        if size > n - pos:
+            raise CBORError("truncated")
+        arg = 0
+        end = pos + size
+        while pos < end:
+            arg = (arg << 8) | data[pos]
+            pos += 1
+        # Shortest form only: one value, one encoding (an attacker cannot vary bytes freely).
+        if arg < (24 if size == 1 else 1 << (4 * size)):
+            raise CBORError("non-shortest integer")
+        self.pos = pos
+        return arg
+
+    def take(self, length):
+        # The next `length` bytes as a bytes object, checked against what remains first.
+        pos = self.pos
+        if length > len(self.data) - pos:
+            raise CBORError("truncated")
+        self.pos = pos + length
+        out = self.data[pos:pos + length]
+        return out if type(out) is bytes else bytes(out)
+
+    def item(self, depth):
+        data = self.data
+        if self.pos < len(data) and data[self.pos] >= 0xE0:
+            return self.other()
+        arg = self.head()
+        major = self.major
+        if major == 0:
+            return arg
+        if major == 1:
+            return -1 - arg
         if major == 2:
-            return bytes(buf[pos:end]), end
-        _check_utf8(buf, pos, end)
-        return str(bytes(buf[pos:end]), "utf-8"), end
-    if major == 4 or major == 5:
-        if depth <= 0:
-            raise CBORError("too deep")
-        # Each item takes at least one byte: check the count against what remains first.
-        if arg > _MAX_ITEMS or (arg << (major - 4)) > len(buf) - pos:
-            raise CBORError("too many items")
-        depth -= 1
-        if major == 4:
-            out = []
+            return self.take(arg)
+        if major == 3:
+            raw = self.take(arg)
+            _check_utf8(raw, 0, arg)
+            return str(raw, "utf-8")
+        if major == 4 or major == 5:
+            if depth <= 0:
+                raise CBORError("too deep")
+            # Each item takes at least one byte: check the count against what remains first.
+            if arg > _MAX_ITEMS or (arg << (major - 4)) > len(data) - self.pos:
+                raise CBORError("too many items")
+            depth -= 1
+            if major == 4:
+                out = []
+                for _ in range(arg):
+                    out.append(self.item(depth))
+                return out
+            out = {}
             for _ in range(arg):
-                v, pos = _item(buf, pos, depth)
-                out.append(v)
-            return out, pos
-        out = {}
-        for _ in range(arg):
-            k, pos = _item(buf, pos, 0)  # depth 0: a key can never be a container
-            if not isinstance(k, (int, str)):
-                raise CBORError("bad map key")
-            if k in out:
-                raise CBORError("duplicate map key")
-            out[k], pos = _item(buf, pos, depth)
-        return out, pos
-    raise CBORError("tag not allowed")  # major 6; major 7 went to _other
+                k = self.item(0)  # depth 0: a key can never be a container
+                if type(k) is not int and type(k) is not str:
+                    raise CBORError("bad map key")
+                if k in out:
+                    raise CBORError("duplicate map key")
+                out[k] = self.item(depth)
+            return out
+        raise CBORError("tag not allowed")  # major 6; major 7 went to other()
 
-
-def _other(buf, pos):
-    # Major type 7: skip a float or simple value, checking only that it is well-formed.
-    info = buf[pos] & 0x1F
-    if info < 24:
-        return OTHER, pos + 1
-    if info > 27:
-        raise CBORError("break or reserved value")
-    size = 1 << (info - 24)
-    if size > len(buf) - pos - 1:
-        raise CBORError("truncated")
-    if info == 24 and buf[pos + 1] < 32:
-        raise CBORError("bad simple value")
-    return OTHER, pos + 1 + size
+    def other(self):
+        # Major type 7: skip a float or simple value, checking only that it is well-formed.
+        data = self.data
+        pos = self.pos
+        info = data[pos] & 0x1F
+        if info < 24:
+            self.pos = pos + 1
+            return OTHER
+        if info > 27:
+            raise CBORError("break or reserved value")
+        size = 1 << (info - 24)
+        if size > len(data) - pos - 1:
+            raise CBORError("truncated")
+        if info == 24 and data[pos + 1] < 32:
+            raise CBORError("bad simple value")
+        self.pos = pos + 1 + size
+        return OTHER
 
 
 def _check_utf8(buf, i, end):

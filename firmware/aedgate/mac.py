@@ -27,7 +27,7 @@ def hmac_sha256(key, msg):
     for i in range(_BLOCK):
         pad[i] ^= _IPAD
     inner = hashlib.sha256(pad)
-    if isinstance(msg, (list, tuple)):
+    if type(msg) is tuple or type(msg) is list:
         for part in msg:
             inner.update(part)
     else:

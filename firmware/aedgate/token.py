@@ -77,21 +77,24 @@ def verify(raw, device_id, keys, now, issuer="dispatch", max_window_s=300, min_w
 
 def _verify(raw, device_id, keys, now, issuer, max_window_s, min_window_s, kind, skew_s,
             max_ttl_s, max_future_s):
-    if not isinstance(raw, (bytes, bytearray, memoryview)):
-        raise TokenError("malformed", {})
+    if type(raw) is not bytes:
+        if not isinstance(raw, bytearray) and not isinstance(raw, memoryview):
+            raise TokenError("malformed", {})
+        if len(raw) > MAX_TOKEN_BYTES:
+            raise TokenError("too_large", {})
+        raw = bytes(raw)  # a private copy (<= 512 bytes) nobody can change under us
     n = len(raw)
     if n > MAX_TOKEN_BYTES:
         raise TokenError("too_large", {})
-    buf = memoryview(raw)
     pos = 0
     # Optional CWT tag 61 (0xD8 0x3D), then optional COSE_Mac0 tag 17 (0xD1). Shortest
     # encodings only; any other tag is refused by the decoder.
-    if n >= 2 and buf[0] == 0xD8 and buf[1] == 61:
+    if n >= 2 and raw[0] == 0xD8 and raw[1] == 61:
         pos = 2
-    if pos < n and buf[pos] == 0xD1:
+    if pos < n and raw[pos] == 0xD1:
         pos += 1
     try:
-        msg = cbor.decode(buf[pos:], 2)  # [bstr, {kid}, bstr, bstr]: depth 2 at most
+        msg = cbor.decode(raw, 2, pos)  # [bstr, {kid}, bstr, bstr]: depth 2 at most
     except cbor.CBORError:
         raise TokenError("malformed", {})
     if (not isinstance(msg, list) or len(msg) != 4 or not isinstance(msg[0], bytes)

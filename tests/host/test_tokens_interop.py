@@ -166,3 +166,15 @@ def test_mint_refuses_what_devices_refuse() -> None:
         args.update(kw)
         with pytest.raises(ValueError):
             tokens.mint(**args)  # type: ignore[arg-type]
+
+
+def test_inspect_agrees_with_firmware_on_strictness() -> None:
+    now = 1800000000
+    raw = tokens.mint(MASTER, DEV, "M-9", 60, now=now)
+    assert tokens.inspect(raw, MASTER, now=now)["verdict"] == "valid"
+    for bad in (raw + b"\x00", b"\xd1\x98\x04" + raw[2:]):
+        with pytest.raises(token.TokenError, match="malformed"):
+            token.verify(bad, DEV, _slots(), now)
+        report = tokens.inspect(bad, MASTER, now=now)
+        assert report["verdict"] == "invalid"
+        assert any(p.startswith("malformed") for p in report["problems"]), report["problems"]

@@ -38,6 +38,7 @@ _C_WINDOW = const(-65538)
 _C_ACTION = const(-65539)
 _C_VALUE = const(-65540)
 _TAG_LEN = const(32)
+_TIME_LIMIT = const(1 << 63)  # times must fit the 8-byte fields of the replay and floor files
 
 REASONS = ("too_large", "malformed", "bad_alg", "bad_header", "unknown_kid", "bad_mac",
            "bad_claims", "wrong_iss", "wrong_aud", "expired", "not_yet_valid", "internal")
@@ -162,7 +163,7 @@ def _verify(raw, device_id, keys, now, issuer, max_window_s, min_window_s, kind,
     if ("cti" not in info or not isinstance(iss, str) or not isinstance(aud, str)
             or type(exp) is not int or type(iat) is not int
             or (nbf is not None and type(nbf) is not int)
-            or iat > exp or exp - iat > max_ttl_s
+            or iat < 0 or iat > exp or exp >= _TIME_LIMIT or exp - iat > max_ttl_s
             or not _command_claims_ok(claims, kind, mission)):
         raise TokenError("bad_claims", info)
     if iss != issuer:

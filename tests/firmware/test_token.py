@@ -311,6 +311,10 @@ def test_lifetime_bounded():
     assert reason(make(claims(exp=NOW + 901))) == "bad_claims"
     assert reason(make(claims(exp=NOW - 1, iat=NOW))) == "bad_claims"
     assert reason(make(claims(exp=NOW + 7200)), max_ttl_s=7200) is None
+    # Times the replay store and the time floor could not record are refused, not crashed on.
+    assert reason(make(claims(iat=2 ** 63 - 10, exp=2 ** 63 + 10))) == "bad_claims"
+    assert reason(make(claims(iat=2 ** 63 - 100, exp=2 ** 63 - 1))) is None
+    assert reason(make(claims(iat=-10, exp=100))) == "bad_claims"
 
 
 def test_command_kinds_kept_apart():

@@ -12,6 +12,11 @@ from typing import Callable
 
 from simulator.net import SimNet
 
+# Lock solenoid model: a pulse solenoid heats ~8 °C per second energised; above 130 °C its
+# insulation fails (burnt out, the cabinet cannot be opened electrically any more).
+COIL_HEAT_C_PER_S = 8.0
+COIL_MAX_C = 130.0
+
 # Battery model: a 12 V lead-acid backup battery. Discharges while mains is off, recharges while
 # it is on. Rates are per simulated hour.
 FULL_MV = 12750
@@ -125,10 +130,18 @@ class World:
         self.temp_c = 21.0
         self.door_pin = SimPin(0)      # level 1 = open (config door_open_level default)
         self.mains_pin = SimPin(1)
-        self.button_pin = SimPin(0)
+        self.button_pin = SimPin(1)    # pulled up: pressing pulls it low
         self.powered = True
         self.siren = False
         self.lock_on = False
+        self.lock_pulses = 0
+        self.longest_on_s = 0.0
+        self.latch_released = False
+        self.lock_burnt = False
+        self.forced = False
+        self.coil_c = self.temp_c
+        self._coil_at = time.monotonic()
+        self._on_since = 0.0
         self._mv = FULL_MV - random.randint(0, 150)
         self._mv_at = clock.time()
         self.on_power: Callable[[bool], None] | None = None
@@ -148,7 +161,33 @@ class World:
         self._mv_at = self.clock.time()
 
     def lock_output(self, level: int) -> None:
+        """The lock solenoid's physics: it heats while energised and cools when off. A pulse
+        solenoid rated for short pulses burns out if held for long; that must never happen."""
+        now = time.monotonic()
+        self._coil_update(now)
+        if level and not self.lock_on:
+            self._on_since = now
+            self.lock_pulses += 1
+            self.latch_released = True  # the strike lets the door open until it closes again
+        elif not level and self.lock_on:
+            self.longest_on_s = max(self.longest_on_s, now - self._on_since)
         self.lock_on = bool(level)
+
+    def _coil_update(self, now: float) -> None:
+        dt = now - self._coil_at
+        self._coil_at = now
+        if self.lock_on:
+            self.coil_c += COIL_HEAT_C_PER_S * dt
+            if self.coil_c > COIL_MAX_C and not self.lock_burnt:
+                self.lock_burnt = True
+                self.log("LOCK SOLENOID OVERHEATED (%.0f °C): held on too long" % self.coil_c)
+        else:
+            # Newton cooling towards the cabinet's temperature.
+            self.coil_c = self.temp_c + (self.coil_c - self.temp_c) * 0.9 ** dt
+
+    def coil_temp_c(self) -> float:
+        self._coil_update(time.monotonic())
+        return self.coil_c
 
     def siren_output(self, level: int) -> None:
         self.siren = bool(level)
@@ -176,6 +215,10 @@ class World:
     def _set_door(self, v):
         if v not in ("open", "closed"):
             return "expected \"open\" or \"closed\""
+        if v == "open" and not self.door_pin.value():
+            self.forced = not self.latch_released  # opened while latched: forced or with a key
+        if v == "closed":
+            self.latch_released = False
         self.door_pin.drive(1 if v == "open" else 0)
 
     def _set_mains(self, v):
@@ -211,5 +254,5 @@ class World:
     def _set_button(self, v):
         if v != "press":
             return "expected \"press\""
-        self.button_pin.drive(1)
-        asyncio.get_running_loop().call_later(0.2, self.button_pin.drive, 0)
+        self.button_pin.drive(0)
+        asyncio.get_running_loop().call_later(0.2, self.button_pin.drive, 1)

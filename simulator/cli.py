@@ -9,6 +9,9 @@ import time
 from pathlib import Path
 
 import simulator  # noqa: F401
+from simulator.workload import PROFILES as _PROFILES
+
+PROFILE_NAMES = tuple(_PROFILES)
 
 
 class SimError(Exception):
@@ -32,49 +35,127 @@ def _fleet_key(path: str | None) -> bytes | None:
 
 
 async def _run(args) -> int:
-    from simulator.broker import EmbeddedBroker
-    from simulator.fleet import Fleet
-    from simulator.observer import Observer
-    from simulator.view import describe, screen
+    from simulator.scale import RunSpec, ScaleError, Workers, check_fd_budget, plan_sources, \
+        raise_nofile, run_slice
+    from simulator import scaleview
 
     broker = None
     url = args.broker
     if url is None:
+        from simulator.broker import EmbeddedBroker
         broker = await EmbeddedBroker().start()
         url = broker.url
         print("embedded MQTT broker: %s" % url, flush=True)
-    logs: list[str] = []
-    fleet = Fleet(args.cabinets, url, flash_root=args.flash_dir, speed=args.speed,
-                  fleet_key=_fleet_key(args.fleet_key), heartbeat_s=args.heartbeat, log=logs.append)
-    obs = await Observer(url).start()
-    await fleet.start()
-    print("running %d cabinets (%s … %s) at speed x%g; world control: aedsim/world/<device_id>"
-          % (args.cabinets, "cab-0001", "cab-%04d" % args.cabinets, args.speed), flush=True)
-    end = time.monotonic() + args.duration if args.duration else None
+    brokers = [u.strip() for u in url.split(",") if u.strip()]
+    big = args.cabinets > 1000
+    flash = args.flash or ("memory" if big else "dir")
+    n_src = args.source_ips if args.source_ips is not None else (2 if big else 0)
     try:
-        if sys.stdout.isatty() and not args.plain:
+        sources = plan_sources(args.cabinets, len(brokers), n_src) if n_src else None
+        spec = RunSpec(cabinets=args.cabinets, brokers=brokers, workers=args.workers,
+                       ramp=args.ramp, heartbeat=args.heartbeat, speed=args.speed,
+                       profile=args.profile, seed=args.seed, flash=flash,
+                       flash_dir=str(args.flash_dir) if args.flash_dir else None,
+                       source_ips=sources, fleet_key=_fleet_key(args.fleet_key),
+                       duration=args.duration)
+        raise_nofile()
+        check_fd_budget(spec)
+    except ScaleError as e:
+        raise SimError(str(e))
+    workers = Workers(spec)
+    small = args.workers == 1 and args.cabinets <= 50  # a person can follow every event
+    live = sys.stdout.isatty() and not args.plain
+    logs: list[str] = []
+    obs = None
+    inproc = None
+    stop_flag = [False]
+    if args.workers == 1:
+        inproc = asyncio.create_task(run_slice(
+            spec, 0, 1, args.cabinets, workers.take, lambda: stop_flag[0],
+            log=logs.append if small else None))
+    else:
+        workers.start()
+    if small:
+        from simulator.observer import Observer
+        obs = await Observer(brokers[0]).start()
+    print("running %d cabinets (%s … %s) in %d worker(s) on %d broker(s) at speed x%g, "
+          "profile %s; world control: aedsim/world/<device_id> on the cabinet's broker"
+          % (args.cabinets, "cab-0001", "cab-%04d" % args.cabinets, args.workers, len(brokers),
+             args.speed, args.profile), flush=True)
+    t0 = time.monotonic()
+    end = t0 + args.duration if args.duration else None
+    rates = scaleview.Rates()
+    next_line = t0 + args.every
+    title = "aedsim — %d cabinets, %d worker(s), %d broker(s)" % (args.cabinets, args.workers,
+                                                                   len(brokers))
+    summary = None
+    try:
+        if live:
+            from rich.console import Group
             from rich.live import Live
-            with Live(screen(obs), refresh_per_second=4) as live:
+            from simulator.view import screen
+
+            def render():
+                parts = [scaleview.table(workers.latest, rates, title, time.monotonic() - t0)]
+                if obs is not None:
+                    parts.insert(0, screen(obs, ""))
+                return Group(*parts)
+            with Live(render(), refresh_per_second=2) as view:
                 while end is None or time.monotonic() < end:
-                    await asyncio.sleep(0.25)
-                    live.update(screen(obs, "%d/%d online · %d events · Ctrl-C to stop"
-                                       % (obs.online(), args.cabinets, obs.event_count)))
+                    await asyncio.sleep(0.5)
+                    workers.poll()
+                    rates.update(workers.latest)
+                    view.update(render())
+                    if _finished(workers, inproc):
+                        break
         else:
-            obs.listeners.append(lambda did, kind, ev: kind in ("event", "ack") and print(
-                "%s %s" % (did, describe(kind, ev)), flush=True))
+            if obs is not None:
+                from simulator.view import describe
+                obs.listeners.append(lambda did, kind, ev: kind in ("event", "ack") and print(
+                    "%s %s" % (did, describe(kind, ev)), flush=True))
             while end is None or time.monotonic() < end:
-                await asyncio.sleep(0.5)
+                await asyncio.sleep(0.25)
+                workers.poll()
+                rates.update(workers.latest)
                 while logs:
                     print("log", logs.pop(0), flush=True)
+                if time.monotonic() >= next_line and workers.latest:
+                    next_line += args.every
+                    print(scaleview.line(workers.latest, rates, time.monotonic() - t0), flush=True)
+                if _finished(workers, inproc):
+                    break
     finally:
-        summary = {"cabinets": args.cabinets, "online": obs.online(), "events": obs.event_count,
-                   "gaps": obs.gaps, "duplicates": obs.duplicates}
-        await fleet.stop()
-        await obs.stop()
+        stop_flag[0] = True
+        if inproc is not None:
+            try:
+                await inproc
+            except Exception as e:  # noqa: BLE001  (reported in the summary)
+                workers.fatal.append("%s: %s" % (type(e).__name__, e))
+        else:
+            await workers.stop()
+        summary = scaleview.summary(spec, workers.latest, workers.history)
+        summary["workers_failed"] = workers.fatal
+        if obs is not None:
+            summary.update({"backend_online": obs.online(), "backend_events": obs.event_count,
+                            "gaps": obs.gaps, "duplicates": obs.duplicates})
+            await obs.stop()
         if broker:
             await broker.stop()
+        if args.json:
+            Path(args.json).write_text(json.dumps(summary, indent=2) + "\n")
         print(json.dumps(summary), flush=True)
-    return 0
+    return 1 if workers.fatal else 0
+
+
+def _finished(workers, inproc) -> bool:
+    """A worker gave up (it says why) or died: no point watching on."""
+    if workers.fatal:
+        for msg in workers.fatal:
+            print("aedsim: error: %s" % msg, file=sys.stderr, flush=True)
+        return True
+    if inproc is not None:
+        return inproc.done()
+    return workers.procs and workers.alive() < len(workers.procs)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -84,6 +165,8 @@ def build_parser() -> argparse.ArgumentParser:
                     "demos and backend load tests — no hardware needed.",
         epilog="Examples:\n  aedsim demo\n  aedsim run --cabinets 20\n"
                "  aedsim run --cabinets 500 --broker mqtt://127.0.0.1:1883 --speed 60\n"
+               "  aedsim run --cabinets 30000 --workers 2 --ramp 2000 --heartbeat 60 \\\n"
+               "      --broker mqtt://127.0.0.1:1883,mqtt://127.0.0.1:1884 --plain\n"
                "  mosquitto_pub -t aedsim/world/cab-0002 -m '{\"door\": \"open\"}'",
         formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
@@ -93,17 +176,37 @@ def build_parser() -> argparse.ArgumentParser:
                                      "firmware app with its own flash folder and MQTT connection. Drive "
                                      "their world by publishing JSON to aedsim/world/<device_id>.")
     run.add_argument("--cabinets", type=int, default=3, metavar="N", help="how many cabinets (default 3)")
-    run.add_argument("--broker", metavar="URL", help="mqtt://host:port; default: start an embedded broker")
+    run.add_argument("--broker", metavar="URL[,URL…]",
+                     help="mqtt://host:port, or several comma-separated (shards: cabinets are spread "
+                          "over them round robin); default: start an embedded broker")
     run.add_argument("--fleet-key", metavar="FILE", help="fleet master key file (64 hex chars): "
-                     "each cabinet's token key is derived from it")
+                     "each cabinet's token key is derived from it (and missions can be signed)")
     run.add_argument("--speed", type=float, default=1.0, metavar="X",
                      help="run the cabinets' clocks X times faster (timers, expiry, battery drain)")
     run.add_argument("--heartbeat", type=int, default=1800, metavar="S",
-                     help="state heartbeat interval in simulated seconds (default 1800)")
+                     help="state heartbeat interval in simulated seconds (default 1800, least 10)")
     run.add_argument("--duration", type=float, metavar="S", help="stop after S real seconds")
+    run.add_argument("--workers", type=int, default=1, metavar="N",
+                     help="worker processes, each one asyncio loop running a slice of the ids "
+                          "(default 1: in this process). A process holds < its open-files limit "
+                          "of connections: 30,000 cabinets need 2 or more here")
+    run.add_argument("--ramp", type=float, metavar="PER_S",
+                     help="boot at most PER_S cabinets per second over the whole fleet")
+    run.add_argument("--profile", default="idle", choices=sorted(PROFILE_NAMES),
+                     help="workload: idle (heartbeats only), busy (doors, drifts, outages, "
+                          "missions), storm (busy + every cabinet's Wi-Fi drops at once)")
+    run.add_argument("--seed", type=int, metavar="N", help="make the workload and jitter reproducible")
+    run.add_argument("--flash", choices=("dir", "memory"),
+                     help="cabinet flash: a folder each (default up to 1000 cabinets) or in memory")
     run.add_argument("--flash-dir", type=Path, metavar="DIR",
-                     help="keep the cabinets' flash here (default: a temporary folder)")
-    run.add_argument("--plain", action="store_true", help="print events as lines instead of a live table")
+                     help="keep the cabinets' flash folders here (default: a temporary folder)")
+    run.add_argument("--source-ips", type=int, metavar="K",
+                     help="bind cabinet sockets to K loopback source addresses 127.0.0.2… "
+                          "(default 2 above 1000 cabinets, more if the ports need it; 0: no binding)")
+    run.add_argument("--plain", action="store_true",
+                     help="print a progress line every few seconds instead of a live table")
+    run.add_argument("--every", type=float, default=5.0, metavar="S", help="seconds between --plain lines")
+    run.add_argument("--json", metavar="FILE", help="also write the end-of-run JSON summary here")
     run.set_defaults(func=lambda a: asyncio.run(_run(a)))
 
     demo = sub.add_parser("demo", help="a short scripted demo with an embedded broker",

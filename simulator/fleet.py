@@ -66,7 +66,8 @@ class FleetCounters:
     """What the fleet's cabinets said about themselves, counted from their log lines (the
     firmware reports through `hw.log`), for the live view and the run summary."""
 
-    __slots__ = ("events", "online", "mqtt_errors", "link_lost", "crashes", "commands", "recent")
+    __slots__ = ("events", "online", "mqtt_errors", "link_lost", "crashes", "commands", "recent",
+                 "last_online_t")
 
     def __init__(self) -> None:
         self.events = 0       # events created (outbox adds)
@@ -76,12 +77,14 @@ class FleetCounters:
         self.crashes = 0
         self.commands = 0     # command log lines (unknown/ignored commands included)
         self.recent: deque = deque(maxlen=20)  # last few error lines, for a person
+        self.last_online_t = 0.0  # wall clock of the latest session start
 
     def note(self, device_id: str, msg: str) -> None:
         if msg.startswith("event "):
             self.events += 1
         elif msg.startswith("online:"):
             self.online += 1
+            self.last_online_t = time.time()
         elif msg.startswith("mqtt link lost"):
             self.link_lost += 1
         elif msg.startswith("mqtt:"):
@@ -287,6 +290,11 @@ class Fleet:
                 if n > top:
                     top = n
         return total, top
+
+    def control_for(self, device_id: str) -> MQTTClient:
+        """The simulator's own client on the broker shard this cabinet talks to."""
+        n = int(device_id.rsplit("-", 1)[1])
+        return self._controls[shard_of(n, len(self.brokers))][0]
 
     def broker_of(self, device_id: str) -> tuple[str, int]:
         n = int(device_id.rsplit("-", 1)[1])

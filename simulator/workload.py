@@ -1,0 +1,192 @@
+"""What happens to a fleet's cabinets while it runs: a named workload profile played as a Poisson
+process over one simulator process's cabinets, reproducible with a seed.
+
+Heartbeats are the firmware's own (`--heartbeat`); a profile adds what people and the weather do:
+door openings, temperature and battery drifts, mains and Wi-Fi outages, power cuts, missions
+(unlock tokens, then the responder opens and closes the door), and for `storm` a Wi-Fi outage of
+every cabinet at once (the reconnect stampede that jittered backoff is there to soften).
+
+Rates are per cabinet per simulated hour; with `--speed X` they happen X times as often in real
+time, like every other simulated timer.
+"""
+from __future__ import annotations
+
+import asyncio
+import json
+import random
+from dataclasses import dataclass, field
+from typing import Awaitable, Callable
+
+# kind -> events per cabinet per simulated hour
+PROFILES: dict[str, dict] = {
+    "idle": {"rates": {}},
+    "busy": {"rates": {"door": 2.0, "temp": 1.0, "battery": 0.5, "mains": 0.1, "wifi": 0.2,
+                       "power": 0.02, "mission": 0.05}},
+    # busy, plus every cabinet of the fleet losing its Wi-Fi together for `storm_s` real seconds,
+    # `storm_at_s` real seconds after the last cabinet booted.
+    "storm": {"rates": {"door": 2.0, "temp": 1.0, "battery": 0.5, "wifi": 0.2, "mission": 0.05},
+              "storm_at_s": 20, "storm_s": 15},
+}
+
+UnlockSender = Callable[[str, str], Awaitable[None]]  # (device_id, mission id)
+
+
+@dataclass
+class WorkloadCounts:
+    actions: dict = field(default_factory=dict)
+    storms: int = 0
+    missions: int = 0
+    unlock_errors: int = 0
+
+
+def find_unlock_sender(fleet, fleet_key: bytes | None) -> UnlockSender | None:
+    """How missions send their unlock token. The dispatch side's own tool (host_tools/unlock.py)
+    when it offers `send_unlock(...)`/`unlock(...)` coroutine-style; else tokens minted with
+    host_tools.tokens and published on the cabinet's shard by the simulator's control client.
+    None without a fleet key: nobody could sign a token, missions are skipped."""
+    if fleet_key is None:
+        return None
+    try:
+        from host_tools import unlock as _unlock  # written by the dispatch side; optional here
+    except ImportError:
+        _unlock = None
+    for name in ("send_unlock_async", "unlock_async"):
+        fn = getattr(_unlock, name, None) if _unlock else None
+        if fn is not None:
+            async def via_tool(did: str, mission: str, _fn=fn) -> None:
+                host, port = fleet.broker_of(did)
+                await _fn(master_key=fleet_key, device_id=did, mission=mission,
+                          broker="mqtt://%s:%d" % (host, port))
+            return via_tool
+
+    from host_tools.tokens import mint
+
+    async def via_control(did: str, mission: str) -> None:
+        token = mint(fleet_key, did, mission, window_s=120, now=fleet.clock.time())
+        client = fleet.control_for(did)
+        await client.publish("aed/v1/%s/cmd/unlock" % did, token, 1)
+    return via_control
+
+
+class Workload:
+    def __init__(self, fleet, profile: str = "idle", seed: int | None = None,
+                 unlock: UnlockSender | None = None, storm_at_s: float | None = None,
+                 storm_s: float | None = None):
+        if profile not in PROFILES:
+            raise ValueError("unknown profile %r (known: %s)" % (profile, ", ".join(PROFILES)))
+        spec = PROFILES[profile]
+        self.fleet = fleet
+        self.profile = profile
+        self.rates = dict(spec["rates"])
+        if unlock is None:
+            self.rates.pop("mission", None)
+        self.unlock = unlock
+        self.storm_at_s = storm_at_s if storm_at_s is not None else spec.get("storm_at_s")
+        self.storm_s = storm_s if storm_s is not None else spec.get("storm_s", 15)
+        # One stream per slice of the fleet: the same seed and the same slice give the same run.
+        self.rng = random.Random("%s:%s:%d" % (seed, profile, fleet.first))
+        self.counts = WorkloadCounts()
+        self._cabs = list(fleet.cabinets.values())
+        self._tasks: set[asyncio.Task] = set()
+
+    async def run(self) -> None:
+        jobs = []
+        if self.rates:
+            jobs.append(self._poisson())
+        if self.storm_at_s is not None:
+            jobs.append(self._storm())
+        if jobs:
+            await asyncio.gather(*jobs)
+
+    def _spawn(self, coro) -> None:
+        t = asyncio.create_task(coro)
+        self._tasks.add(t)
+        t.add_done_callback(self._tasks.discard)
+
+    async def _poisson(self) -> None:
+        kinds = list(self.rates)
+        weights = [self.rates[k] for k in kinds]
+        per_cab_s = sum(weights) / 3600.0 * self.fleet.clock.speed  # per cabinet per real second
+        rng = self.rng
+        while True:
+            started = self.fleet.started
+            if not started:
+                await asyncio.sleep(0.5)
+                continue
+            await asyncio.sleep(rng.expovariate(per_cab_s * started))
+            kind = rng.choices(kinds, weights)[0]
+            cab = self._cabs[rng.randrange(self.fleet.started)]
+            if cab.app is None and kind != "power":
+                continue  # powered off: nothing to see
+            self.counts.actions[kind] = self.counts.actions.get(kind, 0) + 1
+            self._spawn(getattr(self, "_" + kind)(cab, rng.random()))
+
+    async def _later(self, seconds: float) -> None:
+        await self.fleet.clock.sleep_ms(int(seconds * 1000))
+
+    # -- what happens to one cabinet (u: a uniform draw, so the rng order stays fixed) --------
+    async def _door(self, cab, u: float) -> None:
+        cab.world.apply({"door": "open"})
+        await self._later(5 + 55 * u)
+        cab.world.apply({"door": "closed"})
+
+    async def _temp(self, cab, u: float) -> None:
+        t = cab.world.temp_c + (u - 0.5) * 6
+        cab.world.apply({"temp_c": round(max(-20.0, min(45.0, t)), 1)})
+
+    async def _battery(self, cab, u: float) -> None:
+        cab.world.apply({"battery_mv": int(cab.world.battery_mv() + (u - 0.6) * 300)})
+
+    async def _mains(self, cab, u: float) -> None:
+        cab.world.apply({"mains": False})
+        await self._later(60 + 1740 * u)
+        cab.world.apply({"mains": True})
+
+    async def _wifi(self, cab, u: float) -> None:
+        cab.world.apply({"wifi": "down"})
+        await self._later(10 + 110 * u)
+        cab.world.apply({"wifi": "up"})
+
+    async def _power(self, cab, u: float) -> None:
+        cab.world.apply({"power": "off"})
+        await self._later(5 + 55 * u)
+        cab.world.apply({"power": "on"})
+
+    async def _mission(self, cab, u: float) -> None:
+        self.counts.missions += 1
+        mission = "m-%s-%d" % (cab.device_id, self.counts.missions)
+        try:
+            await self.unlock(cab.device_id, mission)
+        except Exception as e:  # a dispatch failure is counted, the cabinet carries on
+            self.counts.unlock_errors += 1
+            cab.log("workload: unlock %s failed: %s" % (mission, e))
+            return
+        await self._later(20 + 40 * u)   # the responder walks up
+        cab.world.apply({"door": "open"})
+        await self._later(10 + 20 * u)   # takes the AED
+        cab.world.apply({"door": "closed"})
+
+    async def _storm(self) -> None:
+        while self.fleet.started < len(self._cabs):
+            await asyncio.sleep(0.5)
+        await asyncio.sleep(self.storm_at_s)
+        self.counts.storms += 1
+        for cab in self._cabs:
+            cab.world.apply({"wifi": "down"})
+        await asyncio.sleep(self.storm_s)
+        for cab in self._cabs:
+            cab.world.apply({"wifi": "up"})
+
+    def stop(self) -> None:
+        for t in list(self._tasks):
+            t.cancel()
+
+    def summary(self) -> dict:
+        return {"profile": self.profile, "actions": dict(sorted(self.counts.actions.items())),
+                "storms": self.counts.storms, "missions": self.counts.missions,
+                "unlock_errors": self.counts.unlock_errors}
+
+
+def describe_profiles() -> str:
+    return "; ".join("%s: %s" % (name, json.dumps(spec["rates"]) if spec["rates"] else
+                                 "heartbeats only") for name, spec in PROFILES.items())

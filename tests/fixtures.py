@@ -11,6 +11,8 @@ from pathlib import Path
 
 import pytest
 
+from simulator.mosquitto import Mosquitto as _Mosquitto, MosquittoMissing
+
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
 
@@ -24,40 +26,18 @@ def tool(name):
 
 
 def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    from simulator.mosquitto import free_port as _free
+    return _free()
 
 
-class Mosquitto:
-    def __init__(self, workdir, extra_conf=""):
-        self.port = free_port()
-        self.url = "mqtt://127.0.0.1:%d" % self.port
-        self.workdir = Path(workdir)
-        self.conf = self.workdir / "mosquitto.conf"
-        self.conf.write_text(
-            "listener %d 127.0.0.1\nallow_anonymous true\npersistence false\n%s" % (self.port, extra_conf))
-        self.proc = None
+class Mosquitto(_Mosquitto):
+    """The simulator's Mosquitto runner; a missing broker fails the test with the fix to apply."""
 
-    def start(self):
-        exe = tool("mosquitto")
-        if exe is None:
-            pytest.fail("mosquitto is not installed: run `make test` (it installs it) or apt-get install mosquitto")
-        self.log = open(self.workdir / "mosquitto.log", "ab")
-        self.proc = subprocess.Popen([exe, "-c", str(self.conf)], stdout=self.log, stderr=subprocess.STDOUT)
-        deadline = time.time() + 10
-        while time.time() < deadline:
-            try:
-                socket.create_connection(("127.0.0.1", self.port), timeout=0.2).close()
-                return self
-            except OSError:
-                time.sleep(0.05)
-        raise RuntimeError("mosquitto did not start; see %s" % (self.workdir / "mosquitto.log"))
-
-    def stop(self, kill=False):
-        if self.proc and self.proc.poll() is None:
-            (self.proc.kill if kill else self.proc.terminate)()
-            self.proc.wait(5)
+    def start(self, preexec_fn=None):
+        try:
+            return super().start(preexec_fn)
+        except MosquittoMissing as e:
+            pytest.fail(str(e))
 
 
 @pytest.fixture

@@ -48,7 +48,8 @@ def test_world_changes_arrive_as_events(mosquitto, backend, sim_factory):
     backend.wait_for(_ev("cab-0002", "mains_lost"))
     crit = backend.wait_for(_ev("cab-0002", "battery_critical"))[1]
     assert 11300 < crit["battery_mv"] < 11500
-    st = backend.wait_for(lambda t, o: t == "aed/v1/cab-0002/state" and "battery_critical" in o.get("alarms", []))[1]
+    st = backend.wait_for(lambda t, o: t == "aed/v1/cab-0002/state" and "battery_critical" in o.get("alarms", [])
+                          and "mains_lost" in o["alarms"])[1]
     assert st["mains"] is False and st["door"] == "closed"
     assert sim.fleet["cab-0002"].world.siren is False
     # cab-0001 saw none of it

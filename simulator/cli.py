@@ -215,6 +215,9 @@ def build_parser() -> argparse.ArgumentParser:
                                       "battery running low, a cold cabinet, a Wi-Fi outage.")
     demo.add_argument("--plain", action="store_true", help="print lines instead of a live table")
     demo.set_defaults(func=lambda a: asyncio.run(_demo(a)))
+
+    from simulator import bench
+    bench.register(sub)
     return p
 
 

@@ -216,6 +216,15 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--plain", action="store_true", help="print lines instead of a live table")
     demo.set_defaults(func=lambda a: asyncio.run(_demo(a)))
 
+    vdev = sub.add_parser("vdev", help="a virtual serial device (pty) running the firmware",
+                          description="Start a virtual ESP32 cabinet controller on a pty: the real "
+                                      "MicroPython unix port with ESP32 REPL semantics, so mpremote, "
+                                      "pyserial and `aedgate provision/selftest/console` work on it. "
+                                      "Prints the pty path as the first line; runs until Ctrl-C.")
+    from simulator import vdev as _vdev
+    _vdev.add_arguments(vdev)
+    vdev.set_defaults(func=lambda a: asyncio.run(_vdev.run(a)))
+
     from simulator import bench
     bench.register(sub)
     return p

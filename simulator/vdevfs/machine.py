@@ -1,0 +1,164 @@
+# `machine` for the virtual device: the ESP32 API the firmware uses, backed by the simulated
+# cabinet in the harness (simulator/vdev.py) through _vdevrt. Placed on the unix port's path it
+# overrides the port's built-in `machine`.
+import os
+import time
+
+import _vdevrt
+
+PWRON_RESET = 1
+HARD_RESET = 2
+WDT_RESET = 3
+DEEPSLEEP_RESET = 4
+SOFT_RESET = 5
+
+
+class Pin:
+    IN = 1
+    OUT = 3
+    OPEN_DRAIN = 7
+    PULL_UP = 2
+    PULL_DOWN = 1
+    IRQ_RISING = 1
+    IRQ_FALLING = 2
+    WAKE_LOW = 4
+    WAKE_HIGH = 5
+
+    def __init__(self, id, mode=-1, pull=-1, *, value=None):
+        self.id = id.id if isinstance(id, Pin) else id
+        self._mode = self.IN
+        self._pull = None
+        self._out = 0
+        self._handler = None
+        self._trigger = 0
+        self.init(mode, pull, value=value)
+
+    def init(self, mode=-1, pull=-1, *, value=None):
+        if mode != -1 and mode is not None:
+            self._mode = mode
+        if pull != -1:
+            self._pull = pull
+        if value is not None:
+            self.value(value)
+
+    def value(self, v=None):
+        if v is None:
+            if self._mode in (self.OUT, self.OPEN_DRAIN):
+                return self._out
+            _vdevrt.drain()
+            level = _vdevrt.state["pins"].get(str(self.id))
+            if level is None:
+                return 1 if self._pull == self.PULL_UP else 0
+            return level
+        v = 1 if v else 0
+        if self._mode in (self.OUT, self.OPEN_DRAIN):
+            self._out = v
+            _vdevrt.send({"out": self.id, "v": v})
+
+    __call__ = value
+
+    def on(self):
+        self.value(1)
+
+    def off(self):
+        self.value(0)
+
+    def irq(self, handler=None, trigger=3, wake=None, hard=False):
+        self._handler = handler
+        self._trigger = trigger
+        _vdevrt.watch(self)
+
+    def __repr__(self):
+        return "Pin(%d)" % self.id
+
+
+class ADC:
+    ATTN_0DB = 0
+    ATTN_2_5DB = 1
+    ATTN_6DB = 2
+    ATTN_11DB = 3
+    WIDTH_12BIT = 3
+
+    def __init__(self, pin, *, atten=3):
+        self.id = pin.id if isinstance(pin, Pin) else pin
+        self._atten = atten
+
+    def atten(self, a):
+        self._atten = a
+
+    def width(self, w):
+        pass
+
+    def read_uv(self):
+        _vdevrt.drain()
+        return int(_vdevrt.state["adc"].get(str(self.id), 0))
+
+    def read_u16(self):
+        return min(65535, self.read_uv() * 65535 // 3300000)
+
+    def read(self):
+        return self.read_u16() >> 4
+
+
+class WDT:
+    def __init__(self, id=0, timeout=5000):
+        self._timeout = timeout
+        _vdevrt.send({"wdt": timeout})
+
+    def feed(self):
+        _vdevrt.send({"feed": 1})
+
+
+class RTC:
+    def datetime(self, dt=None):
+        if dt is not None:
+            return None  # the virtual device's clock is the host's
+        t = time.localtime()
+        return (t[0], t[1], t[2], t[6], t[3], t[4], t[5], 0)
+
+    def init(self, dt):
+        pass
+
+
+def unique_id():
+    return bytes.fromhex(os.getenv("VDEV_UID") or "a0b1c2d3e4f5")
+
+
+def reset_cause():
+    return int(os.getenv("VDEV_RESET_CAUSE") or PWRON_RESET)
+
+
+def reset():
+    _vdevrt.halt("hard")
+
+
+def soft_reset():
+    _vdevrt.halt("soft")
+
+
+def deepsleep(ms=0):
+    _vdevrt.halt("deepsleep", ms=ms)
+
+
+def lightsleep(ms=0):
+    time.sleep_ms(ms)
+
+
+def idle():
+    time.sleep_ms(1)
+
+
+def freq(hz=None):
+    return 240000000 if hz is None else None
+
+
+def disable_irq():
+    return 0
+
+
+def enable_irq(state=0):
+    pass
+
+
+def bootloader():
+    print("the virtual device has no bootloader")

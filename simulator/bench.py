@@ -172,10 +172,11 @@ def _r(x):
 
 # -- the run -------------------------------------------------------------------------------------
 async def _fleet_phase(args, shards, work: Path, meter: CpuMeter, sub_pid: int, say) -> dict:
+    fleet_key = os.urandom(32)
     spec = RunSpec(cabinets=args.cabinets, brokers=[s.url for s in shards], workers=args.workers,
                    ramp=args.ramp, heartbeat=args.heartbeat, profile=args.profile, seed=args.seed,
                    flash="memory", source_ips=plan_sources(args.cabinets, len(shards), 2),
-                   trace_dir=str(work))
+                   trace_dir=str(work), fleet_key=fleet_key)
     workers = Workers(spec).start()
     meter.groups = {"simulator": [p.pid for p in workers.procs],
                     "brokers": [s.proc.pid for s in shards], "backend": [sub_pid]}
@@ -197,6 +198,9 @@ async def _fleet_phase(args, shards, work: Path, meter: CpuMeter, sub_pid: int, 
     say("  all online after %.1f s; steady for %d s" % (t_online - t0, args.steady))
     rss_peak = {}
     end = t_online + args.steady
+    unlocks = asyncio.create_task(asyncio.to_thread(
+        _unlocks, spec, fleet_key, args.unlocks, min(args.steady * 0.8, args.unlocks * 1.0),
+        args.seed)) if args.unlocks else None
     while time.time() < end:
         await asyncio.sleep(1)
         workers.poll()
@@ -209,7 +213,39 @@ async def _fleet_phase(args, shards, work: Path, meter: CpuMeter, sub_pid: int, 
     result = summary(spec, workers.latest, workers.history)
     result["t"] = {"start": t0, "online": t_online, "steady_end": t_steady_end}
     result["rss_peak_mib"] = {g: round(v / 1024, 1) for g, v in rss_peak.items()}
+    result["unlock"] = await unlocks if unlocks else {"measured": False}
     return result
+
+
+def _unlocks(spec: RunSpec, fleet_key: bytes, count: int, over_s: float, seed) -> dict:
+    """`count` missions to random cabinets, spread over `over_s` seconds while the fleet runs:
+    dispatch's own tool (host_tools/unlock.py) publishes each token and times it to the ack."""
+    import random
+    try:
+        from host_tools import unlock as dispatch_tool
+    except ImportError:
+        return {"measured": False, "why": "host_tools/unlock.py is not there"}
+    from simulator.fleet import device_id, parse_broker, shard_of
+    rng = random.Random(seed)
+    brokers = [parse_broker(u) for u in spec.brokers]
+    ds = [dispatch_tool.Dispatch(h, p, client_id="bench-dispatch-%d" % i)
+          for i, (h, p) in enumerate(brokers)]
+    lat, results = [], {}
+    try:
+        for i in range(count):
+            n = rng.randint(1, spec.cabinets)
+            r = dispatch_tool.unlock(ds[shard_of(n, len(ds))], fleet_key, device_id(n),
+                                     "bench-%d" % i, window_s=60, timeout=10)
+            results[r["result"]] = results.get(r["result"], 0) + 1
+            if r.get("latency_ms") is not None:
+                lat.append(r["latency_ms"])
+            time.sleep(over_s / max(1, count))
+    finally:
+        for d in ds:
+            d.close()
+    return {"measured": True, "sent": count, "results": results, "samples": len(lat),
+            "p50_ms": _r(_pct(lat, 50)), "p99_ms": _r(_pct(lat, 99)),
+            "max_ms": _r(max(lat) if lat else None)}
 
 
 def _paho_phase(args, shard_url: str, say) -> dict:
@@ -306,7 +342,7 @@ async def bench(args) -> dict:
                                          "p99_ms": _r(_pct(lat, 99)), "max_ms": _r(max(lat) if lat else None)}
             out["paho_per_device"] = paho
             out["ratios"] = _ratios(fleet, paho, args)
-        out["unlock"] = _unlock_note()
+        out["unlock"] = fleet.pop("unlock")
         out["bottleneck"] = _bottleneck(fleet)
     finally:
         for s in shards:
@@ -316,16 +352,6 @@ async def bench(args) -> dict:
         if not args.keep:
             shutil.rmtree(work, ignore_errors=True)
     return out
-
-
-def _unlock_note() -> dict:
-    try:
-        from host_tools import unlock  # noqa: F401
-    except ImportError:
-        return {"measured": False, "why": "host_tools/unlock.py is not there yet; the workload's "
-                "mission hook (simulator/workload.py find_unlock_sender) will use it"}
-    return {"measured": False, "why": "host_tools/unlock.py exists; firmware has no cmd/unlock "
-            "handler registered yet, so no ack to time"}
 
 
 def _ratios(fleet: dict, paho: dict, args) -> dict:
@@ -374,6 +400,10 @@ def print_table(r: dict) -> None:
     t.add_row("memory per device", "%s KiB" % f["kib_per_cabinet"], "%s KiB" % best.get("kib_per_client", "-"))
     t.add_row("backend: events, gaps, dups", "%d, %d, %d" % (f["backend"]["events"], f["backend"]["gaps"],
                                                             f["backend"]["duplicates"]), "")
+    u = r.get("unlock") or {}
+    if u.get("measured"):
+        t.add_row("unlock → ack p50 / p99 (under load)", "%s / %s ms (%s)" % (
+            u["p50_ms"], u["p99_ms"], u["results"]), "")
     t.add_row("errors", str(f["errors"]), str(best.get("thread_errors", "-")))
     Console().print(t)
     for phase, note in r["bottleneck"].items():
@@ -394,6 +424,9 @@ def register(sub) -> None:
     b.add_argument("--steady", type=int, default=120, metavar="S", help="seconds to run once all are online")
     b.add_argument("--ramp-timeout", type=int, default=180, metavar="S")
     b.add_argument("--profile", default="idle")
+    b.add_argument("--unlocks", type=int, default=20, metavar="N",
+                   help="missions sent with host_tools/unlock.py during the steady phase, timed "
+                        "from publish to the cabinet's ack")
     b.add_argument("--seed", type=int, default=1)
     b.add_argument("--paho-steps", default="100,200,300,330,340,350,400,500",
                    help="client counts to try, ascending; stops at the first that fails ('' to skip)")

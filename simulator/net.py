@@ -36,11 +36,14 @@ def resolve(host: str, port: int) -> tuple:
 
 
 def bound_socket(source_ip: str, family: int = socket.AF_INET) -> socket.socket:
-    """A non-blocking TCP socket bound to `source_ip` with the port left to connect()."""
+    """A non-blocking TCP socket bound to `source_ip` with the port left to connect().
+    TCP_NODELAY is ours to set: asyncio only sets it on sockets whose `proto` says TCP, and a
+    socket made with proto 0 waits for the delayed ACK (40 ms) after every small packet."""
     s = socket.socket(family, socket.SOCK_STREAM)
     try:
         s.setblocking(False)
         s.setsockopt(socket.IPPROTO_IP, IP_BIND_ADDRESS_NO_PORT, 1)
+        s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         s.bind((source_ip, 0))
     except BaseException:
         s.close()
@@ -66,7 +69,7 @@ class Link(asyncio.Protocol):
     """One TCP connection as the MQTT client's reader and writer."""
 
     __slots__ = ("transport", "_buf", "_waiter", "_eof", "_exc", "_lost", "_paused",
-                 "_drainer", "_stats", "_key", "_payload_next")
+                 "_drainer", "_stats", "_key", "_payload_next", "_held")
 
     def __init__(self, stats: NetStats | None = None, key: int = 0) -> None:
         self.transport: asyncio.Transport | None = None
@@ -80,6 +83,7 @@ class Link(asyncio.Protocol):
         self._stats = stats
         self._key = key  # crc32 of the device id, for trace keys
         self._payload_next = False
+        self._held = None  # a PUBLISH header waiting for its payload: one send() for both
 
     # -- protocol callbacks ------------------------------------------------------------------
     def connection_made(self, transport) -> None:
@@ -142,17 +146,30 @@ class Link(asyncio.Protocol):
         return data
 
     def write(self, data) -> None:
-        st = self._stats
-        if st is not None and data:
-            if data[0] & 0xF0 == 0x30:
+        held = self._held
+        if held is not None:  # this is the payload of the header we held back
+            self._held = None
+            if self._payload_next:
+                self._payload_next = False
+                self._stats.trace.append((time.time(), zlib.crc32(data, self._key)))
+            self.transport.write(held + data)
+            return
+        if data and data[0] & 0xF0 == 0x30:  # PUBLISH header: the payload follows at once
+            st = self._stats
+            if st is not None:
                 st.published += 1
                 self._payload_next = st.trace is not None
-            elif self._payload_next:
-                self._payload_next = False
-                st.trace.append((time.time(), zlib.crc32(data, self._key)))
+            self._held = bytes(data)
+            return
         self.transport.write(data)
 
+    def _flush(self) -> None:
+        if self._held is not None:
+            held, self._held = self._held, None
+            self.transport.write(held)
+
     def drain(self) -> asyncio.Future:
+        self._flush()
         # A plain future, not a coroutine: the firmware wraps drain() in wait_for, which makes
         # a Task out of a coroutine on every publish but takes a future as it is.
         fut = asyncio.get_running_loop().create_future()
@@ -166,6 +183,7 @@ class Link(asyncio.Protocol):
 
     def close(self) -> None:
         if self.transport is not None:
+            self._flush()
             self.transport.close()
 
     def is_closing(self) -> bool:
@@ -217,6 +235,7 @@ class SimNet:
         else:
             sock = socket.socket(family, socket.SOCK_STREAM)
             sock.setblocking(False)
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         try:
             await loop.sock_connect(sock, addr)
             link = Link(self._stats, self._key)

@@ -143,7 +143,19 @@ def summary(spec, latest: dict[int, dict], history: list, t_end: float | None = 
         "workload": {"profile": spec.profile, "actions": actions,
                      "storms": sum(w["storms"] for w in workloads),
                      "missions": sum(w["missions"] for w in workloads),
-                     "unlock_errors": sum(w["unlock_errors"] for w in workloads)},
+                     "unlock_errors": sum(w["unlock_errors"] for w in workloads),
+                     "unlock_latency_ms": _percentiles(
+                         [x for w in workloads for x in w.get("unlock_latency_ms", [])])},
         "per_worker": per_worker,
         "recent_errors": [m for s in snaps for m in s["recent"]][-10:],
     }
+
+
+def _percentiles(values: list[float]) -> dict:
+    if not values:
+        return {"samples": 0}
+    v = sorted(values)
+
+    def q(p):
+        return round(v[min(len(v) - 1, int(p / 100 * len(v)))], 1)
+    return {"samples": len(v), "p50": q(50), "p99": q(99), "max": round(v[-1], 1)}

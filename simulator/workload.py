@@ -40,31 +40,43 @@ class WorkloadCounts:
 
 
 def find_unlock_sender(fleet, fleet_key: bytes | None) -> UnlockSender | None:
-    """How missions send their unlock token. The dispatch side's own tool (host_tools/unlock.py)
-    when it offers `send_unlock(...)`/`unlock(...)` coroutine-style; else tokens minted with
-    host_tools.tokens and published on the cabinet's shard by the simulator's control client.
-    None without a fleet key: nobody could sign a token, missions are skipped."""
+    """How missions send their unlock token: through dispatch's own tool, host_tools/unlock.py
+    (`Dispatch` + `unlock()`, a paho connection per broker shard, run in a thread since it
+    blocks until the cabinet's ack), else minted with host_tools.tokens and published by the
+    simulator's control client. None without a fleet key: nobody could sign a token."""
     if fleet_key is None:
         return None
     try:
-        from host_tools import unlock as _unlock  # written by the dispatch side; optional here
+        from host_tools import unlock as dispatch_tool
     except ImportError:
-        _unlock = None
-    for name in ("send_unlock_async", "unlock_async"):
-        fn = getattr(_unlock, name, None) if _unlock else None
-        if fn is not None:
-            async def via_tool(did: str, mission: str, _fn=fn) -> None:
-                host, port = fleet.broker_of(did)
-                await _fn(master_key=fleet_key, device_id=did, mission=mission,
-                          broker="mqtt://%s:%d" % (host, port))
-            return via_tool
+        dispatch_tool = None
+    if dispatch_tool is not None and hasattr(dispatch_tool, "Dispatch"):
+        dispatchers: dict = {}
+        latencies: list = []
+
+        def send_blocking(did: str, mission: str) -> dict:
+            host, port = fleet.broker_of(did)
+            d = dispatchers.get((host, port))
+            if d is None:
+                d = dispatchers[(host, port)] = dispatch_tool.Dispatch(
+                    host, port, client_id="aedsim-dispatch-%d-%d" % (fleet.first, port))
+            res = dispatch_tool.unlock(d, fleet_key, did, mission, window_s=120, timeout=10)
+            if res.get("latency_ms") is not None:
+                latencies.append(res["latency_ms"])
+            if res.get("result") != "accepted":
+                raise RuntimeError("unlock %s: %s %s" % (did, res.get("result"), res.get("reason")))
+            return res
+
+        async def via_tool(did: str, mission: str) -> None:
+            await asyncio.to_thread(send_blocking, did, mission)
+        via_tool.latencies = latencies  # type: ignore[attr-defined]
+        return via_tool
 
     from host_tools.tokens import mint
 
     async def via_control(did: str, mission: str) -> None:
         token = mint(fleet_key, did, mission, window_s=120, now=fleet.clock.time())
-        client = fleet.control_for(did)
-        await client.publish("aed/v1/%s/cmd/unlock" % did, token, 1)
+        await fleet.control_for(did).publish("aed/v1/%s/cmd/unlock" % did, token, 1)
     return via_control
 
 
@@ -182,9 +194,11 @@ class Workload:
             t.cancel()
 
     def summary(self) -> dict:
+        lat = sorted(getattr(self.unlock, "latencies", None) or [])
         return {"profile": self.profile, "actions": dict(sorted(self.counts.actions.items())),
                 "storms": self.counts.storms, "missions": self.counts.missions,
-                "unlock_errors": self.counts.unlock_errors}
+                "unlock_errors": self.counts.unlock_errors,
+                "unlock_latency_ms": lat}
 
 
 def describe_profiles() -> str:

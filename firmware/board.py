@@ -124,11 +124,13 @@ class Hardware:
     def tls_context(self, cfg):
         # Verify the broker's certificate against the CA file on flash (MicroPython verifies
         # only with a context set up like this, not with a bare ssl=True).
+        # MicroPython's mbedTLS takes the CA as DER bytes, passed positionally (the unix port
+        # 1.29 rejects both the cadata= keyword and PEM text).
         import tls
         ctx = tls.SSLContext(tls.PROTOCOL_TLS_CLIENT)
         ctx.verify_mode = tls.CERT_REQUIRED
         with open("/" + cfg["broker_ca"], "rb") as f:
-            ctx.load_verify_locations(cadata=f.read())
+            ctx.load_verify_locations(f.read())
         return ctx
 
     def all_off(self):

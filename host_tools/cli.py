@@ -51,4 +51,7 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    # Run through the package module, so that CliError raised by sub-commands (imported from
+    # host_tools.cli) is the class main() catches, not a second copy living in __main__.
+    from host_tools.cli import main as _main
+    sys.exit(_main())

@@ -55,6 +55,9 @@ class Dispatch:
             self.client.connect(self.host, self.port, keepalive=30)
         except OSError as e:
             raise CliError("cannot reach broker %s:%d: %s" % (self.host, self.port, e.strerror or e), 3)
+        # paho leaves Nagle's algorithm on; a lone token could then wait ~40 ms for a delayed ACK.
+        import socket
+        self.client.socket().setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self.client.loop_start()
         self._subscribed: set[str] = set()
 

@@ -207,15 +207,17 @@ class App:
             if not cfg["broker_host"]:
                 await sleep_ms(60000)  # not configured: keep watching the cabinet locally
                 continue
-            client = MQTTClient(
-                self.device_id, self.hw.net, cfg["broker_host"], cfg["broker_port"],
-                keepalive=cfg["keepalive_s"], user=cfg["broker_user"] or None,
-                password=cfg["broker_password"] or None,
-                will=(self.topic + "status", self._status(False), 1, True),
-                ssl=self.hw.tls_context(cfg) if cfg["broker_tls"] else None,
-                server_hostname=cfg["broker_host"] if cfg["broker_tls"] else None,
-                on_message=self._on_message)
+            client = None
             try:
+                client = MQTTClient(
+                    self.device_id, self.hw.net, cfg["broker_host"], cfg["broker_port"],
+                    keepalive=cfg["keepalive_s"], user=cfg["broker_user"] or None,
+                    password=cfg["broker_password"] or None,
+                    will=(self.topic + "status", self._status(False), 1, True),
+                    # A missing or bad CA file fails here, each attempt, and is logged below.
+                    ssl=self.hw.tls_context(cfg) if cfg["broker_tls"] else None,
+                    server_hostname=cfg["broker_host"] if cfg["broker_tls"] else None,
+                    on_message=self._on_message)
                 # A persistent session: the broker keeps commands sent during a short blip.
                 await client.connect(clean_session=False)
                 await self._connected(client)
@@ -225,7 +227,8 @@ class App:
                 attempt = 0  # we were up: the next outage starts its backoff afresh
             self.online = False
             self.mqtt = None
-            client.close()
+            if client:
+                client.close()
             delay = backoff_ms(attempt)
             attempt = min(attempt + 1, 16)
             await sleep_ms(delay)
@@ -253,8 +256,13 @@ class App:
         self.wake.set()
 
     async def _publish_all(self, client):
-        """Send, in order: outbox events (removed only after PUBACK), acks, then the state."""
+        """Send, in order: acks (dispatch is waiting for them), outbox events (removed only
+        after PUBACK), then the state (at most one a second)."""
         while not self._link_lost:
+            if self._acks:
+                await client.publish(self.topic + "ack", json.dumps(self._acks[0]), 1)
+                self._acks.pop(0)
+                continue
             seq = self.outbox.oldest()
             if seq is not None:
                 payload = self.outbox.payload(seq)
@@ -262,15 +270,11 @@ class App:
                     await client.publish(self.topic + "event", payload, 1)
                 self.outbox.remove(seq)
                 continue
-            if self._acks:
-                await client.publish(self.topic + "ack", json.dumps(self._acks[0]), 1)
-                self._acks.pop(0)
-                continue
             if self.cabinet.changed:
                 wait = _STATE_MIN_INTERVAL_MS - ticks_diff(ticks_ms(), self._state_sent)
                 if wait > 0:
-                    await sleep_ms(wait)
-                    continue  # events that came meanwhile go first
+                    await self.wake.wait_ms(wait)  # an event or ack meanwhile goes first
+                    continue
                 await client.publish(self.topic + "state", self.state_payload(), 1, True)
                 self._state_sent = ticks_ms()
                 continue

@@ -80,6 +80,17 @@ class Flag:
         if not MICROPYTHON:
             self._f.clear()
 
+    async def wait_ms(self, ms):
+        """wait(), but for at most `ms`: True when set, False on time-out."""
+        try:
+            if MICROPYTHON:
+                await asyncio.wait_for_ms(self.wait(), ms)
+            else:
+                await asyncio.wait_for(self.wait(), ms / 1000)
+            return True
+        except asyncio.TimeoutError:
+            return False
+
 
 def days_from_civil(y, m, d):
     # Days since 1970-01-01 for a proleptic Gregorian date (H. Hinnant's algorithm): no

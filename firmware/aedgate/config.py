@@ -14,7 +14,7 @@ SCHEMA = {
     "broker_host": ("str", "", 0, 253),
     "broker_port": ("int", 1883, 1, 65535),
     "broker_tls": ("bool", False, 0, 0),
-    "broker_ca": ("str", "ca.pem", 0, 64),        # CA certificate file on flash, for TLS
+    "broker_ca": ("str", "ca.der", 0, 64),        # CA certificate (DER) on flash, for TLS
     "broker_user": ("str", "", 0, 128),
     "broker_password": ("secret", "", 0, 128),
     "keepalive_s": ("int", 60, 10, 1200),
@@ -24,7 +24,7 @@ SCHEMA = {
     "sample_s": ("int", 60, 1, 3600),            # slow sensors: battery, temperature, expiry
     "door_left_open_s": ("int", 300, 10, 86400),
     "siren_s": ("int", 60, 0, 600),
-    "debounce_ms": ("int", 50, 5, 2000),
+    "debounce_ms": ("int", 20, 5, 2000),         # reed and micro switches settle in < 10 ms
     "mains_debounce_ms": ("int", 5000, 5, 60000),  # a flickering supply is not an outage
     "door_open_level": ("int", 1, 0, 1),         # pin level that means "door open"
     "battery_divider": ("num", 5.0, 1.0, 20.0),  # battery volts per volt at the ADC pin

@@ -298,15 +298,11 @@ asyncio.run(main())
 """
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "firmware/board.py tls_context() calls ctx.load_verify_locations(cadata=...) on a "
-    "tls.SSLContext, whose method takes the CA data positionally only: TypeError on MicroPython "
-    "(and the default broker_ca is ca.pem, while this build accepts DER cadata only). "
-    "Remove this marker when board.py is fixed."))
-@pytest.mark.parametrize("ca", ["ca_der", "ca"])
+@pytest.mark.parametrize("ca", ["ca_der"])
 def test_board_tls_context_on_micropython(tls_broker, micropython, tmp_path, ca):
     """board.py's own tls_context(), run unchanged on the unix port (network is stubbed: the unix
-    port has none; tls_context does not use it)."""
+    port has none; tls_context does not use it). The CA file is DER: this MicroPython's mbedTLS
+    refuses PEM cadata, so provisioning converts the CA to DER (config broker_ca: ca.der)."""
     stubs = tmp_path / "stubs"
     stubs.mkdir()
     (stubs / "network.py").write_text("STA_IF = 0\n")

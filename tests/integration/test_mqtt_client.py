@@ -184,7 +184,7 @@ def test_publish_waits_for_puback_at_most_timeout():
             run = asyncio.create_task(c.run())
             t0 = time.monotonic()
             with pytest.raises(MQTTError) as e:
-                await c.publish("aed/v1/x", b"lost", qos=1)
+                await asyncio.wait_for(c.publish("aed/v1/x", b"lost", qos=1), 5)
             took = time.monotonic() - t0
             assert e.value.args[0] == "timeout" and 0.9 <= took <= 1.6, took
             assert c.connected  # still usable: the caller decides to retry or reconnect
@@ -201,7 +201,7 @@ def test_connect_bounded_when_no_connack():
             c = client(port, "cab-ct", timeout_ms=800)
             t0 = time.monotonic()
             with pytest.raises(MQTTError) as e:
-                await c.connect()
+                await asyncio.wait_for(c.connect(), 5)
             took = time.monotonic() - t0
             assert e.value.args[0] == "timeout" and 0.7 <= took <= 1.5, took
             assert not c.connected
@@ -310,7 +310,10 @@ async def main():
     w = MQTTClient("mpy-will", Net(), "127.0.0.1", %(port)d,
                    will=("aed/v1/mpy/will", b"gone", 1, False))
     await w.connect()
-    w.close()
+    run = asyncio.create_task(w.run())
+    await asyncio.sleep_ms(50)
+    w.close()  # closing the socket alone would not wake run() here: close() must
+    print("run2", await asyncio.wait_for_ms(run, 3000))
     print("OK")
 
 asyncio.run(main())
@@ -331,7 +334,7 @@ def test_client_runs_unchanged_on_micropython(micropython, mosquitto, tmp_path):
         lines = out.splitlines()
         assert "session False" in lines and "granted 1" in lines, out
         assert "got [('aed/v1/mpy/in', b'hello cabinet', False)]" in lines, out
-        assert "run None" in lines and lines[-1] == "OK", out
+        assert "run None" in lines and "run2 None" in lines and lines[-1] == "OK", out
         watcher.wait_for(lambda t, o: t == "aed/v1/mpy/will" and o == b"gone")
         outs = [m[1] for m in watcher.messages if m[0] == "aed/v1/mpy/out"]
         assert outs == [b"q0", b"q1"], outs

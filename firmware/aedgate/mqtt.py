@@ -18,6 +18,7 @@ from aedgate import mqttwire as _w
 from aedgate.mqttwire import MQTTError  # noqa: F401  (part of this module's interface)
 
 _CLOSED = const(-1)  # waiter result when the link went away before the ack came
+_JOIN_MAX = const(1024)  # payloads up to this size go out in one write with their header
 
 if MICROPYTHON:
     _wait_ms = asyncio.wait_for_ms
@@ -137,12 +138,17 @@ class MQTTClient:
     async def publish(self, topic, payload, qos=0, retain=False):
         if isinstance(payload, str):
             payload = payload.encode()
-        if not qos:
-            await self._send(_w.publish_header(topic, len(payload), 0, retain), payload)
-            return
-        pid = self._next_pid()
-        await self._acked(pid, _w.publish_header(topic, len(payload), qos, retain, False, pid),
-                          payload)
+        pid = self._next_pid() if qos else 0
+        parts = (_w.publish_header(topic, len(payload), qos, retain, False, pid), payload)
+        if MICROPYTHON and len(payload) <= _JOIN_MAX:
+            # MicroPython sends each write() at once; a lone header would leave the payload
+            # waiting for the broker's delayed ACK (Nagle). (The simulator's CPython link
+            # joins them itself.)
+            parts = (parts[0] + payload,)
+        if qos:
+            await self._acked(pid, *parts)
+        else:
+            await self._send(*parts)
 
     async def subscribe(self, topic, qos=1):
         """Returns the granted QoS; raises MQTTError("suback") when the broker refuses."""

@@ -132,12 +132,14 @@ class Device:
         self.transport = None
 
     # -- code ----------------------------------------------------------------------------------
-    def _call(self, fn: Callable[..., Any], *args: Any, what: str = "") -> Any:
+    def _call(self, fn: Callable[..., Any], *args: Any, what: str = "", quiet: bool = True) -> Any:
         from mpremote.transport import TransportError, TransportExecError
         if self.transport is None:
             raise DeviceError("not connected to %s" % self.port)
         try:
-            with contextlib.redirect_stdout(io.StringIO()):
+            if not quiet:
+                return fn(*args)
+            with contextlib.redirect_stdout(io.StringIO()):  # mpremote prints on some failures
                 return fn(*args)
         except TransportExecError as e:
             text = e.error_output
@@ -157,6 +159,29 @@ class Device:
         """Run code on the device; its printed output (text)."""
         out = self._call(self.transport.exec, code, what=what)
         return out.decode("utf-8", "replace")
+
+    def exec_lines(self, code: str, on_line: Callable[[str], None], timeout: float = 30.0) -> None:
+        """Run code, handing each printed line to on_line as it arrives (long checks)."""
+        buf = bytearray()
+
+        def consume(b: bytes) -> None:
+            buf.extend(b.replace(b"\x04", b""))
+            while b"\n" in buf:
+                i = buf.index(b"\n")
+                line = bytes(buf[:i]).decode("utf-8", "replace").rstrip("\r")
+                del buf[:i + 1]
+                on_line(line)
+
+        from mpremote.transport import TransportExecError
+        _, err = self._call(self.transport.exec_raw, code, timeout, consume, quiet=False)
+        if buf:
+            on_line(bytes(buf).decode("utf-8", "replace"))
+        if err:
+            self._call(self._raise, TransportExecError(b"", err.decode("utf-8", "replace")))
+
+    @staticmethod
+    def _raise(e: Exception) -> None:
+        raise e
 
     def eval(self, expr: str, what: str = "") -> Any:
         """A Python literal computed on the device."""

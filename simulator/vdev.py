@@ -105,8 +105,11 @@ class World:
         put("door", open_level if self.door == "open" else 1 - open_level)
         put("mains", 1 if self.mains else 0)
         put("button", 0 if self.button else 1)  # active low, pulled up
-        lock_on = pins.get("lock") is not None and self.outputs.get(pins["lock"], 0) == 1
-        put("lock_sense", 0 if (lock_on and not self.lock_jammed) else 1)  # 0: bolt retracted
+        # lock_sense reads 1 while the bolt is engaged. A pulse/motor lock retracts it while its
+        # output is on; a hold (magnetic) lock holds while powered. A jammed bolt never moves.
+        lock_out = self.outputs.get(pins["lock"], 0) if pins.get("lock") is not None else 0
+        released = lock_out == 0 if cfg.get("lock_type") == "hold" else lock_out == 1
+        put("lock_sense", 0 if (released and not self.lock_jammed) else 1)
         adc: dict[str, int] = {}
         if pins.get("battery_adc") is not None:
             div = float(cfg.get("battery_divider", 5.0)) * float(cfg.get("battery_cal", 1.0))

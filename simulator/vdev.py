@@ -378,9 +378,10 @@ class VirtualDevice:
         if self._phase == "boot":
             i = buf.find(_READY)
             if i < 0:
-                keep = len(_READY) - 1  # a marker may be split across reads
-                self._to_host(buf[:-keep] if len(buf) > keep else b"")
-                self._pend = buf[-keep:] if len(buf) > keep else buf
+                # Hold back only what could be the start of a marker split across reads.
+                keep = next((k for k in range(len(_READY) - 1, 0, -1) if buf.endswith(_READY[:k])), 0)
+                self._to_host(buf[:len(buf) - keep])
+                self._pend = buf[len(buf) - keep:]
                 return
             self._to_host(buf[:i])
             buf = buf[i + len(_READY):]

@@ -73,6 +73,26 @@ class WiFi:
         return await asyncio.open_connection(host, port, ssl=ssl, server_hostname=server_hostname)
 
 
+class Watchdog:
+    """The ESP32's hardware watchdog. The app feeds it every feed_ms while all its critical
+    tasks are healthy; past timeout_ms without food the board resets (cause: watchdog)."""
+
+    feed_ms = 5000
+
+    def __init__(self, timeout_ms=30000):
+        self._wdt = machine.WDT(timeout=timeout_ms)
+        self._timer = None
+
+    def feed(self):
+        self._wdt.feed()
+
+    def hold_for_repl(self):
+        # A technician stopped main.py (Ctrl-C) to work at the REPL. Once started the watchdog
+        # cannot be stopped, so a timer keeps feeding it while the app is not running.
+        self._timer = machine.Timer(0)
+        self._timer.init(period=self.feed_ms, callback=lambda t: self._wdt.feed())
+
+
 class Thermometer:
     """DS18B20 on a 1-Wire bus (onewire and ds18x20 are frozen into stock ESP32 firmware)."""
 
@@ -119,6 +139,7 @@ class Hardware:
         if pins.get("battery_adc") is not None:
             self.battery = machine.ADC(Pin(pins["battery_adc"]), atten=machine.ADC.ATTN_11DB)
         self.temp = Thermometer(pins["temp"]) if pins.get("temp") is not None else None
+        self.wdt = Watchdog() if hasattr(machine, "WDT") else None
         self.log = None
 
     def tls_context(self, cfg):

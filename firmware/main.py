@@ -13,6 +13,8 @@ try:
     asyncio.run(App(hw, flash).run())
 except KeyboardInterrupt:
     hw.all_off()  # a technician at the REPL (Ctrl-C): stop here, outputs safe
+    if hw.wdt:
+        hw.wdt.hold_for_repl()
 except Exception as e:
     hw.all_off()
     sys.print_exception(e)

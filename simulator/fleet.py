@@ -19,7 +19,8 @@ from aedgate.storage import Flash
 
 from simulator.flash import MemoryFlash
 from simulator.net import NetStats, SimNet
-from simulator.world import SimClock, SimHardware, World
+from simulator.faults import FaultyFlash, PowerCut
+from simulator.world import SimClock, SimHardware, SimWDT, World
 
 WORLD_TOPIC = "aedsim/world/"
 
@@ -60,6 +61,147 @@ class LoopbackNet:
 
     async def open(self, host, port, ssl=None, server_hostname=None):
         return await asyncio.open_connection(host, port)
+
+
+class FleetCounters:
+    """What the fleet's cabinets said about themselves, counted from their log lines (the
+    firmware reports through `hw.log`), for the live view and the run summary."""
+
+    __slots__ = ("events", "online", "mqtt_errors", "link_lost", "crashes", "commands", "recent",
+                 "last_online_t")
+
+    def __init__(self) -> None:
+        self.events = 0       # events created (outbox adds)
+        self.online = 0       # sessions that came up (CONNACK + subscribe + birth)
+        self.mqtt_errors = 0  # connect/session failures
+        self.link_lost = 0
+        self.crashes = 0
+        self.commands = 0     # command log lines (unknown/ignored commands included)
+        self.recent: deque = deque(maxlen=20)  # last few error lines, for a person
+        self.last_online_t = 0.0  # wall clock of the latest session start
+
+    def note(self, device_id: str, msg: str) -> None:
+        if msg.startswith("event "):
+            self.events += 1
+        elif msg.startswith("online:"):
+            self.online += 1
+            self.last_online_t = time.time()
+        elif msg.startswith("mqtt link lost"):
+            self.link_lost += 1
+        elif msg.startswith("mqtt:"):
+            self.mqtt_errors += 1
+            self.recent.append("%s: %s" % (device_id, msg))
+        elif msg.startswith("firmware crashed"):
+            self.crashes += 1
+            self.recent.append("%s: %s" % (device_id, msg))
+        elif msg.startswith("cmd "):
+            self.commands += 1
+
+
+class SimCabinet:
+    """One cabinet: its world, its flash (a folder, or memory), and the firmware App on them.
+    Resets like a board: a crash (panic), the watchdog, a power cut (also mid-flash-write,
+    through FaultyFlash) all stop the app with its outputs off, and it boots again."""
+
+    __slots__ = ("device_id", "net", "world", "flash", "app", "task", "crashes", "resets",
+                 "watchdog", "_wdt", "_fleet", "_log")
+
+    def __init__(self, device_id: str, flash_dir: Path | None, clock: SimClock, config: dict,
+                 source_ip: str | None = None, log: Callable[[str], None] | None = None,
+                 fleet: "Fleet | None" = None, stats: NetStats | None = None,
+                 watchdog: bool = True):
+        self.device_id = device_id
+        self._fleet = fleet
+        self._log = log
+        self.net = SimNet(source_ip, stats, device_id)
+        self.world = World(device_id, clock, self.net, log=self.log)
+        self.world.on_power = self._power
+        inner = Flash(str(flash_dir)) if flash_dir is not None else MemoryFlash()
+        inner.write("config.json", json.dumps(config).encode())
+        self.flash = FaultyFlash(inner, on_cut=self._power_cut)
+        self.app: App | None = None
+        self.task: asyncio.Task | None = None
+        self.crashes = 0
+        self.resets: dict[str, int] = {}
+        self.watchdog = watchdog
+        self._wdt: SimWDT | None = None
+
+    def log(self, msg: str) -> None:
+        if self._fleet is not None:
+            self._fleet.counters.note(self.device_id, msg)
+        if self._log:
+            self._log("%s: %s" % (self.device_id, msg))
+
+    def start(self, reset_cause: str = "power_on") -> None:
+        self.resets[reset_cause] = self.resets.get(reset_cause, 0) + 1
+        self.flash.powered = True
+        self._wdt = SimWDT(lambda: self._reset("watchdog", "watchdog reset")) if self.watchdog else None
+        self.app = App(SimHardware(self.world, reset_cause, self._wdt), self.flash)
+        self.task = asyncio.create_task(self._run())
+
+    async def _run(self) -> None:
+        try:
+            await self.app.run()
+        except (asyncio.CancelledError, PowerCut):
+            raise
+        except Exception as e:  # a firmware crash: a real board resets (panic)
+            self.crashes += 1
+            self._halt()
+            self.log("firmware crashed: %s %r; resetting" % (type(e).__name__, e))
+            await asyncio.sleep(1)
+            self.start("panic")
+
+    def _outputs_off(self) -> None:
+        self.world.lock_output(0)
+        self.world.siren_output(0)
+
+    def _halt(self) -> None:
+        """Everything a reset or power loss does at once: the app stops where it is, outputs
+        fall to off, connections vanish without a DISCONNECT (the broker sends the will)."""
+        if self._wdt:
+            self._wdt.stop()
+            self._wdt = None
+        if self.task and self.task is not asyncio.current_task():
+            self.task.cancel()
+        self.task = None
+        self.app = None
+        self._outputs_off()
+        up = self.net.up
+        self.net.set_up(False)
+        self.net.up = up
+
+    def _reset(self, cause: str, why: str) -> None:
+        self.log(why)
+        self._halt()
+        self.start(cause)
+
+    def _power_cut(self, restore_after_s: float = 0.5) -> None:
+        """FaultyFlash cut the power mid-write: off now, back on shortly (a flicker)."""
+        self.log("power cut (during a flash write)")
+        self._halt()
+        asyncio.get_running_loop().call_later(restore_after_s, self._power_back)
+
+    def _power_back(self) -> None:
+        if self.task is None and self.world.powered:
+            self.start("power_on")
+
+    def _power(self, on: bool) -> None:
+        if on:
+            self.log("power on")
+            self.start("power_on")
+        else:
+            self.log("power off")
+            self._halt()
+
+    async def stop(self) -> None:
+        task = self.task
+        self._halt()
+        if task:
+            try:
+                await task
+            except (asyncio.CancelledError, Exception, PowerCut):
+                pass
+        self.net.set_up(False)
 
 
 class FleetCounters:

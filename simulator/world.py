@@ -88,14 +88,40 @@ class SimTemp:
         self.world = world
 
     async def read_c(self) -> float:
+        while self.world.sensor_hung:  # a 1-Wire sensor that never answers
+            await asyncio.sleep(0.5)
         return self.world.temp_c + random.uniform(-0.1, 0.1)
+
+
+class SimWDT:
+    """machine.WDT: past timeout_ms without feed(), the board resets (cause "watchdog")."""
+
+    feed_ms = 5000
+
+    def __init__(self, on_expire: Callable[[], None], timeout_ms: int = 30000):
+        self.timeout_s = timeout_ms / 1000
+        self._on_expire = on_expire
+        self._handle = None
+        self.feed()  # armed when created, as machine.WDT(timeout=...) is
+
+    def feed(self) -> None:
+        if self._handle:
+            self._handle.cancel()
+        self._handle = asyncio.get_running_loop().call_later(self.timeout_s, self._on_expire)
+
+    def stop(self) -> None:
+        """The board lost power (or reset): this watchdog is gone."""
+        if self._handle:
+            self._handle.cancel()
+            self._handle = None
 
 
 class SimHardware:
     """What the firmware's App receives as `hw` in the simulator."""
 
-    def __init__(self, world: "World", reset_cause: str):
+    def __init__(self, world: "World", reset_cause: str, wdt: "SimWDT | None" = None):
         self.world = world
+        self.wdt = wdt
         self.unique_id = world.device_id
         self.reset_cause = reset_cause
         self.clock = world.clock
@@ -139,6 +165,7 @@ class World:
         self.latch_released = False
         self.lock_burnt = False
         self.forced = False
+        self.sensor_hung = False
         self.coil_c = self.temp_c
         self._coil_at = time.monotonic()
         self._on_since = 0.0
@@ -250,6 +277,11 @@ class World:
         if v not in ("up", "down"):
             return "expected \"up\" or \"down\""
         self.net.set_up(v == "up")
+
+    def _set_sensor(self, v):
+        if v not in ("hang", "ok"):
+            return "expected \"hang\" or \"ok\""
+        self.sensor_hung = v == "hang"
 
     def _set_button(self, v):
         if v != "press":

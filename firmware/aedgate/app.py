@@ -5,7 +5,7 @@ import json
 
 from aedgate import VERSION, config, service
 from aedgate.cabinet import Cabinet
-from aedgate.compat import Flag, asyncio, sleep_ms, ticks_diff, ticks_ms
+from aedgate.compat import Flag, asyncio, sleep_ms, ticks_add, ticks_diff, ticks_ms
 from aedgate.gate import Gate
 from aedgate.mission import Missions
 from aedgate.mqtt import MQTTClient, backoff_ms
@@ -25,7 +25,7 @@ class App:
         self.cfg, errors = config.load(flash, hw.unique_id)
         self.device_id = self.cfg["device_id"]
         self.topic = "aed/v1/" + self.device_id + "/"
-        self.outbox = Outbox(flash)
+        self.outbox = Outbox(flash, self.cfg["outbox_limit"])
         self.wake = Flag()            # something is waiting to be published
         self.online = False
         self.mqtt = None
@@ -33,11 +33,15 @@ class App:
         self._state_sent = ticks_ms() - _STATE_MIN_INTERVAL_MS
         self._acks = []               # command results waiting to be sent (RAM: not events)
         self._timers = {}             # name -> task (door left open, siren)
+        self._promises = {}           # critical task -> ticks by which it checks in again
+        self.offline_since = self.boot_ts
         self.cabinet = Cabinet(self.cfg, self.emit, VERSION)
         self.emit({"type": "boot", "cause": hw.reset_cause, "fw": VERSION})
         for field, reason in errors:
             # A missing file on a fresh board is normal; say it once, as an error all the same.
             self.emit({"type": "config_error", "field": field, "reason": reason})
+        if self.outbox.corrupt:
+            self.emit({"type": "events_dropped", "count": self.outbox.corrupt, "reason": "corrupt"})
         self.commands = {}            # cmd name -> callable(payload, dup)
         self.cabinet.load_expiry(flash.read(_EXPIRY_FILE))
         self.gate = Gate(flash, self.cfg, self.device_id)
@@ -168,13 +172,41 @@ class App:
 
     async def _sampler(self):
         while True:
+            self.alive("sensors", 30000)  # one round of readings takes well under 30 s
             await self.sample()
+            # The clock may run fast in the simulator; the promise is in real time, so give it
+            # the whole interval (a slower clock is never an issue on a device).
+            self.alive("sensors", self.cfg["sample_s"] * 1000 + 30000)
             await self.clock.sleep_ms(self.cfg["sample_s"] * 1000)
 
     async def _heartbeat(self):
         while True:
             await self.clock.sleep_ms(self.cfg["heartbeat_s"] * 1000)
             self.state_changed()
+
+    # -- watchdog ------------------------------------------------------------------------
+    def alive(self, task, within_ms):
+        """A critical task promises to check in again within `within_ms`."""
+        self._promises[task] = ticks_add(ticks_ms(), within_ms)
+
+    def stuck(self):
+        """Names of critical tasks that broke their promise."""
+        now = ticks_ms()
+        return [t for t in self._promises if ticks_diff(now, self._promises[t]) > 0]
+
+    async def _watchdog(self, wdt):
+        # Feed the hardware watchdog only while every critical task (sensors, MQTT session,
+        # lock window) proves it is alive; a hung task stops the feeding and the board resets.
+        reported = False
+        while True:
+            late = self.stuck()
+            if not late:
+                wdt.feed()
+                reported = False
+            elif not reported:
+                self.log("watchdog: not feeding, stuck: %s" % ",".join(late))
+                reported = True
+            await sleep_ms(wdt.feed_ms)
 
     # -- MQTT session --------------------------------------------------------------------
     def _status(self, online):
@@ -183,6 +215,8 @@ class App:
             s["fw"] = VERSION
             s["reset_cause"] = self.hw.reset_cause
             s["boot_ts"] = self.boot_ts
+            s["offline_since"] = self.offline_since  # when the link was lost (or the boot)
+            s["outbox"] = len(self.outbox)           # events waiting, about to be sent
         return json.dumps(s)
 
     def _on_message(self, topic, payload, retain, dup):
@@ -205,8 +239,11 @@ class App:
         attempt = 0
         while True:
             if not cfg["broker_host"]:
+                self.alive("session", 90000)
                 await sleep_ms(60000)  # not configured: keep watching the cabinet locally
                 continue
+            # connect + subscribe + birth: three bounded waits of the client's timeout (10 s)
+            self.alive("session", 45000)
             client = None
             try:
                 client = MQTTClient(
@@ -225,12 +262,15 @@ class App:
                 self.log("mqtt: %s %s" % (type(e).__name__, e))
             if self.online:
                 attempt = 0  # we were up: the next outage starts its backoff afresh
+            if self.online:
+                self.offline_since = self.clock.time()
             self.online = False
             self.mqtt = None
             if client:
                 client.close()
             delay = backoff_ms(attempt)
             attempt = min(attempt + 1, 16)
+            self.alive("session", delay + 30000)
             await sleep_ms(delay)
 
     async def _connected(self, client):
@@ -278,7 +318,10 @@ class App:
                 await client.publish(self.topic + "state", self.state_payload(), 1, True)
                 self._state_sent = ticks_ms()
                 continue
-            await self.wake.wait()
+            # Idle: check in once per keepalive (the reader proves the link by itself).
+            ka = self.cfg["keepalive_s"] * 1000
+            self.alive("session", 2 * ka + 30000)
+            await self.wake.wait_ms(ka)
 
     # -- run -----------------------------------------------------------------------------
     async def run(self):
@@ -292,6 +335,9 @@ class App:
             tasks.append(asyncio.create_task(self._watch(hw.mains, self._mains, self.cfg["mains_debounce_ms"])))
         if hw.button:
             tasks.append(asyncio.create_task(self._watch(hw.button, self._button, self.cfg["debounce_ms"])))
+        wdt = getattr(hw, "wdt", None)
+        if wdt:
+            tasks.append(asyncio.create_task(self._watchdog(wdt)))
         try:
             await asyncio.gather(*tasks)
         finally:

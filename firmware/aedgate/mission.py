@@ -118,6 +118,7 @@ class Missions:
         reason = "window_over"
         try:
             while True:
+                app.alive("lock", 10000)
                 left = ticks_diff(self._window_end, ticks_ms())
                 if self.opened and app.cabinet.door == "closed":
                     reason = "door_closed"
@@ -134,6 +135,7 @@ class Missions:
             raise
         beacon.cancel()
         self._beacon_off()
+        app._promises.pop("lock", None)
         fault = await self.lock.secure() if self.lock else None
         for m in self.missions:
             app.emit({"type": "relocked", "mission": m, "reason": reason})

@@ -221,6 +221,9 @@ def provision(args: argparse.Namespace) -> dict[str, Any]:
             dev.write_file(MARKER, ("started %s by %s\n" % (time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
                                                             os.environ.get("USER", "?"))).encode())
         try:
+            for path in stale:  # first: a .py left beside its new .mpy would shadow it, and it takes room
+                dev.remove(path)
+                _say("removed %s (replaced by %s)" % (path, _other_variant(path)))
             width = len(str(len(payload)))
             for i, (path, data) in enumerate(payload, 1):
                 label = "[%*d/%d] %-24s %7s" % (width, i, len(payload), path, _size(len(data)))
@@ -232,9 +235,6 @@ def provision(args: argparse.Namespace) -> dict[str, Any]:
                     dev.makedirs(dirname)
                 dev.write_file(path, data)
                 _say("%s  copied" % label)
-            for path in stale:
-                dev.remove(path)
-                _say("removed %s (replaced by %s)" % (path, _other_variant(path)))
             # Verify from the board's side: contents, the firmware it will run, the config.
             got = dev.sha256(list(want))
             bad = [p for p in want if got.get(p) != want[p]]

@@ -40,6 +40,7 @@ import fcntl
 import hashlib
 import json
 import os
+import select
 import shutil
 import signal
 import sys
@@ -58,6 +59,7 @@ _READY = b"\x00vdev:ready\x00"
 _RAW_BANNER = b"raw REPL; CTRL-B to exit"
 _FRIENDLY_BANNER = b'Type "help()" for more information.'
 _OUT_LIMIT = 256 * 1024  # bytes kept for a host that is not reading (then the oldest go)
+_TRACE = open(os.environ["AEDSIM_VDEV_TRACE"], "a") if os.environ.get("AEDSIM_VDEV_TRACE") else None
 WORLD_KEYS = ("door", "mains", "battery_mv", "temp_c", "power", "wifi", "button", "lock")
 
 
@@ -302,7 +304,7 @@ class VirtualDevice:
         attrs[3] |= termios.ISIG  # Ctrl-C from the host becomes SIGINT while code runs
         attrs[6][termios.VINTR] = b"\x03"
         termios.tcsetattr(s, termios.TCSANOW, attrs)
-        os.set_blocking(m, False)
+        os.set_blocking(m, False)  # (never s: it shares its file status with the child's stdin)
         env = dict(os.environ, VDEV_CTL=str(self._ctl_port), VDEV_FLASH=str(self.flash_dir),
                    VDEV_FLASH_SIZE=str(self.flash_size), VDEV_RUN_MAIN="1" if run_main else "0",
                    VDEV_RESET_CAUSE=str(self.reset_cause), VDEV_UID=self.uid)
@@ -321,13 +323,26 @@ class VirtualDevice:
         self.proc = await asyncio.create_subprocess_exec(
             *args, stdin=s, stdout=s, stderr=s, env=env, cwd=str(self.flash_dir),
             start_new_session=True, preexec_fn=controlling_tty)
-        os.close(s)
+        self._inner_s = s  # kept: what the interpreter did not read before it ended is recovered
         self.boots += 1
         self.loop.add_reader(m, self._on_dev)
 
     def _close_inner(self) -> None:
         if self._inner_m is not None:
             self._drain_dev_output()
+            # Host bytes the old interpreter never read (sent while it was being reset) go to
+            # the next one: mpremote's Ctrl-C/Ctrl-A right after `mpremote reset` must not vanish.
+            left = bytearray()
+            try:
+                while select.select([self._inner_s], [], [], 0)[0]:
+                    chunk = os.read(self._inner_s, 4096)
+                    if not chunk:
+                        break
+                    left += chunk
+            except OSError:
+                pass
+            os.close(self._inner_s)
+            self._host_in[:0] = left
             self.loop.remove_reader(self._inner_m)
             self.loop.remove_writer(self._inner_m)
             os.close(self._inner_m)
@@ -419,6 +434,8 @@ class VirtualDevice:
     def _to_host(self, data: bytes) -> None:
         if not data:
             return
+        if _TRACE:
+            _TRACE.write("D %r\n" % data); _TRACE.flush()
         self._host_out += data
         if len(self._host_out) > _OUT_LIMIT:  # nobody reading: a UART just loses the oldest
             del self._host_out[:len(self._host_out) - _OUT_LIMIT]
@@ -455,6 +472,8 @@ class VirtualDevice:
             self._host_in.clear()
 
     def _write_dev(self, data: bytes) -> None:
+        if _TRACE:
+            _TRACE.write("H %r\n" % data); _TRACE.flush()
         self._dev_in += data
         self._flush_dev_in()
 
@@ -507,6 +526,7 @@ class VirtualDevice:
                 self.log("%s output %s" % ("/".join(names) or "pin %d" % pin, "on" if v else "off"))
                 self._send_snapshot()
         elif "reset" in msg:
+            self._accepting = False  # hold host input for the next interpreter
             self._pending_reset = msg["reset"]
             self._deepsleep_ms = int(msg.get("ms") or 0)
             asyncio.ensure_future(self._kill())

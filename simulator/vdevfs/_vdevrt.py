@@ -108,8 +108,11 @@ def halt(kind, **extra):
     """A reset: tell the harness, then stop like a board whose CPU restarts."""
     extra["reset"] = kind
     send(extra)
-    while True:
-        time.sleep_ms(1000)
+    while True:  # the harness ends this process; input typed meanwhile waits for the next one
+        try:
+            time.sleep_ms(1000)
+        except KeyboardInterrupt:
+            pass
 
 
 def _connect():
@@ -130,7 +133,6 @@ def _connect():
     _sock = s
     _poll = select.poll()
     _poll.register(s, select.POLLIN)
-    send({"hello": 1})
 
 
 def boot(main_globals):
@@ -148,11 +150,17 @@ def boot(main_globals):
     for k in list(main_globals):
         if k not in ("__name__",):
             del main_globals[k]
+    send({"hello": 1})  # from here on host input may arrive: Ctrl-C interrupts boot.py/main.py
     ok = _run("boot.py", main_globals)
     if ok and os.getenv("VDEV_RUN_MAIN") == "1":
         _run("main.py", main_globals)
     # Marks the end of the boot scripts for the harness (stripped from what the host sees).
-    sys.stdout.write("\x00vdev:ready\x00")
+    while True:
+        try:
+            sys.stdout.write("\x00vdev:ready\x00")
+            break
+        except KeyboardInterrupt:
+            pass
 
 
 def _run(name, g):

@@ -1,0 +1,148 @@
+"""The virtual serial device (`aedsim vdev`): real mpremote and pyserial against the MicroPython
+unix port behind a pty, with ESP32 REPL semantics. No hardware, loopback only."""
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import serial
+
+ROOT = Path(__file__).resolve().parents[2]
+BIN = Path(sys.executable).parent
+
+
+class VDev:
+    """`aedsim vdev` in a subprocess: its pty path, flash dir, stdin for world changes."""
+
+    def __init__(self, flash_dir, *extra):
+        self.flash = Path(flash_dir)
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "simulator.cli", "vdev", "--flash-dir", str(flash_dir), *extra],
+            cwd=ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=open(self.flash.parent / "vdev.log", "ab"),
+            text=True)
+        self.path = self.proc.stdout.readline().strip()
+        assert self.path.startswith("/dev/pts/"), "vdev did not print its pty: %r" % self.path
+
+    def world(self, text):
+        self.proc.stdin.write(text + "\n")
+        self.proc.stdin.flush()
+
+    def log(self):
+        return (self.flash.parent / "vdev.log").read_text()
+
+    def stop(self):
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+
+@pytest.fixture
+def vdev_factory(tmp_path):
+    made = []
+
+    def make(*extra, name="flash"):
+        d = tmp_path / name
+        d.mkdir(exist_ok=True)
+        v = VDev(d, *extra)
+        made.append(v)
+        return v
+    yield make
+    for v in made:
+        v.stop()
+
+
+def mpremote(port, *args, timeout=30):
+    r = subprocess.run([str(BIN / "mpremote"), "connect", port, *args], capture_output=True, text=True,
+                       timeout=timeout)
+    return r
+
+
+def read_until(s, marker, timeout=10.0):
+    data = b""
+    end = time.monotonic() + timeout
+    while marker not in data and time.monotonic() < end:
+        data += s.read(s.in_waiting or 1)
+    assert marker in data, "no %r in %r" % (marker, data[-300:])
+    return data
+
+
+def test_mpremote_cp_ls_exec_reset_on_a_persistent_flash(vdev_factory, tmp_path):
+    v = vdev_factory()
+    src = tmp_path / "hello.py"
+    src.write_text("GREETING = 'hello from flash'\n")
+    r = mpremote(v.path, "cp", str(src), ":hello.py", "+", "mkdir", ":lib", "+", "ls", ":",
+                 "+", "exec", "import hello, os; print(hello.GREETING, os.getcwd())")
+    assert r.returncode == 0, r.stderr
+    assert "hello.py" in r.stdout and "lib/" in r.stdout
+    assert "hello from flash /" in r.stdout
+    assert (v.flash / "hello.py").read_text() == src.read_text()  # the flash dir is the root
+    # The firmware's Flash("/") lands in the same folder, atomic rename included.
+    r = mpremote(v.path, "mkdir", ":aedgate", "+", "cp", str(ROOT / "firmware/aedgate/__init__.py"),
+                 ":aedgate/__init__.py", "+", "cp", str(ROOT / "firmware/aedgate/storage.py"),
+                 ":aedgate/storage.py", "+", "exec", "from aedgate.storage import Flash\nFlash('/').write('x.txt', b'42')",
+                 "+", "exec", "print(open('/x.txt').read())")
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip().endswith("42")
+    assert (v.flash / "x.txt").read_bytes() == b"42"
+    assert not (v.flash / "x.txt.tmp").exists()
+    # sha256 computed on the device matches the host's
+    r = mpremote(v.path, "sha256sum", ":hello.py")
+    import hashlib
+    assert hashlib.sha256(src.read_bytes()).hexdigest() in r.stdout
+    # reset: machine.reset() restarts the interpreter; ESP32 reports esp_restart as SOFT_RESET (5)
+    r = mpremote(v.path, "reset")
+    assert r.returncode == 0, r.stderr
+    r = mpremote(v.path, "exec", "import machine; print(machine.reset_cause(), machine.unique_id().hex())")
+    assert r.returncode == 0, r.stderr
+    cause, uid = r.stdout.split()
+    assert cause == "5" and len(uid) == 12
+
+
+def test_pyserial_sees_main_py_and_ctrl_c_interrupts_it_like_a_board(vdev_factory):
+    v = vdev_factory()
+    (v.flash / "boot.py").write_text("print('boot.py ran')\n")
+    (v.flash / "main.py").write_text("import time\nn = 0\nwhile True:\n    n += 1\n    print('tick', n)\n"
+                                    "    time.sleep_ms(50)\n")
+    with serial.Serial(v.path, 115200, timeout=0.2) as s:
+        s.write(b"\r\x03")                   # stop main.py (none yet: at the REPL)
+        read_until(s, b">>> ")
+        s.write(b"\x04")                     # friendly soft reboot: boot.py, then main.py
+        data = read_until(s, b"tick 3")
+        assert b"MPY: soft reboot\r\n" in data and b"boot.py ran\r\n" in data
+        assert b"\r\r\n" not in data         # a raw tty: a board's \r\n, no doubling
+        s.write(b"\x03")                     # Ctrl-C: KeyboardInterrupt in main.py
+        data = read_until(s, b">>> ")
+        assert b"KeyboardInterrupt" in data
+        s.write(b"print(n > 2, 6 * 7)\r")
+        assert b"True 42" in read_until(s, b"42")
+        s.write(b"\r\x01")                   # raw REPL, as mpremote uses it
+        read_until(s, b"raw REPL; CTRL-B to exit\r\n>")
+        s.write(b"\x04")                     # soft reset from the raw REPL: boot.py only, raw again
+        data = read_until(s, b"raw REPL; CTRL-B to exit\r\n>")
+        assert b"soft reboot\r\n" in data and b"boot.py ran" in data and b"tick" not in data
+        s.write(b"print('raw', 1 + 1)\x04")
+        assert b"OKraw 2" in read_until(s, b"\x04>")
+
+
+def test_world_changes_reach_the_pins_and_bad_keys_are_reported(vdev_factory):
+    v = vdev_factory()
+    code = ("import machine\nd = machine.Pin(4, machine.Pin.IN, machine.Pin.PULL_UP)\n"
+            "a = machine.ADC(machine.Pin(34))\nprint(d.value(), a.read_uv())")
+    r = mpremote(v.path, "exec", code)
+    assert r.stdout.split() == ["0", str(12700 * 1000 // 5)]   # closed; 12.7 V through a 5:1 divider
+    v.world('{"door": "open", "battery_mv": 11000, "colour": "red"}')
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline:
+        r = mpremote(v.path, "exec", code)
+        if r.stdout.split()[0] == "1":
+            break
+        time.sleep(0.1)
+    assert r.stdout.split() == ["1", str(11000 * 1000 // 5)]
+    assert "unknown world key 'colour'" in v.log()

@@ -136,7 +136,10 @@ class SimCabinet:
         self.resets[reset_cause] = self.resets.get(reset_cause, 0) + 1
         self.flash.powered = True
         self._wdt = SimWDT(lambda: self._reset("watchdog", "watchdog reset")) if self.watchdog else None
-        self.app = App(SimHardware(self.world, reset_cause, self._wdt), self.flash)
+        try:
+            self.app = App(SimHardware(self.world, reset_cause, self._wdt), self.flash)
+        except PowerCut:
+            return  # cut while booting (its boot event was being written): _power_cut took over
         self.task = asyncio.create_task(self._run())
 
     async def _run(self) -> None:
@@ -200,113 +203,6 @@ class SimCabinet:
             try:
                 await task
             except (asyncio.CancelledError, Exception, PowerCut):
-                pass
-        self.net.set_up(False)
-
-
-class FleetCounters:
-    """What the fleet's cabinets said about themselves, counted from their log lines (the
-    firmware reports through `hw.log`), for the live view and the run summary."""
-
-    __slots__ = ("events", "online", "mqtt_errors", "link_lost", "crashes", "commands", "recent",
-                 "last_online_t")
-
-    def __init__(self) -> None:
-        self.events = 0       # events created (outbox adds)
-        self.online = 0       # sessions that came up (CONNACK + subscribe + birth)
-        self.mqtt_errors = 0  # connect/session failures
-        self.link_lost = 0
-        self.crashes = 0
-        self.commands = 0     # command log lines (unknown/ignored commands included)
-        self.recent: deque = deque(maxlen=20)  # last few error lines, for a person
-        self.last_online_t = 0.0  # wall clock of the latest session start
-
-    def note(self, device_id: str, msg: str) -> None:
-        if msg.startswith("event "):
-            self.events += 1
-        elif msg.startswith("online:"):
-            self.online += 1
-            self.last_online_t = time.time()
-        elif msg.startswith("mqtt link lost"):
-            self.link_lost += 1
-        elif msg.startswith("mqtt:"):
-            self.mqtt_errors += 1
-            self.recent.append("%s: %s" % (device_id, msg))
-        elif msg.startswith("firmware crashed"):
-            self.crashes += 1
-            self.recent.append("%s: %s" % (device_id, msg))
-        elif msg.startswith("cmd "):
-            self.commands += 1
-
-
-class SimCabinet:
-    """One cabinet: its world, its flash (a folder, or memory), and the firmware App on them."""
-
-    __slots__ = ("device_id", "net", "world", "flash", "app", "task", "crashes", "_fleet", "_log")
-
-    def __init__(self, device_id: str, flash_dir: Path | None, clock: SimClock, config: dict,
-                 source_ip: str | None = None, log: Callable[[str], None] | None = None,
-                 fleet: "Fleet | None" = None, stats: NetStats | None = None):
-        self.device_id = device_id
-        self._fleet = fleet
-        self._log = log
-        self.net = SimNet(source_ip, stats, device_id)
-        self.world = World(device_id, clock, self.net, log=self.log)
-        self.world.on_power = self._power
-        self.flash = Flash(str(flash_dir)) if flash_dir is not None else MemoryFlash()
-        self.flash.write("config.json", json.dumps(config).encode())
-        self.app: App | None = None
-        self.task: asyncio.Task | None = None
-        self.crashes = 0
-
-    def log(self, msg: str) -> None:
-        if self._fleet is not None:
-            self._fleet.counters.note(self.device_id, msg)
-        if self._log:
-            self._log("%s: %s" % (self.device_id, msg))
-
-    def start(self, reset_cause: str = "power_on") -> None:
-        self.app = App(SimHardware(self.world, reset_cause), self.flash)
-        self.task = asyncio.create_task(self._run())
-
-    async def _run(self) -> None:
-        try:
-            await self.app.run()
-        except asyncio.CancelledError:
-            raise
-        except Exception as e:  # a firmware crash: a real board resets (watchdog/panic)
-            self.crashes += 1
-            self.log("firmware crashed: %s %r; resetting" % (type(e).__name__, e))
-            self._outputs_off()
-            await asyncio.sleep(1)
-            self.start("panic")
-
-    def _outputs_off(self) -> None:
-        self.world.lock_output(0)
-        self.world.siren_output(0)
-
-    def _power(self, on: bool) -> None:
-        if on:
-            self.log("power on")
-            self.start("power_on")
-        else:
-            self.log("power off")
-            if self.task:
-                self.task.cancel()
-            self.task = None
-            self.app = None
-            self._outputs_off()
-            # The radio dies with the board: connections vanish without a DISCONNECT.
-            up = self.net.up
-            self.net.set_up(False)
-            self.net.up = up
-
-    async def stop(self) -> None:
-        if self.task:
-            self.task.cancel()
-            try:
-                await self.task
-            except (asyncio.CancelledError, Exception):
                 pass
         self.net.set_up(False)
 

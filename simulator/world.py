@@ -97,9 +97,10 @@ class SimWDT:
     """machine.WDT: past timeout_ms without feed(), the board resets (cause "watchdog")."""
 
     feed_ms = 5000
+    timeout_ms = 30000  # as board.py sets the ESP32's
 
-    def __init__(self, on_expire: Callable[[], None], timeout_ms: int = 30000):
-        self.timeout_s = timeout_ms / 1000
+    def __init__(self, on_expire: Callable[[], None], timeout_ms: int | None = None):
+        self.timeout_s = (timeout_ms or self.timeout_ms) / 1000
         self._on_expire = on_expire
         self._handle = None
         self.feed()  # armed when created, as machine.WDT(timeout=...) is

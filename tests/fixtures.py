@@ -143,11 +143,12 @@ class SimThread:
 
     def stop(self):
         async def finish():
-            await self.fleet.stop()
+            await self.asyncio.wait_for(self.fleet.stop(), 20)
             tasks = [t for t in self.asyncio.all_tasks() if t is not self.asyncio.current_task()]
             for t in tasks:
                 t.cancel()
-            await self.asyncio.gather(*tasks, return_exceptions=True)
+            done, pending = await self.asyncio.wait(tasks, timeout=10) if tasks else (set(), set())
+            assert not pending, "tasks that ignore cancellation: %r" % [t.get_coro() for t in pending]
         try:
             self.call(finish())
         finally:

@@ -37,6 +37,18 @@ def _last_line(text: str) -> str:
     return lines[-1] if lines else text.strip()
 
 
+def _received(printed: str) -> bytes:
+    """What the device sent during a failed handshake: mpremote prints it as bytes reprs."""
+    got = b""
+    for line in printed.splitlines():
+        try:
+            value = ast.literal_eval(line.strip())
+        except (ValueError, SyntaxError):
+            value = line.encode()
+        got += value if isinstance(value, bytes) else str(value).encode()
+    return got
+
+
 def _diagnose_open(port: str) -> DeviceError:
     """Why a port did not open, as a one-line error."""
     if not os.path.exists(port):
@@ -106,10 +118,10 @@ class Device:
         t.start()
         t.join(self.timeout * 2 + 5)
         if t.is_alive() or "ok" not in result:
-            answered = seen.getvalue().strip() or (t.is_alive() and "(a stream of data)")
+            answered = _received(seen.getvalue()) or (t.is_alive() and b"(a stream of data)")
             self._abandon()
             if answered:
-                shown = answered if len(answered) < 40 else answered[:40] + "…"
+                shown = repr(answered[:40]) + ("…" if len(answered) > 40 else "")
                 raise DeviceError("%s answers, but not as MicroPython (no raw REPL prompt; got %s): "
                                   "wrong port, or other firmware on the board?" % (self.port, shown))
             raise DeviceError("no answer from %s within %gs: is the board powered and running "

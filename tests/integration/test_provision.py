@@ -115,6 +115,16 @@ def test_provision_online_door_selftest_and_idempotent_rerun(vdev_factory, mosqu
     assert (again["copied"], again["bytes"]) == (0, 0) and again["unchanged"] == first["files"]
     assert again["seconds"] < first["seconds"], (first, again)
 
+    # New pads, over USB at the cabinet (signed, verified by the firmware), then "AED checked"
+    # over MQTT: both accepted, and the state reports the new date.
+    r = aedgate("service", "--port", v.path, "--fleet-key", str(fleet_key), "--device", DEVICE,
+                "--pads-expiry", "2031-05-31")
+    assert r.returncode == 0 and "accepted" in r.stdout, r.stdout + r.stderr
+    backend.wait_for(lambda t, o: t == "aed/v1/%s/state" % DEVICE and o.get("pads_expiry") == "2031-05-31", 20)
+    r = aedgate("service", "--broker", mosquitto.url, "--fleet-key", str(fleet_key), "--device", DEVICE,
+                "--aed-checked")
+    assert r.returncode == 0 and "aed_checked accepted" in r.stdout, r.stdout + r.stderr
+
     # A lock sense switch fitted: only config.json changes; now the pulse is confirmed...
     r = provision(v.path, mosquitto.url, fleet_key, "--pin", "lock_sense=23")
     assert r.returncode == 0, r.stderr

@@ -146,3 +146,24 @@ def test_world_changes_reach_the_pins_and_bad_keys_are_reported(vdev_factory):
         time.sleep(0.1)
     assert r.stdout.split() == ["1", str(11000 * 1000 // 5)]
     assert "unknown world key 'colour'" in v.log()
+
+
+def test_console_stamps_each_line_and_ctrl_c_exits_cleanly(vdev_factory):
+    import re
+    v = vdev_factory()
+    (v.flash / "main.py").write_text("import time\nn = 0\nwhile True:\n    n += 1\n    print('tick', n)\n"
+                                    "    time.sleep_ms(100)\n")
+    p = subprocess.Popen([sys.executable, "-m", "host_tools.cli", "console", "--port", v.path, "--reset"],
+                         cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    lines = []
+    try:
+        while len([ln for ln in lines if "tick" in ln]) < 3:
+            lines.append(p.stdout.readline())
+            assert lines[-1], p.stderr.read()
+    finally:
+        p.send_signal(signal.SIGINT)
+        rc = p.wait(10)
+    assert rc == 0
+    assert any("MPY: soft reboot" in ln for ln in lines)
+    ticks = [ln for ln in lines if "tick" in ln]
+    assert all(re.match(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d{3}  tick \d+$", ln.rstrip("\n")) for ln in ticks), ticks

@@ -25,9 +25,10 @@ def _pid_host_port(url: str) -> tuple[str, int]:
 def subscriber(urls: list[str], out: str, conn) -> None:
     """Runs until told "stop" on `conn`; writes <out>.t/.k (receive time, key) and <out>.json."""
     import paho.mqtt.client as mqtt
+    from simulator.net import trace_key
 
     lock = threading.Lock()
-    rt, rk = array("d"), array("I")
+    rt, rk = array("d"), array("Q")
     paho_lat = array("d")
     last_seq: dict[str, int] = {}
     counts = {"messages": 0, "events": 0, "gaps": 0, "duplicates": 0, "online": 0, "offline": 0}
@@ -54,7 +55,7 @@ def subscriber(urls: list[str], out: str, conn) -> None:
             if k is None:
                 k = keys[did] = zlib.crc32(did.encode())
             rt.append(now)
-            rk.append(zlib.crc32(payload, k))
+            rk.append(trace_key(payload, k))
             if kind == "event":
                 counts["events"] += 1
                 try:

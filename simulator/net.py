@@ -51,10 +51,16 @@ def bound_socket(source_ip: str, family: int = socket.AF_INET) -> socket.socket:
     return s
 
 
+def trace_key(payload, device_key: int) -> int:
+    """64 bits naming one message: crc32 seeded with crc32(device id), then adler32. (32 bits
+    alone collide about once per 30,000 messages among 150,000.)"""
+    return (zlib.crc32(payload, device_key) << 32) | zlib.adler32(payload)
+
+
 class NetStats:
     """Counters shared by all cabinets of one process (no per-connection cost). `trace`, when
-    a list, receives (send time, key) for every PUBLISH payload: key = crc32 over the device id
-    then the payload, which a backend recomputes from what it receives (latency benchmark)."""
+    a list, receives (send time, key) for every PUBLISH payload: key = trace_key(payload, crc32 of
+    the device id), which a backend recomputes from what it receives (latency benchmark)."""
 
     __slots__ = ("opened", "open_errors", "published", "trace")
 
@@ -151,7 +157,7 @@ class Link(asyncio.Protocol):
             self._held = None
             if self._payload_next:
                 self._payload_next = False
-                self._stats.trace.append((time.time(), zlib.crc32(data, self._key)))
+                self._stats.trace.append((time.time(), trace_key(data, self._key)))
             self.transport.write(held + data)
             return
         if data and data[0] & 0xF0 == 0x30:  # PUBLISH header: the payload follows at once

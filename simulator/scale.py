@@ -209,7 +209,7 @@ async def run_slice(spec: RunSpec, index: int, first: int, count: int, report, s
 
 def _write_trace(path: Path, trace: list) -> None:
     ts = array("d", (t for t, _ in trace))
-    keys = array("I", (k for _, k in trace))
+    keys = array("Q", (k for _, k in trace))
     with open(str(path) + ".t", "wb") as f:
         ts.tofile(f)
     with open(str(path) + ".k", "wb") as f:
@@ -217,7 +217,7 @@ def _write_trace(path: Path, trace: list) -> None:
 
 
 def read_trace(path: Path) -> tuple[array, array]:
-    ts, keys = array("d"), array("I")
+    ts, keys = array("d"), array("Q")
     with open(str(path) + ".t", "rb") as f:
         ts.frombytes(f.read())
     with open(str(path) + ".k", "rb") as f:

@@ -120,18 +120,26 @@ class Workload:
         weights = [self.rates[k] for k in kinds]
         per_cab_s = sum(weights) / 3600.0 * self.fleet.clock.speed  # per cabinet per real second
         rng = self.rng
+        loop = asyncio.get_running_loop()
+        next_t = None
         while True:
             started = self.fleet.started
             if not started:
                 await asyncio.sleep(0.5)
                 continue
-            await asyncio.sleep(rng.expovariate(per_cab_s * started))
-            kind = rng.choices(kinds, weights)[0]
-            cab = self._cabs[rng.randrange(self.fleet.started)]
-            if cab.app is None and kind != "power":
-                continue  # powered off: nothing to see
-            self.counts.actions[kind] = self.counts.actions.get(kind, 0) + 1
-            self._spawn(getattr(self, "_" + kind)(cab, rng.random()))
+            if next_t is None:
+                next_t = loop.time() + rng.expovariate(per_cab_s * started)
+            await asyncio.sleep(max(0.0, next_t - loop.time()))
+            # A busy loop wakes late: play every arrival that is due, not one per wake-up.
+            while next_t <= loop.time():
+                next_t += rng.expovariate(per_cab_s * self.fleet.started)
+                kind = rng.choices(kinds, weights)[0]
+                cab = self._cabs[rng.randrange(self.fleet.started)]
+                u = rng.random()
+                if cab.app is None and kind != "power":
+                    continue  # powered off: nothing to see
+                self.counts.actions[kind] = self.counts.actions.get(kind, 0) + 1
+                self._spawn(getattr(self, "_" + kind)(cab, u))
 
     async def _later(self, seconds: float) -> None:
         await self.fleet.clock.sleep_ms(int(seconds * 1000))

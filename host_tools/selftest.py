@@ -77,12 +77,15 @@ def run(port: str, timeout: float = 10.0, on_result=None, reset: bool = True) ->
 
 
 def _cmd(args: argparse.Namespace) -> int:
-    if not args.json:
-        print("%-13s %-7s %s" % ("CHECK", "RESULT", "DETAIL"), flush=True)
+    shown = []
 
     def show(r: dict) -> None:
-        if not args.json:
-            print("%-13s %-7s %s" % (r["check"], _MARK.get(r["status"], r["status"]), r["detail"]), flush=True)
+        if args.json:
+            return
+        if not shown:  # the header once the board answers, not before a connection error
+            print("%-13s %-7s %s" % ("CHECK", "RESULT", "DETAIL"), flush=True)
+        shown.append(r)
+        print("%-13s %-7s %s" % (r["check"], _MARK.get(r["status"], r["status"]), r["detail"]), flush=True)
 
     results = run(args.port, args.timeout, show, reset=not args.no_reset)
     counts = {s: sum(1 for r in results if r["status"] == s) for s in ("pass", "warn", "skip", "fail")}

@@ -163,8 +163,8 @@ class App:
         if self.hw.temp:
             try:
                 self.cabinet.temp_reading(await self.hw.temp.read_c())
-            except OSError:
-                pass  # a sensor that does not answer leaves the last reading; state omits none
+            except Exception:  # OSError, onewire.OneWireError, a CRC error: all the same to us
+                self.cabinet.temp_failed()
         if self.cabinet.check_expiry(self.clock.time()):
             self.flash.write(_EXPIRY_FILE, self.cabinet.dump_expiry())
         if self.cabinet.changed:

@@ -135,6 +135,13 @@ class Cabinet:
             self._alarm("temp_out_of_range", False)
             self._event("temp_ok", {"temp_c": c})
 
+    def temp_failed(self):
+        """The sensor did not answer: drop temp_c from the state (docs/protocol.md), no event."""
+        if self.temp_c is not None:
+            self.temp_c = None
+            self._reported_temp = None
+            self.changed = True
+
     # -- consumables ---------------------------------------------------------------------
     def days_left(self, field, today):
         from aedgate.compat import parse_date

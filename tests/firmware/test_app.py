@@ -62,3 +62,21 @@ def test_retained_command_never_reaches_a_handler():
     app._on_message("aed/v1/cab-0007/cmd/unlock", b"y", False, False)
     assert calls == [b"y"]
     wipe(f)
+
+
+def test_failing_temperature_sensor_never_stops_the_app():
+    app, hw, f = _app()
+
+    class Broken:
+        async def read_c(self):
+            raise ValueError("CRC error")  # drivers raise more than OSError
+
+    async def main():
+        await app.sample()
+        assert json.loads(app.state_payload())["temp_c"] == 21.0
+        hw.temp = Broken()
+        await app.sample()
+        assert "temp_c" not in json.loads(app.state_payload())
+
+    asyncio.run(main())
+    wipe(f)

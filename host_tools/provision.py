@@ -64,7 +64,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--wifi-ssid", metavar="S", default="")
     p.add_argument("--wifi-password", metavar="P", default="")
     p.add_argument("--tls", action="store_true", help="connect to the broker over TLS (needs --ca)")
-    p.add_argument("--ca", metavar="FILE", help="CA certificate (PEM) the board verifies the broker with")
+    p.add_argument("--ca", metavar="FILE", help="CA certificate (PEM or DER) the board verifies the broker with; "
+                                               "stored on the board as ca.der")
     p.add_argument("--pin", action="append", default=[], metavar="NAME=N",
                    help="GPIO for a board input/output (door, lock, lock_sense, siren, led, "
                         "battery_adc, mains, temp, button); N or 'none'; repeatable")
@@ -128,7 +129,7 @@ def build_config(args: argparse.Namespace, existing: dict[str, Any] | None) -> d
                 "broker_tls": tls, "wifi_ssid": args.wifi_ssid, "wifi_password": args.wifi_password,
                 "keys": [{"kid": "", "key": key.hex()}]})
     if tls:
-        cfg["broker_ca"] = "ca.pem"
+        cfg["broker_ca"] = "ca.der"
     pins = dict(cfg.get("pins") or {})
     pins.update(parse_pins(args.pin))
     cfg["pins"] = pins
@@ -192,6 +193,23 @@ def _say(msg: str) -> None:
     print(msg, flush=True)
 
 
+def ca_der(path: str) -> bytes:
+    """The CA certificate as DER: MicroPython's mbedTLS takes DER (PEM is refused on the unix
+    port 1.29), so a PEM file is converted here, on the host."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives.serialization import Encoding
+    try:
+        data = Path(path).read_bytes()
+    except OSError as e:
+        raise CliError("cannot read CA file %s: %s" % (path, e.strerror)) from None
+    try:
+        cert = (x509.load_pem_x509_certificate(data) if b"-----BEGIN" in data
+                else x509.load_der_x509_certificate(data))
+    except ValueError:
+        raise CliError("%s is not an X.509 certificate (PEM or DER)" % path) from None
+    return cert.public_bytes(Encoding.DER)
+
+
 def provision(args: argparse.Namespace) -> dict[str, Any]:
     t0 = time.monotonic()
     check_device(args.device_id)
@@ -200,10 +218,7 @@ def provision(args: argparse.Namespace) -> dict[str, Any]:
         version, files = firmware_files(args.mpy, Path(tmp))
     ca = None
     if args.ca:
-        try:
-            ca = Path(args.ca).read_bytes()
-        except OSError as e:
-            raise CliError("cannot read CA file %s: %s" % (args.ca, e.strerror)) from None
+        ca = ca_der(args.ca)
     _say("connecting to %s …" % args.port)
     with Device(args.port, timeout=args.timeout) as dev:
         marker = dev.read_file(MARKER)
@@ -220,7 +235,7 @@ def provision(args: argparse.Namespace) -> dict[str, Any]:
             if not isinstance(existing, dict):
                 existing = None
         cfg = build_config(args, existing)
-        payload = files + [(CONFIG, config_bytes(cfg))] + ([("ca.pem", ca)] if ca is not None else [])
+        payload = files + [(CONFIG, config_bytes(cfg))] + ([("ca.der", ca)] if ca is not None else [])
         stale = [v for v in (_other_variant(p) for p, _ in files) if v]
         want = {p: hashlib.sha256(b).hexdigest() for p, b in payload}
         have = dev.sha256(list(want) + stale)

@@ -227,6 +227,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     from simulator import bench
     bench.register(sub)
+    from simulator import soak
+    soak.register(sub)
     return p
 
 

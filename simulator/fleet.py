@@ -98,6 +98,21 @@ class FleetCounters:
             self.commands += 1
 
 
+def quiet_power_cuts(loop: asyncio.AbstractEventLoop) -> None:
+    """A simulated power cut ends whatever firmware task was running, mid-call, like a real one;
+    asyncio would report each such task as "exception never retrieved". Say nothing for those."""
+    default = loop.get_exception_handler()
+
+    def handler(loop, context):
+        if isinstance(context.get("exception"), PowerCut):
+            return
+        if default:
+            default(loop, context)
+        else:
+            loop.default_exception_handler(context)
+    loop.set_exception_handler(handler)
+
+
 class SimCabinet:
     """One cabinet: its world, its flash (a folder, or memory), and the firmware App on them.
     Resets like a board: a crash (panic), the watchdog, a power cut (also mid-flash-write,
@@ -145,8 +160,10 @@ class SimCabinet:
     async def _run(self) -> None:
         try:
             await self.app.run()
-        except (asyncio.CancelledError, PowerCut):
+        except asyncio.CancelledError:
             raise
+        except PowerCut:
+            return  # _power_cut() already took the board down
         except Exception as e:  # a firmware crash: a real board resets (panic)
             self.crashes += 1
             self._halt()
@@ -275,6 +292,7 @@ class Fleet:
     async def start(self, ramp_per_s: float | None = None) -> None:
         """Boot every cabinet; with `ramp_per_s`, at most that many per second (a connect storm
         at 100% CPU hurts brokers and the simulator alike)."""
+        quiet_power_cuts(asyncio.get_running_loop())
         if self.control:
             await self._start_control()
         t0 = time.monotonic()

@@ -63,6 +63,17 @@ def sleep_ms(ms):
     return asyncio.sleep(ms / 1000)
 
 
+if MICROPYTHON:
+    wait_ms = asyncio.wait_for_ms
+else:
+    async def wait_ms(aw, ms):
+        """await `aw`, for at most `ms`; asyncio.TimeoutError after that. CPython 3.11's
+        wait_for can swallow a cancellation that lands as the awaited thing finishes (a task
+        then lives on after it was cancelled) and makes a task per call; timeout() does neither."""
+        async with asyncio.timeout(ms / 1000):
+            return await aw
+
+
 class Flag:
     """Wakes one waiting task; safe to set from a pin interrupt on MicroPython."""
 
@@ -83,10 +94,7 @@ class Flag:
     async def wait_ms(self, ms):
         """wait(), but for at most `ms`: True when set, False on time-out."""
         try:
-            if MICROPYTHON:
-                await asyncio.wait_for_ms(self.wait(), ms)
-            else:
-                await asyncio.wait_for(self.wait(), ms / 1000)
+            await wait_ms(self.wait(), ms)
             return True
         except asyncio.TimeoutError:
             return False

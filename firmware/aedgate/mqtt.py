@@ -13,19 +13,12 @@
 #   on_message with payload None; it is still acknowledged so the broker does not resend it.
 import random
 
-from aedgate.compat import asyncio, const, ticks_ms, ticks_diff, sleep_ms, MICROPYTHON
+from aedgate.compat import asyncio, const, ticks_ms, ticks_diff, sleep_ms, wait_ms, MICROPYTHON
 from aedgate import mqttwire as _w
 from aedgate.mqttwire import MQTTError  # noqa: F401  (part of this module's interface)
 
 _CLOSED = const(-1)  # waiter result when the link went away before the ack came
 _JOIN_MAX = const(1024)  # payloads up to this size go out in one write with their header
-
-if MICROPYTHON:
-    _wait_ms = asyncio.wait_for_ms
-else:
-    def _wait_ms(aw, ms):
-        return asyncio.wait_for(aw, ms / 1000)
-
 
 def backoff_ms(attempt, base_ms=1000, cap_ms=300000):
     """Delay before reconnect attempt `attempt` (0, 1, ...): uniform in [base_ms//2, min(cap_ms,
@@ -70,7 +63,7 @@ class MQTTClient:
         self.close()
         self._lock = asyncio.Lock()
         try:
-            return await _wait_ms(self._handshake(clean_session), self.timeout_ms)
+            return await wait_ms(self._handshake(clean_session), self.timeout_ms)
         except asyncio.TimeoutError:
             self.close()
             raise MQTTError("timeout")
@@ -103,7 +96,7 @@ class MQTTClient:
             try:
                 for p in parts:
                     w.write(p)
-                await _wait_ms(w.drain(), self.timeout_ms)
+                await wait_ms(w.drain(), self.timeout_ms)
             except asyncio.TimeoutError:
                 self.close("timeout")
                 raise MQTTError("timeout")
@@ -126,7 +119,7 @@ class MQTTClient:
         try:
             await self._send(*parts)
             try:
-                await _wait_ms(waiter[0].wait(), self.timeout_ms)
+                await wait_ms(waiter[0].wait(), self.timeout_ms)
             except asyncio.TimeoutError:
                 raise MQTTError("timeout")
         finally:
@@ -179,7 +172,7 @@ class MQTTClient:
                     if left <= 0:
                         raise MQTTError("keepalive")
                     try:
-                        pkt = await _wait_ms(_w.read_packet(r, self.max_payload), left)
+                        pkt = await wait_ms(_w.read_packet(r, self.max_payload), left)
                     except asyncio.TimeoutError:
                         raise MQTTError("keepalive")
                 else:

@@ -29,8 +29,13 @@ demo: venv
 test: venv broker-deps
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
+# Benchmarks print figures and write JSON to bench-results/ (not part of `make test`).
 bench: venv broker-deps
-	$(BIN)/python -m simulator.bench
+	mkdir -p bench-results
+	$(BIN)/micropython tests/firmware/bench_token.py | tee bench-results/token.txt
+	$(BIN)/python -m simulator.latency --json bench-results/latency.json
+	$(BIN)/aedsim bench --cabinets 2000 --workers 2 --shards 2 --json bench-results/fleet.json
+	$(BIN)/aedsim soak --cabinets 1000 --hours 24 --json bench-results/soak.json
 
 clean:
 	rm -rf $(VENV) build *.egg-info

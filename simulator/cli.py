@@ -93,7 +93,7 @@ async def _run(args) -> int:
         if live:
             from rich.console import Group
             from rich.live import Live
-            from simulator.view import screen
+            from host_tools.fleetview import screen
 
             def render():
                 parts = [scaleview.table(workers.latest, rates, title, time.monotonic() - t0)]
@@ -110,7 +110,7 @@ async def _run(args) -> int:
                         break
         else:
             if obs is not None:
-                from simulator.view import describe
+                from host_tools.fleetview import describe
                 obs.listeners.append(lambda did, kind, ev: kind in ("event", "ack") and print(
                     "%s %s" % (did, describe(kind, ev)), flush=True))
             while end is None or time.monotonic() < end:

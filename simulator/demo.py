@@ -8,7 +8,7 @@ import time
 from simulator.broker import EmbeddedBroker
 from simulator.fleet import Fleet
 from simulator.observer import Observer
-from simulator.view import describe, screen
+from host_tools.fleetview import describe, screen
 
 STORY = [
     (3, "cab-0002", {"door": "open"}, "someone opens cab-0002 without a mission → door_alarm, siren"),

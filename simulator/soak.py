@@ -147,11 +147,19 @@ async def soak(args) -> dict:
     await asyncio.sleep(1.0)
     drained = await _until(lambda: all(c.app and c.app.online and not len(c.app.outbox)
                                        for c in fleet.cabinets.values()), 180)
+    stuck = [(did, bool(c.app and c.app.online), len(c.app.outbox) if c.app else None,
+              c.world.powered, c.world.net.up) for did, c in fleet.cabinets.items()
+             if not (c.app and c.app.online and not len(c.app.outbox))]
+    for row in stuck[:10]:
+        print("soak: not drained: %s online=%s outbox=%s powered=%s wifi=%s" % row, flush=True)
     await asyncio.sleep(2.0)
     end_rss = rss_mib()
     generated = {did: c.app.outbox.seq for did, c in fleet.cabinets.items() if c.app}
+    waiting = {did: set(c.app.outbox._pending) for did, c in fleet.cabinets.items() if c.app}
     with registry.lock:
-        gaps = sum(len(set(range(1, g + 1)) - registry.seen.get(did, set())) for did, g in generated.items())
+        missing = {did: set(range(1, g + 1)) - registry.seen.get(did, set()) for did, g in generated.items()}
+        gaps = sum(len(m - waiting.get(did, set())) for did, m in missing.items())
+        still_queued = sum(len(m & waiting.get(did, set())) for did, m in missing.items())
         received_unique = sum(len(s) for s in registry.seen.values())
         result = {
             "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "kernel": platform.release()},
@@ -161,8 +169,9 @@ async def soak(args) -> dict:
             "disturbances": counts, "flash_cuts_mid_write": sum(c.flash.cuts for c in fleet.cabinets.values()),
             "events_generated": sum(generated.values()), "events_received_unique": received_unique,
             "messages_received": registry.received, "duplicates": registry.duplicates,
-            "missing_seqs": gaps, "dropped_reported": registry.dropped_reported,
-            "gaps": gaps - registry.dropped_reported, "drained": drained,
+            "still_in_outboxes": still_queued, "missing_seqs": gaps,
+            "dropped_reported": registry.dropped_reported,
+            "gaps": gaps - registry.dropped_reported, "drained": drained, "not_drained": len(stuck),
             "rss_mib_start": start["rss_mib"], "rss_mib_end": round(end_rss, 1),
             "ramp_s": start["ramp_s"], "broker_restart": storm,
             "resets": _sum_resets(fleet),

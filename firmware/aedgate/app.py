@@ -13,6 +13,9 @@ from aedgate.outbox import Outbox
 
 _EXPIRY_FILE = "expiry"
 _STATE_MIN_INTERVAL_MS = 1000  # at most one state message a second, however busy the cabinet
+# Longest wait between two connection attempts: long enough to spread a national fleet's
+# reconnects after a broker outage, short enough that a cabinet is never unreachable for long.
+_BACKOFF_CAP_MS = 120000
 
 
 class App:
@@ -268,8 +271,15 @@ class App:
             self.mqtt = None
             if client:
                 client.close()
-            delay = backoff_ms(attempt)
-            attempt = min(attempt + 1, 16)
+            if self.hw.net.isconnected():
+                # The network is up but the broker is not: back off (jittered, growing), so a
+                # fleet that lost its broker together does not stampede when it returns.
+                delay = backoff_ms(attempt, cap_ms=_BACKOFF_CAP_MS)
+                attempt = min(attempt + 1, 16)
+            else:
+                # No Wi-Fi: that says nothing about the broker. Try again soon, without growing
+                # the backoff, so a cabinet is back within seconds of its Wi-Fi.
+                delay = backoff_ms(2, cap_ms=_BACKOFF_CAP_MS)
             self.alive("session", delay + 30000)
             await sleep_ms(delay)
 

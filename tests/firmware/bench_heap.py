@@ -21,6 +21,9 @@ code = gc.mem_alloc() - base  # module objects and bytecode: in flash, not heap,
 
 
 class Net:
+    def isconnected(self):
+        return True
+
     async def open(self, host, port, ssl=None, server_hostname=None):
         return await asyncio.open_connection(host, port)
 

@@ -73,6 +73,9 @@ class Thermo:
 
 
 class NoNet:
+    def isconnected(self):
+        return False
+
     async def open(self, host, port, ssl=None, server_hostname=None):
         raise OSError("no network in this test")
 

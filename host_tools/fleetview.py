@@ -1,13 +1,26 @@
-"""What a person watching the simulator sees: a live table of cabinets and a stream of events."""
+"""What a person watching a fleet sees: a table of cabinets and a stream of events, built from
+what arrives over MQTT (retained status and state, events, acks). Used by `aedgate monitor`
+against any broker, and by the simulator's demo and live view."""
 from __future__ import annotations
 
 import time
+from typing import Protocol
 
 from rich.console import Group
 from rich.table import Table
 from rich.text import Text
 
-from simulator.observer import Observer
+
+class FleetView(Protocol):
+    """What the rendering needs: the latest status and state per cabinet, recent events."""
+
+    status: dict
+    state: dict
+    events: object  # sequence of (time, device_id, kind, payload)
+    event_count: int
+
+    def online(self) -> int: ...
+
 
 _ALARM_STYLE = "bold red"
 
@@ -20,8 +33,8 @@ def describe(kind: str, ev: dict) -> str:
     return "#%s %s %s" % (ev.get("seq"), ev.get("type"), tail)
 
 
-def fleet_table(obs: Observer, limit: int = 20) -> Table:
-    t = Table(title="aedsim — cabinets as the registry sees them over MQTT", expand=False)
+def fleet_table(obs: FleetView, limit: int = 20, title: str = "cabinets as the registry sees them over MQTT") -> Table:
+    t = Table(title=title, expand=False)
     for col in ("cabinet", "online", "door", "lock", "battery", "mains", "temp", "pads", "AED batt", "alarms"):
         t.add_column(col)
     for did in sorted(set(obs.status) | set(obs.state))[:limit]:
@@ -43,7 +56,7 @@ def fleet_table(obs: Observer, limit: int = 20) -> Table:
     return t
 
 
-def event_lines(obs: Observer, n: int = 12) -> Text:
+def event_lines(obs: FleetView, n: int = 12) -> Text:
     out = Text()
     for ts, did, kind, ev in list(obs.events)[-n:]:
         style = _ALARM_STYLE if ev.get("type") in (
@@ -54,6 +67,6 @@ def event_lines(obs: Observer, n: int = 12) -> Text:
     return out
 
 
-def screen(obs: Observer, footer: str = "") -> Group:
-    return Group(fleet_table(obs), Text("recent events (aed/v1/+/event):", "bold"), event_lines(obs),
+def screen(obs: FleetView, footer: str = "", limit: int = 20) -> Group:
+    return Group(fleet_table(obs, limit), Text("recent events (aed/v1/+/event):", "bold"), event_lines(obs),
                  Text(footer, "dim"))

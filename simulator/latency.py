@@ -117,9 +117,9 @@ async def world_to_event(url: str, n: int, cabinets: int = 10) -> dict:
                 await asyncio.sleep(0.001)
             await asyncio.sleep(0.01)
     finally:
+        debounce = fleet[ids[0]].app.cfg["debounce_ms"] if fleet[ids[0]].app else None
         backend.close()
         await fleet.stop()
-    debounce = fleet[ids[0]].app.cfg["debounce_ms"] if fleet[ids[0]].app else None
     return dict(percentiles(lat), lost=n - len(lat), debounce_ms=debounce, cabinets=cabinets)
 
 

@@ -242,7 +242,7 @@ def provision(args: argparse.Namespace) -> dict[str, Any]:
         todo = [(p, b) for p, b in payload if have.get(p) != want[p]]
         stale = [p for p in stale if have.get(p) is not None]
         changing = bool(todo or stale)
-        if changing or marker is not None:
+        if changing and marker is None:  # one left by an unfinished run already says so
             dev.write_file(MARKER, ("started %s by %s\n" % (time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
                                                             os.environ.get("USER", "?"))).encode())
         try:

@@ -214,7 +214,21 @@ def build_parser() -> argparse.ArgumentParser:
                                       "story over MQTT: a door opened without a mission, mains lost, a "
                                       "battery running low, a cold cabinet, a Wi-Fi outage.")
     demo.add_argument("--plain", action="store_true", help="print lines instead of a live table")
+    demo.add_argument("--scenario", default="demo", metavar="FILE|NAME",
+                      help="the story to tell: a scenario file, or a built-in one (demo, faults)")
     demo.set_defaults(func=lambda a: asyncio.run(_demo(a)))
+
+    sc = sub.add_parser("scenario", help="play a scenario file against running cabinets",
+                        description="Publish a scenario's timed world changes (aedsim/world/<id>) to "
+                                    "the broker(s) of running simulated cabinets: `aedsim run`, a "
+                                    "fleet in several workers, or `aedsim vdev`. Built-in: demo, faults.",
+                        epilog="example:\n  aedsim run --cabinets 4 --broker mqtt://127.0.0.1:1883 &\n"
+                               "  aedsim scenario faults --broker mqtt://127.0.0.1:1883",
+                        formatter_class=argparse.RawDescriptionHelpFormatter)
+    sc.add_argument("file", metavar="FILE|NAME", help="scenario JSON file, or demo / faults")
+    sc.add_argument("--broker", required=True, metavar="URL[,URL…]",
+                    help="the broker(s) the cabinets use, as given to aedsim run")
+    sc.set_defaults(func=lambda a: asyncio.run(_scenario(a)))
 
     vdev = sub.add_parser("vdev", help="a virtual serial device (pty) running the firmware",
                           description="Start a virtual ESP32 cabinet controller on a pty: the real "
@@ -234,7 +248,29 @@ def build_parser() -> argparse.ArgumentParser:
 
 async def _demo(args) -> int:
     from simulator.demo import play
-    return await play(plain=args.plain or not sys.stdout.isatty())
+    from simulator.scenario import ScenarioError
+    try:
+        return await play(plain=args.plain or not sys.stdout.isatty(), scenario_name=args.scenario)
+    except ScenarioError as e:
+        raise SimError(str(e))
+
+
+async def _scenario(args) -> int:
+    from simulator import scenario
+    try:
+        story = scenario.load(args.file)
+    except scenario.ScenarioError as e:
+        raise SimError(str(e))
+    t0 = time.monotonic()
+
+    def show(step):
+        print("%6.1f s  %s  %s%s" % (time.monotonic() - t0, step["device"], json.dumps(step["world"]),
+                                     ("   # " + step["note"]) if step.get("note") else ""), flush=True)
+    try:
+        await scenario.play(story, args.broker, show, t0)
+    except OSError as e:
+        raise SimError("cannot reach broker %s: %s" % (args.broker, e.strerror or e))
+    return 0
 
 
 def main(argv=None) -> int:

@@ -134,6 +134,7 @@ class SimCabinet:
         inner = Flash(str(flash_dir)) if flash_dir is not None else MemoryFlash()
         inner.write("config.json", json.dumps(config).encode())
         self.flash = FaultyFlash(inner, on_cut=self._power_cut)
+        self.world.on_flash_cut = self.flash.cut_after
         self.app: App | None = None
         self.task: asyncio.Task | None = None
         self.crashes = 0

@@ -71,7 +71,3 @@ class Observer:
             await self._client.disconnect()
         if self._task:
             self._task.cancel()
-
-    async def world(self, device_id: str, change: dict) -> None:
-        """Change a cabinet's world through the fixed control topic, as any tool could."""
-        await self._client.publish("aedsim/world/" + device_id, json.dumps(change), 1)

@@ -173,6 +173,7 @@ class World:
         self._mv = FULL_MV - random.randint(0, 150)
         self._mv_at = clock.time()
         self.on_power: Callable[[bool], None] | None = None
+        self.on_flash_cut: Callable[[int], None] | None = None
 
     # -- physics ---------------------------------------------------------------------------
     def battery_mv(self) -> int:
@@ -278,6 +279,18 @@ class World:
         if v not in ("up", "down"):
             return "expected \"up\" or \"down\""
         self.net.set_up(v == "up")
+
+    def _set_flash_cut(self, v):
+        if not isinstance(v, int) or isinstance(v, bool) or not 1 <= v <= 1000:
+            return "expected the n-th flash write from now, 1-1000"
+        if self.on_flash_cut is None:
+            return "this cabinet has no fault-injecting flash"
+        self.on_flash_cut(v)
+
+    def _set_clock_jump_s(self, v):
+        if not isinstance(v, (int, float)) or isinstance(v, bool) or abs(v) > 10 * 365 * 86400:
+            return "expected seconds (negative: backwards)"
+        self.clock.offset += v  # shared by every cabinet on this clock (one worker's fleet)
 
     def _set_sensor(self, v):
         if v not in ("hang", "ok"):

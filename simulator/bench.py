@@ -245,7 +245,7 @@ def _unlocks(spec: RunSpec, fleet_key: bytes, count: int, over_s: float, seed) -
             d.close()
     return {"measured": True, "sent": count, "results": results, "samples": len(lat),
             "p50_ms": _r(_pct(lat, 50)), "p99_ms": _r(_pct(lat, 99)),
-            "max_ms": _r(max(lat) if lat else None)}
+            "max_ms": _r(max(lat) if lat else None), "each_ms": [_r(x) for x in lat]}
 
 
 def _paho_phase(args, shard_url: str, say) -> dict:

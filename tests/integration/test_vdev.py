@@ -107,12 +107,13 @@ def test_mpremote_cp_ls_exec_reset_on_a_persistent_flash(vdev_factory, tmp_path)
 
 def test_pyserial_sees_main_py_and_ctrl_c_interrupts_it_like_a_board(vdev_factory):
     v = vdev_factory()
-    (v.flash / "boot.py").write_text("print('boot.py ran')\n")
-    (v.flash / "main.py").write_text("import time\nn = 0\nwhile True:\n    n += 1\n    print('tick', n)\n"
-                                    "    time.sleep_ms(50)\n")
     with serial.Serial(v.path, 115200, timeout=0.2) as s:
-        s.write(b"\r\x03")                   # stop main.py (none yet: at the REPL)
+        s.write(b"\r\x03")                   # at the REPL (no main.py yet)
         read_until(s, b">>> ")
+        # Written only now: the first boot must not race the test for them.
+        (v.flash / "boot.py").write_text("print('boot.py ran')\n")
+        (v.flash / "main.py").write_text("import time\nn = 0\nwhile True:\n    n += 1\n    print('tick', n)\n"
+                                        "    time.sleep_ms(50)\n")
         s.write(b"\x04")                     # friendly soft reboot: boot.py, then main.py
         data = read_until(s, b"tick 3")
         assert b"MPY: soft reboot\r\n" in data and b"boot.py ran\r\n" in data

@@ -19,6 +19,7 @@ import os
 import platform
 import random
 import resource
+import signal
 import tempfile
 import threading
 import time
@@ -204,7 +205,8 @@ def _sum_resets(fleet) -> dict:
 
 async def _broker_restart(broker, fleet, online_times, args) -> dict:
     print("soak: killing the broker (SIGKILL) …", flush=True)
-    await asyncio.sleep(1.2)  # let the persistence autosave catch the latest state
+    os.kill(broker.proc.pid, signal.SIGUSR1)  # Mosquitto: write the persistence file now
+    await asyncio.sleep(0.5)
     broker.stop(kill=True)
     await asyncio.sleep(args.broker_down)
     mark = len(online_times)

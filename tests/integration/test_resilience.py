@@ -2,7 +2,9 @@
 persistent session: power cuts at random instants (also mid-flash-write), a broker killed with
 SIGKILL and restarted, a Wi-Fi outage that overflows the outbox, a hung task and the watchdog."""
 import json
+import os
 import random
+import signal
 import time
 
 import pytest
@@ -118,7 +120,10 @@ def test_broker_killed_and_restarted_loses_nothing(durable_broker, sim_factory):
     try:
         sim = sim_factory(count=3, broker_url=durable_broker.url, extra_config={"debounce_ms": 5})
         wait_drained(sim)
-        time.sleep(1.5)  # let the broker autosave the backend's subscription
+        # SIGUSR1 makes Mosquitto write its persistence file now (autosave would, within a
+        # second or so): the backend's session is on disk before the crash, deterministically.
+        os.kill(durable_broker.proc.pid, signal.SIGUSR1)
+        time.sleep(0.5)
         durable_broker.stop(kill=True)  # SIGKILL
         for i in range(10):
             for cab in sim.fleet.cabinets.values():

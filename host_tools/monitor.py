@@ -3,14 +3,12 @@ retained status and state, and the stream of events and acks."""
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import threading
 import time
-from collections import deque
 
 from host_tools.cli import CliError
-from host_tools.fleetview import describe, screen
+from host_tools.fleetview import FleetRecord, describe, screen
 from host_tools.unlock import parse_broker
 
 _EPILOG = """\
@@ -22,18 +20,16 @@ examples:
 Exit status: 0 after --duration or Ctrl-C, 3 when the broker cannot be reached."""
 
 
-class Monitor:
+class Monitor(FleetRecord):
     """A paho-mqtt subscriber collecting what the fleet view renders."""
 
     def __init__(self, host: str, port: int, devices: list[str], username: str | None = None,
                  password: str | None = None, on_event=None):
         import paho.mqtt.client as mqtt
-        self.status: dict[str, dict] = {}
-        self.state: dict[str, dict] = {}
-        self.events: deque = deque(maxlen=200)
-        self.event_count = 0
-        self.lock = threading.Lock()
-        self.on_event = on_event
+        super().__init__()
+        self.lock = threading.Lock()  # paho's thread adds, the screen reads
+        if on_event:
+            self.listeners.append(on_event)
         self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="aedgate-monitor-%d" % id(self))
         if username:
             self.client.username_pw_set(username, password)
@@ -48,27 +44,8 @@ class Monitor:
         self.client.loop_start()
 
     def _on_message(self, client, userdata, msg) -> None:
-        parts = msg.topic.split("/")
-        if len(parts) != 4:
-            return
-        try:
-            obj = json.loads(msg.payload)
-        except ValueError:
-            return
-        did, kind = parts[2], parts[3]
         with self.lock:
-            if kind == "status":
-                self.status[did] = obj
-            elif kind == "state":
-                self.state[did] = obj
-            else:
-                self.event_count += kind == "event"
-                self.events.append((time.time(), did, kind, obj))
-        if self.on_event and kind in ("event", "ack"):
-            self.on_event(did, kind, obj)
-
-    def online(self) -> int:
-        return sum(1 for s in self.status.values() if s.get("online"))
+            self.add(msg.topic, msg.payload)
 
     def close(self) -> None:
         self.client.loop_stop()

@@ -78,16 +78,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 # -- building what goes onto the board -------------------------------------------------------------
 def parse_broker(url: str) -> tuple[str, int, bool]:
-    from urllib.parse import urlparse
-    u = urlparse(url if "://" in url else "mqtt://" + url)
-    if u.scheme not in ("mqtt", "mqtts", "tcp", "ssl") or not u.hostname:
-        raise CliError("broker must look like mqtt://host:port or mqtts://host:port, got %r" % url)
-    tls = u.scheme in ("mqtts", "ssl")
+    from host_tools import brokerurl
     try:
-        port = u.port or (8883 if tls else 1883)
-    except ValueError:
-        raise CliError("bad port in broker URL %r" % url) from None
-    return u.hostname, port, tls
+        return brokerurl.parse(url, tls_ok=True)
+    except ValueError as e:
+        raise CliError(str(e)) from None
 
 
 def parse_pins(items: list[str]) -> dict[str, int | None]:

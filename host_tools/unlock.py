@@ -8,9 +8,8 @@ import threading
 import time
 from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import urlparse
 
-from host_tools import tokens
+from host_tools import brokerurl, tokens
 from host_tools.cli import CliError
 from host_tools.keys import check_device, load_fleet_key
 
@@ -23,14 +22,19 @@ Exit status: 0 accepted, 1 rejected by the cabinet, 3 no answer within --timeout
 
 
 def parse_broker(url: str) -> tuple[str, int]:
-    u = urlparse(url if "://" in url else "mqtt://" + url)
-    if u.scheme not in ("mqtt", "tcp") or not u.hostname:
-        raise CliError("broker must look like mqtt://host:port, got %r" % url)
+    """mqtt://host:port -> (host, port); a one-line CliError otherwise."""
     try:
-        port = u.port or 1883
-    except ValueError:
-        raise CliError("bad port in broker URL %r" % url)
-    return u.hostname, port
+        host, port, _tls = brokerurl.parse(url)
+    except ValueError as e:
+        raise CliError(str(e)) from None
+    return host, port
+
+
+def nodelay(client) -> None:
+    """paho leaves Nagle's algorithm on: a lone small PUBLISH (a token) can then wait for the
+    broker's delayed ACK, ~40 ms on Linux. Latency-minded clients switch it off."""
+    import socket
+    client.socket().setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
 
 @dataclass
@@ -55,9 +59,7 @@ class Dispatch:
             self.client.connect(self.host, self.port, keepalive=30)
         except OSError as e:
             raise CliError("cannot reach broker %s:%d: %s" % (self.host, self.port, e.strerror or e), 3)
-        # paho leaves Nagle's algorithm on; a lone token could then wait ~40 ms for a delayed ACK.
-        import socket
-        self.client.socket().setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        nodelay(self.client)
         self.client.loop_start()
         self._subscribed: set[str] = set()
 

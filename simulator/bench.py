@@ -17,77 +17,35 @@ import os
 import platform
 import resource
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
+from simulator.mosquitto import Mosquitto, MosquittoMissing, find_mosquitto, max_nofile
 from simulator.scale import RunSpec, Workers, plan_sources, raise_nofile, read_trace
 
 _TCK = os.sysconf("SC_CLK_TCK")
 
 
 # -- brokers -------------------------------------------------------------------------------------
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _max_nofile() -> None:  # preexec_fn for brokers: as many open files as the hard cap allows
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-
-
-class Shard:
+class Shard(Mosquitto):
     """One Mosquitto with the settings used for load (docs/scale.md)."""
 
-    CONF = ("listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\n"
-            "max_connections -1\nset_tcp_nodelay true\nmax_queued_messages 1000\n"
-            "log_type error\nlog_type warning\nlog_dest file {log}\n")
+    LOAD_CONF = ("max_connections -1\nset_tcp_nodelay true\nmax_queued_messages 1000\n"
+                 "log_type error\nlog_type warning\n")
 
     def __init__(self, workdir: Path):
-        exe = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
-        if not Path(exe).exists():
-            raise SystemExit("aedsim bench: mosquitto is not installed (apt-get install mosquitto)")
-        self.exe = exe
-        self.port = _free_port()
-        self.url = "mqtt://127.0.0.1:%d" % self.port
-        self.conf = workdir / ("mosquitto-%d.conf" % self.port)
-        self.log = workdir / ("mosquitto-%d.log" % self.port)
-        self.conf.write_text(self.CONF.format(port=self.port, log=self.log))
-        self.proc: subprocess.Popen | None = None
+        super().__init__(workdir, extra_conf=self.LOAD_CONF)
 
     def start(self) -> "Shard":
-        self.proc = subprocess.Popen([self.exe, "-c", str(self.conf)], preexec_fn=_max_nofile,
-                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        deadline = time.time() + 10
-        while time.time() < deadline:
-            try:
-                socket.create_connection(("127.0.0.1", self.port), timeout=0.2).close()
-                return self
-            except OSError:
-                time.sleep(0.05)
-        raise SystemExit("mosquitto did not start; see %s" % self.log)
-
-    def nofile(self) -> int:
         try:
-            for line in Path("/proc/%d/limits" % self.proc.pid).read_text().splitlines():
-                if line.startswith("Max open files"):
-                    return int(line.split()[3])
-        except (OSError, ValueError):
-            pass
-        return -1
-
-    def stop(self) -> None:
-        if self.proc and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
+            return super().start(preexec_fn=max_nofile)
+        except MosquittoMissing as e:
+            raise SystemExit("aedsim bench: %s" % e)
+        except RuntimeError as e:
+            raise SystemExit("aedsim bench: %s" % e)
 
 
 # -- CPU and memory from /proc -------------------------------------------------------------------
@@ -300,7 +258,7 @@ async def bench(args) -> dict:
     meter = CpuMeter()
     out: dict = {"machine": {"cpus": os.cpu_count(), "kernel": platform.release(),
                              "python": platform.python_version(),
-                             "mosquitto": subprocess.run([shards[0].exe, "-h"], capture_output=True,
+                             "mosquitto": subprocess.run([find_mosquitto(), "-h"], capture_output=True,
                                                          text=True).stdout.splitlines()[0],
                              "nofile_hard": resource.getrlimit(resource.RLIMIT_NOFILE)[1]},
                  "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),

@@ -3,13 +3,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import socket
 
-
-def free_port(host: str = "127.0.0.1") -> int:
-    with socket.socket() as s:
-        s.bind((host, 0))
-        return s.getsockname()[1]
+from simulator.mosquitto import free_port
 
 
 class EmbeddedBroker:

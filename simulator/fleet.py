@@ -10,9 +10,9 @@ import time
 from collections import deque
 from pathlib import Path
 from typing import Callable
-from urllib.parse import urlparse
 
 import simulator  # noqa: F401  (puts firmware/ on sys.path)
+from host_tools import brokerurl
 from aedgate.app import App
 from aedgate.mqtt import MQTTClient
 from aedgate.storage import Flash
@@ -26,10 +26,10 @@ WORLD_TOPIC = "aedsim/world/"
 
 
 def parse_broker(url: str) -> tuple[str, int]:
-    u = urlparse(url if "://" in url else "mqtt://" + url)
-    if u.scheme not in ("mqtt", "tcp") or not u.hostname:
-        raise ValueError("broker URL must look like mqtt://host:port, got %r" % url)
-    return u.hostname, u.port or 1883
+    """mqtt://host:port -> (host, port); ValueError otherwise (simulated cabinets speak plain
+    MQTT to the simulator's brokers)."""
+    host, port, _tls = brokerurl.parse(url)
+    return host, port
 
 
 def parse_brokers(urls: str | list[str]) -> list[tuple[str, int]]:

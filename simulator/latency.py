@@ -24,6 +24,7 @@ import time
 from pathlib import Path
 
 import simulator  # noqa: F401
+from host_tools.unlock import nodelay
 from simulator.fleet import Fleet
 from simulator.mosquitto import Mosquitto
 
@@ -39,13 +40,6 @@ def percentiles(xs: list[float]) -> dict:
             "p99_ms": round(pick(0.99), 2), "max_ms": round(xs[-1], 2), "min_ms": round(xs[0], 2)}
 
 
-def _nodelay(client) -> None:
-    # paho leaves Nagle's algorithm on: a lone small PUBLISH can then wait for a delayed ACK
-    # (~40 ms on Linux). Backends that care about latency switch it off.
-    import socket
-    client.socket().setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-
-
 class Backend:
     """paho-mqtt in its own thread, recording the arrival time of every message."""
 
@@ -57,7 +51,7 @@ class Backend:
         self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="latency-backend")
         self.client.on_message = self._on_message
         self.client.connect(host, int(port))
-        _nodelay(self.client)
+        nodelay(self.client)
         for t in topics:
             self.client.subscribe(t, qos=1)
         self.client.loop_start()

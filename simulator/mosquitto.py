@@ -20,6 +20,13 @@ def find_mosquitto() -> str | None:
     return None
 
 
+def max_nofile() -> None:
+    """preexec_fn for a broker that must hold many connections: soft open-files limit := hard."""
+    import resource
+    _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+
+
 def free_port(host: str = "127.0.0.1") -> int:
     with socket.socket() as s:
         s.bind((host, 0))
@@ -63,7 +70,21 @@ class Mosquitto:
     def stop(self, kill: bool = False) -> None:
         if self.proc and self.proc.poll() is None:
             (self.proc.kill if kill else self.proc.terminate)()
-            self.proc.wait(5)
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:  # busy with tens of thousands of clients
+                self.proc.kill()
+                self.proc.wait(5)
+
+    def nofile(self) -> int:
+        """The broker's open-files limit, as the kernel applies it (-1 when unknown)."""
+        try:
+            for line in Path("/proc/%d/limits" % self.proc.pid).read_text().splitlines():
+                if line.startswith("Max open files"):
+                    return int(line.split()[3])
+        except (OSError, ValueError, AttributeError):
+            pass
+        return -1
 
     def __enter__(self) -> "Mosquitto":
         return self.start()

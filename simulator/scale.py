@@ -116,7 +116,7 @@ def check_fd_budget(spec: RunSpec) -> None:
 
 
 # -- one worker's view of itself ----------------------------------------------------------------
-def _rss_kib() -> int:
+def rss_kib() -> int:
     with open("/proc/self/status") as f:
         for line in f:
             if line.startswith("VmRSS:"):
@@ -144,7 +144,7 @@ async def run_slice(spec: RunSpec, index: int, first: int, count: int, report, s
     from simulator.net import NetStats
     from simulator.workload import Workload, find_unlock_sender
 
-    rss0 = _rss_kib()
+    rss0 = rss_kib()
     stats = NetStats()
     if spec.trace_dir:
         stats.trace = []
@@ -159,7 +159,7 @@ async def run_slice(spec: RunSpec, index: int, first: int, count: int, report, s
     # Freeze what exists now, and again once everyone is online, so collections skip it.
     gc.collect()
     gc.freeze()
-    built = _rss_kib()
+    built = rss_kib()
     workload = Workload(fleet, spec.profile, spec.seed,
                         unlock=find_unlock_sender(fleet, spec.fleet_key) if spec.control else None)
     t_start = time.time()
@@ -180,7 +180,7 @@ async def run_slice(spec: RunSpec, index: int, first: int, count: int, report, s
                 "open_errors": stats.open_errors, "events": c.events, "sessions": c.online,
                 "mqtt_errors": c.mqtt_errors, "link_lost": c.link_lost,
                 "crashes": sum(cab.crashes for cab in fleet.cabinets.values()) if final else 0,
-                "outbox_total": total, "outbox_max": top, "rss_kib": _rss_kib(),
+                "outbox_total": total, "outbox_max": top, "rss_kib": rss_kib(),
                 "rss0_kib": rss0, "rss_built_kib": built, "rss_online_kib": rss_online,
                 "cpu_s": _cpu_s() - cpu0, "fds": fds, "all_online_t": all_online_t,
                 "recent": list(c.recent)[-5:], "pid": os.getpid(),
@@ -193,7 +193,7 @@ async def run_slice(spec: RunSpec, index: int, first: int, count: int, report, s
             online = fleet.online()
             if all_online_t is None and online == count:
                 all_online_t = fleet.counters.last_online_t or time.time()
-                rss_online = _rss_kib()
+                rss_online = rss_kib()
                 gc.collect()
                 gc.freeze()
             if wl_task is None and starter.done():

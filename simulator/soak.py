@@ -18,7 +18,6 @@ import json
 import os
 import platform
 import random
-import resource
 import signal
 import tempfile
 import threading
@@ -27,15 +26,8 @@ from pathlib import Path
 
 import simulator  # noqa: F401
 from simulator.fleet import Fleet
-from simulator.mosquitto import Mosquitto
-
-
-def rss_mib() -> float:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-    return 0.0
+from simulator.mosquitto import Mosquitto, max_nofile
+from simulator.scale import rss_kib
 
 
 class Registry:
@@ -84,7 +76,7 @@ async def soak(args) -> dict:
         conf += "user root\n"  # as root mosquitto would switch to a user who cannot write tmp
     broker = Mosquitto(Path(tmp), extra_conf=conf)
     broker.conf.write_text(broker.conf.read_text().replace("persistence false\n", ""))
-    broker.start(preexec_fn=_raise_nofile)
+    broker.start(preexec_fn=max_nofile)
     online_times: list[float] = []
 
     def log(msg: str) -> None:
@@ -98,7 +90,7 @@ async def soak(args) -> dict:
     t0 = time.monotonic()
     await fleet.start(ramp_per_s=args.ramp)
     await _until(lambda: fleet.online() == args.cabinets, 120)
-    start = {"rss_mib": round(rss_mib(), 1), "ramp_s": round(time.monotonic() - t0, 2)}
+    start = {"rss_mib": round(rss_kib() / 1024, 1), "ramp_s": round(time.monotonic() - t0, 2)}
     print("soak: %d cabinets online in %.1f s, RSS %.0f MiB" % (args.cabinets, start["ramp_s"], start["rss_mib"]), flush=True)
 
     sim_seconds = args.hours * 3600
@@ -154,7 +146,7 @@ async def soak(args) -> dict:
     for row in stuck[:10]:
         print("soak: not drained: %s online=%s outbox=%s powered=%s wifi=%s" % row, flush=True)
     await asyncio.sleep(2.0)
-    end_rss = rss_mib()
+    end_rss = rss_kib() / 1024
     generated = {did: c.app.outbox.seq for did, c in fleet.cabinets.items() if c.app}
     waiting = {did: set(c.app.outbox._pending) for did, c in fleet.cabinets.items() if c.app}
     with registry.lock:
@@ -210,7 +202,7 @@ async def _broker_restart(broker, fleet, online_times, args) -> dict:
     broker.stop(kill=True)
     await asyncio.sleep(args.broker_down)
     mark = len(online_times)
-    broker.start(preexec_fn=_raise_nofile)
+    broker.start(preexec_fn=max_nofile)
     t_up = time.monotonic()
     back = await _until(lambda: fleet.online() >= sum(1 for c in fleet.cabinets.values()
                                                       if c.world.powered and c.world.net.up), 180)
@@ -226,11 +218,6 @@ async def _broker_restart(broker, fleet, online_times, args) -> dict:
     print("soak: broker back; %d reconnects in %.1f s, peak %d connects/s" % (len(times), took, peak), flush=True)
     return {"down_s": args.broker_down, "all_back_s": round(took, 2), "reconnects": len(times),
             "peak_connects_per_s": peak, "all_back": back}
-
-
-def _raise_nofile() -> None:
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
 
 
 async def _until(pred, timeout: float) -> bool:

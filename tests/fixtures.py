@@ -58,17 +58,28 @@ def micropython():
 class Backend:
     """A paho-mqtt client as the registry backend would run it: collects every message."""
 
-    def __init__(self, url, topics=("aed/v1/#",)):
+    def __init__(self, url, topics=("aed/v1/#",), client_id=None, clean_session=True):
         import paho.mqtt.client as mqtt
         host, port = url.split("//")[1].split(":")
         self.messages = []
         self.cond = threading.Condition()
-        self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="backend-%d" % os.getpid())
+        self.topics = topics
+        self._connects = 0
+        self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, clean_session=clean_session,
+                                  client_id=client_id or "backend-%d" % os.getpid())
         self.client.on_message = self._on_message
+        self.client.on_connect = self._on_connect
+        self.client.reconnect_delay_set(0.1, 1)
         self.client.connect(host, int(port))
         for t in topics:
             self.client.subscribe(t, qos=1)
         self.client.loop_start()
+
+    def _on_connect(self, client, userdata, flags, reason, properties=None):
+        self._connects += 1
+        if self._connects > 1:  # reconnected (a broker restart): subscribe again
+            for t in self.topics:
+                client.subscribe(t, qos=1)
 
     def _on_message(self, client, userdata, msg):
         with self.cond:

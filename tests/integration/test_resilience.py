@@ -65,18 +65,9 @@ def durable_broker(tmp_path):
 
 
 def persistent_backend(url):
-    import paho.mqtt.client as mqtt
-    be = Backend.__new__(Backend)
-    host, port = url.split("//")[1].split(":")
-    import threading
-    be.messages, be.cond = [], threading.Condition()
-    be.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="registry-durable",
-                            clean_session=False)
-    be.client.on_message = be._on_message
-    be.client.on_connect = lambda c, u, f, rc, p=None: c.subscribe("aed/v1/+/event", qos=1)
-    be.client.reconnect_delay_set(0.1, 1)
-    be.client.connect(host, int(port))
-    be.client.loop_start()
+    """The registry as production runs it: a persistent session, so the broker queues events
+    for it while it is away (also across a broker crash, with persistence on)."""
+    be = Backend(url, topics=("aed/v1/+/event",), client_id="registry-durable", clean_session=False)
     time.sleep(0.3)
     return be
 

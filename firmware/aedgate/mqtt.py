@@ -3,8 +3,10 @@
 # client". The same file runs on the ESP32, the MicroPython unix port and CPython (simulator).
 #
 # Choices worth knowing:
-# - Every wait is bounded (timeout_ms, or keepalive*1.5 for reading) so a dead link never
-#   freezes the cabinet; a stalled write closes the link, since half a packet is unrecoverable.
+# - Every wait is bounded so a dead link never freezes the cabinet: a write, or a write and its
+#   ack, by one timeout_ms (a stalled write closes the link, since half a packet is
+#   unrecoverable); reading by the pinger, which closes a link silent for keepalive*1.5. One
+#   timer per exchange, not one per step: a simulator runs tens of thousands of these clients.
 # - No retransmission and no in-RAM queue: a QoS 1 publish that times out raises, and the
 #   caller (the flash-backed outbox) sends it again after reconnecting.
 # - Incoming QoS 2 is a protocol error: we never subscribe above QoS 1, so a broker must not
@@ -13,7 +15,7 @@
 #   on_message with payload None; it is still acknowledged so the broker does not resend it.
 import random
 
-from aedgate.compat import asyncio, const, ticks_ms, ticks_diff, sleep_ms, wait_ms, MICROPYTHON
+from aedgate.compat import Flag, asyncio, const, ticks_ms, ticks_diff, sleep_ms, wait_ms, MICROPYTHON
 from aedgate import mqttwire as _w
 from aedgate.mqttwire import MQTTError  # noqa: F401  (part of this module's interface)
 
@@ -50,7 +52,7 @@ class MQTTClient:
         self._reader = self._writer = None
         self._lock = None
         self._pid = 0
-        self._acks = {}  # packet id -> [Event, result] for a PUBACK/SUBACK being awaited
+        self._acks = {}  # packet id -> [Flag, result, written] for a PUBACK/SUBACK awaited
         # [task, kicked, why] of the run() in progress, so close() can wake it and tell it why
         # (why None: closed on purpose, so run() returns instead of raising).
         self._runner = None
@@ -89,6 +91,14 @@ class MQTTClient:
         return pkt[1]
 
     async def _send(self, *parts):
+        try:
+            await wait_ms(self._write(parts), self.timeout_ms)
+        except asyncio.TimeoutError:
+            self.close("timeout")
+            raise MQTTError("timeout")
+
+    async def _write(self, parts, waiter=None):
+        # Unbounded: callers bound it. With `waiter`, then waits for that ack as well.
         w = self._writer
         if w is None or not self.connected:
             raise MQTTError("closed")
@@ -96,14 +106,14 @@ class MQTTClient:
             try:
                 for p in parts:
                     w.write(p)
-                await wait_ms(w.drain(), self.timeout_ms)
-            except asyncio.TimeoutError:
-                self.close("timeout")
-                raise MQTTError("timeout")
+                await w.drain()
             except OSError:
                 self.close("closed")
                 raise
         self._last_tx = ticks_ms()
+        if waiter is not None:
+            waiter[2] = True
+            await waiter[0].wait()
 
     def _next_pid(self):
         pid = self._pid
@@ -114,14 +124,16 @@ class MQTTClient:
                 return pid
 
     async def _acked(self, pid, *parts):
-        # Sends and waits for the ack of packet `pid`; returns the ack's result.
-        waiter = self._acks[pid] = [asyncio.Event(), None]
+        # Sends and waits for the ack of packet `pid`, both within timeout_ms; returns the ack's
+        # result. A missing ack leaves the link up (the caller may retry on it); a write that
+        # never finished closes it.
+        waiter = self._acks[pid] = [Flag(), None, False]
         try:
-            await self._send(*parts)
-            try:
-                await wait_ms(waiter[0].wait(), self.timeout_ms)
-            except asyncio.TimeoutError:
-                raise MQTTError("timeout")
+            await wait_ms(self._write(parts, waiter), self.timeout_ms)
+        except asyncio.TimeoutError:
+            if not waiter[2]:
+                self.close("timeout")
+            raise MQTTError("timeout")
         finally:
             self._acks.pop(pid, None)
         if waiter[1] == _CLOSED:
@@ -160,23 +172,15 @@ class MQTTClient:
             raise MQTTError("closed")
         me = self._runner = [asyncio.current_task(), False, None]
         mine = self._reader
+        # The pinger also ends a half-open link: it closes one silent for keepalive*1.5, which
+        # wakes this read with MQTTError("keepalive").
         pinger = asyncio.create_task(self._pinger()) if self.keepalive else None
-        deadline = self.keepalive * 1500  # no packet at all for this long: half-open link
         try:
             while True:
                 r = self._reader
                 if r is not mine:
                     raise MQTTError("closed")
-                if deadline:
-                    left = deadline - ticks_diff(ticks_ms(), self._last_rx)
-                    if left <= 0:
-                        raise MQTTError("keepalive")
-                    try:
-                        pkt = await wait_ms(_w.read_packet(r, self.max_payload), left)
-                    except asyncio.TimeoutError:
-                        raise MQTTError("keepalive")
-                else:
-                    pkt = await _w.read_packet(r, self.max_payload)
+                pkt = await _w.read_packet(r, self.max_payload)
                 self._last_rx = ticks_ms()
                 self._ping_out = False
                 await self._dispatch(pkt)
@@ -216,15 +220,20 @@ class MQTTClient:
 
     async def _pinger(self):
         # MQTT wants a packet from us at least every keepalive; we also ping when the broker
-        # has been quiet that long, so a silent broker is asked for a PINGRESP before run()
-        # gives up on it at keepalive*1.5.
+        # has been quiet that long, so a silent broker is asked for a PINGRESP before we give
+        # up on it at keepalive*1.5 (no packet at all for that long: a half-open link).
         ka = self.keepalive * 1000
+        dead = ka * 3 // 2
         try:
             while self.connected:
                 now = ticks_ms()
-                due = ka - ticks_diff(now, self._last_tx)
+                quiet = ticks_diff(now, self._last_rx)
+                if quiet >= dead:
+                    self.close("keepalive")  # run() raises MQTTError("keepalive")
+                    return
+                due = min(ka - ticks_diff(now, self._last_tx), dead - quiet)
                 if not self._ping_out:
-                    due = min(due, ka - ticks_diff(now, self._last_rx))
+                    due = min(due, ka - quiet)
                 if due > 0:
                     await sleep_ms(due)
                     continue

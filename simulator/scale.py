@@ -139,30 +139,51 @@ def _fds() -> int:
 class BootCollector:
     """The garbage collector's part in a big fleet.
 
-    Tens of thousands of long-lived cabinets are millions of tracked objects (≈ 200 each). Left
-    to itself, CPython runs a full collection whenever the objects that survived grow by a
-    quarter, so while a fleet boots every cabinet is walked again and again: measured at 15,000
-    cabinets, 22 full collections found nothing to collect and took 10.6 s — two thirds of the
-    boot CPU — and once the fleet is up each one stalls the loop for ~0.5 s (an unlock waits).
-    So: no automatic collections while booting; every few seconds collect what is new and
-    freeze it (collections skip frozen objects); once everyone is online, or a while after the
-    last boot if some never come online, freeze once more and let the collector run again for
-    the garbage of the steady state (which is small and young)."""
+    Tens of thousands of long-lived cabinets are millions of tracked objects (≈ 200 each), and
+    what a cabinet waits on (timers, futures, coroutines) is renewed every heartbeat, so it
+    soon counts as old. CPython's full collections walk all of that: measured at 15,000
+    cabinets, 22 of them during the boot found nothing and took 10.6 s (two thirds of the boot
+    CPU), and in the steady state each one stalls the loop 0.2–0.7 s (every cabinet of the
+    worker waits, an unlock too). Young collections stay cheap. So:
+    - while booting, no collections at all (a normal boot makes no cyclic garbage: measured);
+    - then freeze what exists (O(1); collections skip frozen objects) and collect only the
+      young generations automatically: cycles that die young (exceptions, tracebacks) are
+      found within moments; a cycle that dies old waits for the end of the run (counted in
+      `report()["old_garbage"]`, so a leak would show).
 
-    EVERY_S = 5.0
+    It also times every collection (`pauses`: phase -> count, total and longest in ms), since a
+    pause is a pause for every cabinet of the worker."""
+
     GIVE_UP_S = 30.0   # after the last boot, stop waiting for stragglers
+    NEVER = 1 << 30    # gen-2 threshold that is never reached
 
     def __init__(self) -> None:
         self.booting = True
-        self._last = time.monotonic()
         self._booted_at: float | None = None
-        self.settle()
-        gc.disable()
-
-    @staticmethod
-    def settle() -> None:
+        self._t = 0.0
+        self.old_garbage: int | None = None
+        self.pauses = {"boot": [0, 0.0, 0.0], "steady": [0, 0.0, 0.0]}
+        self._threshold = gc.get_threshold()
+        gc.callbacks.append(self._timed)
         gc.collect()
         gc.freeze()
+        gc.disable()
+
+    def _timed(self, phase: str, info: dict) -> None:
+        if phase == "start":
+            self._t = time.perf_counter()
+            return
+        ms = (time.perf_counter() - self._t) * 1000
+        p = self.pauses["boot" if self.booting else "steady"]
+        p[0] += 1
+        p[1] += ms
+        p[2] = max(p[2], ms)
+
+    def report(self) -> dict:
+        out: dict = {k: {"count": c, "total_ms": round(t, 1), "max_ms": round(m, 1)}
+                     for k, (c, t, m) in self.pauses.items()}
+        out["old_garbage"] = self.old_garbage
+        return out
 
     def tick(self, all_started: bool, all_online: bool) -> None:
         if not self.booting:
@@ -171,12 +192,41 @@ class BootCollector:
         if all_started and self._booted_at is None:
             self._booted_at = now
         if all_online or (self._booted_at is not None and now - self._booted_at > self.GIVE_UP_S):
-            self.settle()
-            gc.enable()
+            gc.freeze()
+            gc.set_threshold(self._threshold[0], self._threshold[1], self.NEVER)
             self.booting = False
-        elif now - self._last >= self.EVERY_S:
-            self.settle()
-            self._last = now
+            gc.enable()
+
+    def close(self) -> None:
+        """At the end of the run: how much cyclic garbage died old (objects)."""
+        gc.callbacks.remove(self._timed)
+        gc.unfreeze()
+        self.old_garbage = gc.collect()
+        gc.set_threshold(*self._threshold)
+        gc.enable()
+
+
+class LagProbe:
+    """How late the worker's loop runs: a timer every 10 ms, and how far past due it fires.
+    Every cabinet of the worker (an unlock too) waits at least that long when the loop is busy."""
+
+    PERIOD_S = 0.01
+
+    def __init__(self) -> None:
+        self.worst = {"boot": 0.0, "steady": 0.0}
+
+    async def run(self, phase) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            due = loop.time() + self.PERIOD_S
+            await asyncio.sleep(self.PERIOD_S)
+            late = (loop.time() - due) * 1000
+            p = phase()
+            if late > self.worst[p]:
+                self.worst[p] = late
+
+    def report(self) -> dict:
+        return {k: round(v, 1) for k, v in self.worst.items()}
 
 
 async def run_slice(spec: RunSpec, index: int, first: int, count: int, report, stopping,
@@ -198,6 +248,8 @@ async def run_slice(spec: RunSpec, index: int, first: int, count: int, report, s
     if ready is not None:
         ready(fleet)
     collector = BootCollector()
+    lag = LagProbe()
+    lag_task = asyncio.create_task(lag.run(lambda: "boot" if collector.booting else "steady"))
     built = rss_kib()
     workload = Workload(fleet, spec.profile, spec.seed,
                         unlock=find_unlock_sender(fleet, spec.fleet_key) if spec.control else None)
@@ -223,7 +275,8 @@ async def run_slice(spec: RunSpec, index: int, first: int, count: int, report, s
                 "rss0_kib": rss0, "rss_built_kib": built, "rss_online_kib": rss_online,
                 "cpu_s": _cpu_s() - cpu0, "fds": fds, "all_online_t": all_online_t,
                 "recent": list(c.recent)[-5:], "pid": os.getpid(),
-                "workload": workload.summary(), "final": final}
+                "workload": workload.summary(), "gc": collector.report(), "lag_max_ms": lag.report(),
+                "final": final}
 
     try:
         while not stopping():
@@ -241,14 +294,14 @@ async def run_slice(spec: RunSpec, index: int, first: int, count: int, report, s
             report(snapshot())
     finally:
         online = fleet.online()
+        lag_task.cancel()
+        collector.close()  # before the fleet stops: what it finds died while the fleet ran
         final = snapshot(final=True)
         starter.cancel()
         if wl_task:
             wl_task.cancel()
         workload.stop()
         await fleet.stop()
-        if collector.booting:
-            gc.enable()
         if spec.trace_dir and stats.trace is not None:
             _write_trace(Path(spec.trace_dir) / ("sent-%d" % index), stats.trace)
         report(final)

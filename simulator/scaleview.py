@@ -102,7 +102,7 @@ def summary(spec, latest: dict[int, dict], history: list, t_end: float | None = 
             "kib_per_cabinet": round((online_rss - s["rss0_kib"]) / max(1, s["cabinets"]), 1),
             "kib_per_cabinet_built": round((s["rss_built_kib"] - s["rss0_kib"]) / max(1, s["cabinets"]), 1),
             "cpu_pct": round(100 * s["cpu_s"] / max(1e-9, s["t"] - s["t_start"]), 1),
-            "fds": s["fds"], "workload": s["workload"]})
+            "fds": s["fds"], "gc_pauses": s.get("gc"), "loop_lag_max_ms": s.get("lag_max_ms"), "workload": s["workload"]})
     # sustained publish rate: from the moment all were online to the end
     steady = None
     if all_online_s is not None:

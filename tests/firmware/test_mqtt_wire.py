@@ -297,6 +297,43 @@ def test_client_puback_timeout_then_retry():
     asyncio.run(main())
 
 
+def test_client_stalled_write_times_out_and_closes_the_link():
+    # A write that never drains (a full socket buffer on a dead link): the one timeout over
+    # send + ack fires, and since half a packet may be out, the link is closed, not reused.
+    class StuckLink(Link):
+        async def drain(self):
+            if self.pending[:1] and self.pending[0] & 0xF0 == 0x30:
+                await asyncio.sleep(3600)
+            await Link.drain(self)
+
+    class StuckNet(FakeNet):
+        async def open(self, host, port, ssl=None, server_hostname=None):
+            link = StuckLink(self.answer)
+            self.links.append(link)
+            return link.rx, link
+
+    async def main():
+        net = StuckNet(broker)
+        c = MQTTClient("cab-1", net, "h", timeout_ms=200)
+        await c.connect()
+        task = asyncio.create_task(c.run())
+        t0 = ticks_ms()
+        try:
+            await c.publish("t", b"x", qos=1)
+            raise AssertionError("no timeout")
+        except MQTTError as e:
+            assert e.args[0] == "timeout"
+        assert 150 <= ticks_diff(ticks_ms(), t0) < 1000
+        assert not c.connected and net.links[0].closed and not c._acks
+        try:
+            await task
+            raise AssertionError("run() survived the closed link")
+        except MQTTError as e:
+            assert e.args[0] == "timeout"
+
+    asyncio.run(main())
+
+
 def test_client_close_fails_waiting_publish():
     async def main():
         c = MQTTClient("cab-1", FakeNet(lambda l, p: broker(l, p, ack=False)), "h")

@@ -271,6 +271,9 @@ class Fleet:
                 stats=self.stats)
         self.started = 0
         self._controls: list[tuple[MQTTClient, asyncio.Task]] = []
+        # topic -> callback(payload): cabinets' answers the simulator subscribed to on its
+        # control clients (the workload's missions wait for their acks this way)
+        self.answers: dict[str, Callable] = {}
 
     def cabinet_config(self, did: str, fleet_key: bytes | None, heartbeat_s: int,
                        host: str | None = None, port: int | None = None) -> dict:
@@ -327,6 +330,11 @@ class Fleet:
         return self._controls[0][0] if self._controls else None
 
     def _world_message(self, topic, payload, retain, dup) -> None:
+        if not topic.startswith(WORLD_TOPIC):
+            answer = self.answers.get(topic)
+            if answer is not None and payload is not None:
+                answer(payload)
+            return
         did = topic[len(WORLD_TOPIC):]
         cab = self.cabinets.get(did)
         if cab is None:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import json
 import random
+import time
 from dataclasses import dataclass, field
 from typing import Awaitable, Callable
 
@@ -40,43 +41,55 @@ class WorkloadCounts:
 
 
 def find_unlock_sender(fleet, fleet_key: bytes | None) -> UnlockSender | None:
-    """How missions send their unlock token: through dispatch's own tool, host_tools/unlock.py
-    (`Dispatch` + `unlock()`, a paho connection per broker shard, run in a thread since it
-    blocks until the cabinet's ack), else minted with host_tools.tokens and published by the
-    simulator's control client. None without a fleet key: nobody could sign a token."""
+    """How missions send their unlock token, as dispatch does: mint it (host_tools.tokens, in the
+    fleet's simulated time, so it is valid at any --speed), publish it on the cabinet's command
+    topic through the simulator's own control client on the cabinet's shard, and wait for the
+    cabinet's ack; the publish → ack time goes to `.latencies` (ms). None without a fleet key:
+    nobody could sign a token.
+
+    Not through host_tools/unlock.py: its paho client watches its socket with select(), which
+    cannot take a descriptor ≥ 1024, and a worker holds thousands of sockets (the paho loop
+    thread died and every mission timed out). `aedsim bench` times unlocks with that tool from
+    its own process."""
     if fleet_key is None:
         return None
-    try:
-        from host_tools import unlock as dispatch_tool
-    except ImportError:
-        dispatch_tool = None
-    if dispatch_tool is not None and hasattr(dispatch_tool, "Dispatch"):
-        dispatchers: dict = {}
-        latencies: list = []
-
-        def send_blocking(did: str, mission: str) -> dict:
-            host, port = fleet.broker_of(did)
-            d = dispatchers.get((host, port))
-            if d is None:
-                d = dispatchers[(host, port)] = dispatch_tool.Dispatch(
-                    host, port, client_id="aedsim-dispatch-%d-%d" % (fleet.first, port))
-            res = dispatch_tool.unlock(d, fleet_key, did, mission, window_s=120, timeout=10)
-            if res.get("latency_ms") is not None:
-                latencies.append(res["latency_ms"])
-            if res.get("result") != "accepted":
-                raise RuntimeError("unlock %s: %s %s" % (did, res.get("result"), res.get("reason")))
-            return res
-
-        async def via_tool(did: str, mission: str) -> None:
-            await asyncio.to_thread(send_blocking, did, mission)
-        via_tool.latencies = latencies  # type: ignore[attr-defined]
-        return via_tool
-
     from host_tools.tokens import mint
+    latencies: list = []
+    subscribed: set = set()
 
     async def via_control(did: str, mission: str) -> None:
-        token = mint(fleet_key, did, mission, window_s=120, now=fleet.clock.time())
-        await fleet.control_for(did).publish("aed/v1/%s/cmd/unlock" % did, token, 1)
+        client = fleet.control_for(did)
+        topic = "aed/v1/%s/ack" % did
+        answer = asyncio.get_running_loop().create_future()
+
+        def on_ack(payload) -> None:
+            try:
+                ack = json.loads(payload)
+            except (TypeError, ValueError):
+                return
+            # An authenticated answer names the mission; a rejection before the MAC check names
+            # none (it must not echo unauthenticated bytes), so that one counts too.
+            if ack.get("cmd") == "unlock" and ack.get("mission") in (mission, None) \
+                    and not answer.done():
+                answer.set_result(ack)
+        fleet.answers[topic] = on_ack
+        try:
+            if topic not in subscribed:
+                await client.subscribe(topic, 1)
+                subscribed.add(topic)
+            token = mint(fleet_key, did, mission, window_s=120, now=fleet.clock.time())
+            t0 = time.monotonic()
+            await client.publish("aed/v1/%s/cmd/unlock" % did, token, 1)
+            try:
+                ack = await asyncio.wait_for(answer, 10)
+            except asyncio.TimeoutError:
+                raise RuntimeError("unlock %s: no ack within 10 s" % did) from None
+            if ack.get("result") != "accepted":
+                raise RuntimeError("unlock %s: %s %s" % (did, ack.get("result"), ack.get("reason")))
+            latencies.append((time.monotonic() - t0) * 1000)
+        finally:
+            fleet.answers.pop(topic, None)
+    via_control.latencies = latencies  # type: ignore[attr-defined]
     return via_control
 
 

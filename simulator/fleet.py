@@ -68,13 +68,14 @@ class FleetCounters:
     """What the fleet's cabinets said about themselves, counted from their log lines (the
     firmware reports through `hw.log`), for the live view and the run summary."""
 
-    __slots__ = ("events", "online", "mqtt_errors", "link_lost", "crashes", "commands", "recent",
-                 "last_online_t")
+    __slots__ = ("events", "online", "mqtt_errors", "wifi_down", "link_lost", "crashes", "commands",
+                 "recent", "last_online_t")
 
     def __init__(self) -> None:
         self.events = 0       # events created (outbox adds)
         self.online = 0       # sessions that came up (CONNACK + subscribe + birth)
         self.mqtt_errors = 0  # connect/session failures
+        self.wifi_down = 0    # connect attempts while the simulated Wi-Fi was down: expected
         self.link_lost = 0
         self.crashes = 0
         self.commands = 0     # command log lines (unknown/ignored commands included)
@@ -90,6 +91,9 @@ class FleetCounters:
         elif msg.startswith("mqtt link lost"):
             self.link_lost += 1
         elif msg.startswith("mqtt:"):
+            if msg.endswith("wifi down"):  # SimNet's own refusal during an injected outage
+                self.wifi_down += 1
+                return
             self.mqtt_errors += 1
             self.recent.append("%s: %s" % (device_id, msg))
         elif msg.startswith("firmware crashed"):

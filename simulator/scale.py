@@ -282,7 +282,7 @@ async def run_slice(spec: RunSpec, index: int, first: int, count: int, report, s
                 "first": first, "started": fleet.started, "online": online,
                 "published": stats.published, "opened": stats.opened,
                 "open_errors": stats.open_errors, "events": c.events, "sessions": c.online,
-                "mqtt_errors": c.mqtt_errors, "link_lost": c.link_lost,
+                "mqtt_errors": c.mqtt_errors, "wifi_down": c.wifi_down, "link_lost": c.link_lost,
                 "crashes": sum(cab.crashes for cab in fleet.cabinets.values()) if final else 0,
                 "outbox_total": total, "outbox_max": top, "rss_kib": rss_kib(),
                 "rss0_kib": rss0, "rss_built_kib": built, "rss_online_kib": rss_online,

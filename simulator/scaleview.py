@@ -31,7 +31,7 @@ def _errors(s: dict) -> int:
 
 def totals(latest: dict[int, dict]) -> dict:
     keys = ("cabinets", "started", "online", "published", "events", "sessions", "outbox_total",
-            "mqtt_errors", "open_errors", "link_lost", "crashes", "rss_kib", "fds")
+            "mqtt_errors", "open_errors", "wifi_down", "link_lost", "crashes", "rss_kib", "fds")
     out = {k: sum(s[k] for s in latest.values()) for k in keys}
     out["outbox_max"] = max((s["outbox_max"] for s in latest.values()), default=0)
     return out
@@ -40,7 +40,7 @@ def totals(latest: dict[int, dict]) -> dict:
 def table(latest: dict[int, dict], rates: Rates, title: str, elapsed: float) -> Table:
     t = Table(title=title, caption="%.0f s · Ctrl-C stops and prints the summary" % elapsed)
     for col in ("worker", "cabinets", "started", "online", "connects/s", "msgs/s", "events",
-                "outbox (max)", "errors", "links lost", "RSS MiB", "KiB/cab", "CPU %", "fds"):
+                "outbox (max)", "errors", "no Wi-Fi", "links lost", "RSS MiB", "KiB/cab", "CPU %", "fds"):
         t.add_column(col, justify="right")
     tot_rate = {"published": 0.0, "sessions": 0.0, "cpu_s": 0.0}
     for w in sorted(latest):
@@ -54,7 +54,7 @@ def table(latest: dict[int, dict], rates: Rates, title: str, elapsed: float) -> 
                   Text(str(s["online"]), "green" if s["online"] == s["cabinets"] else "yellow"),
                   "%.0f" % r["sessions"], "%.0f" % r["published"], str(s["events"]),
                   "%d (%d)" % (s["outbox_total"], s["outbox_max"]),
-                  Text(str(err), "bold red" if err else ""), str(s["link_lost"]),
+                  Text(str(err), "bold red" if err else ""), str(s["wifi_down"]), str(s["link_lost"]),
                   "%.0f" % (s["rss_kib"] / 1024), "%.1f" % kib, "%.0f" % (100 * r["cpu_s"]),
                   str(s["fds"]))
     if len(latest) > 1:
@@ -62,7 +62,7 @@ def table(latest: dict[int, dict], rates: Rates, title: str, elapsed: float) -> 
         t.add_row("all", str(a["cabinets"]), str(a["started"]), str(a["online"]),
                   "%.0f" % tot_rate["sessions"], "%.0f" % tot_rate["published"], str(a["events"]),
                   "%d (%d)" % (a["outbox_total"], a["outbox_max"]),
-                  str(a["mqtt_errors"] + a["open_errors"] + a["crashes"]), str(a["link_lost"]),
+                  str(_errors(a)), str(a["wifi_down"]), str(a["link_lost"]),
                   "%.0f" % (a["rss_kib"] / 1024), "", "%.0f" % (100 * tot_rate["cpu_s"]),
                   str(a["fds"]), style="bold")
     return t
@@ -75,10 +75,10 @@ def line(latest: dict[int, dict], rates: Rates, elapsed: float) -> str:
     cpu = sum(r["cpu_s"] for r in rates.rate.values())
     recent = [m for s in latest.values() for m in s["recent"]]
     return ("[%5.0fs] online %d/%d (started %d, +%.0f/s) · %.0f msgs/s · events %d · outbox %d "
-            "(max %d) · errors %d · links lost %d · RSS %.0f MiB · CPU %.0f%%%s"
+            "(max %d) · errors %d · no-Wi-Fi retries %d · links lost %d · RSS %.0f MiB · CPU %.0f%%%s"
             % (elapsed, a["online"], a["cabinets"], a["started"], con, pub, a["events"],
-               a["outbox_total"], a["outbox_max"], a["mqtt_errors"] + a["open_errors"] + a["crashes"],
-               a["link_lost"], a["rss_kib"] / 1024, 100 * cpu,
+               a["outbox_total"], a["outbox_max"], _errors(a), a["wifi_down"], a["link_lost"],
+               a["rss_kib"] / 1024, 100 * cpu,
                (" · last error: " + recent[-1]) if recent else ""))
 
 
@@ -134,8 +134,9 @@ def summary(spec, latest: dict[int, dict], history: list, t_end: float | None = 
         "published": a["published"], "publish_rate_steady_per_s": steady,
         "events": a["events"], "sessions": a["sessions"], "outbox_total": a["outbox_total"],
         "outbox_max": a["outbox_max"],
-        "errors": a["mqtt_errors"] + a["open_errors"] + a["crashes"],
+        "errors": _errors(a),
         "mqtt_errors": a["mqtt_errors"], "open_errors": a["open_errors"],
+        "wifi_down_retries": a["wifi_down"],
         "crashes": a["crashes"], "links_lost": a["link_lost"],
         "rss_mib_total": round(a["rss_kib"] / 1024, 1),
         "kib_per_cabinet": round(sum(kib) / len(kib), 1) if kib else None,

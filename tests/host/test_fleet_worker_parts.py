@@ -4,6 +4,7 @@ import asyncio
 import gc
 import time
 
+from simulator.fleet import FleetCounters
 from simulator.scale import FleetCollector
 from simulator.world import SimWDT
 
@@ -61,3 +62,13 @@ def test_sim_watchdog_fires_only_after_timeout_without_food():
         assert len(fired) == 1
 
     asyncio.run(main())
+
+
+def test_counters_tell_an_injected_wifi_outage_from_an_error():
+    c = FleetCounters()
+    c.note("cab-0001", "mqtt: OSError [Errno 113] wifi down")  # the workload took the Wi-Fi
+    c.note("cab-0002", "mqtt: MQTTError timeout")
+    c.note("cab-0003", "mqtt: OSError [Errno 111] Connection refused")
+    assert (c.wifi_down, c.mqtt_errors) == (1, 2)
+    assert list(c.recent) == ["cab-0002: mqtt: MQTTError timeout",
+                              "cab-0003: mqtt: OSError [Errno 111] Connection refused"]

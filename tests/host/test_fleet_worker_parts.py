@@ -33,6 +33,30 @@ def test_collector_boot_without_collections_then_young_only(monkeypatch):
     assert gc.get_freeze_count() == 0
 
 
+def test_collector_runs_a_full_collection_only_after_enough_churn(monkeypatch):
+    monkeypatch.setattr(FleetCollector, "YOUNG_S", 0.01)
+    monkeypatch.setattr(FleetCollector, "FULL_S", 0.0)
+    monkeypatch.setattr(FleetCollector, "CHURN", 100)
+    sessions = [0]
+
+    async def main(c):
+        task = asyncio.create_task(c.run())
+        c.tick(all_started=True, all_online=True)
+        await asyncio.sleep(0.1)
+        assert c.report()["full"]["count"] == 0, "a steady fleet: young collections only"
+        assert c.report()["steady"]["count"] >= 3
+        sessions[0] = 150  # 150 reconnects since: old garbage may have piled up
+        await asyncio.sleep(0.1)
+        assert c.report()["full"]["count"] == 1
+        task.cancel()
+
+    c = FleetCollector(lambda: sessions[0])
+    try:
+        asyncio.run(main(c))
+    finally:
+        c.close()
+
+
 def test_collector_stops_waiting_for_cabinets_that_never_come_online(monkeypatch):
     monkeypatch.setattr(FleetCollector, "GIVE_UP_S", 0.0)
     c = FleetCollector()

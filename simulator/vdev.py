@@ -530,6 +530,8 @@ class VirtualDevice:
             self._pending_reset = msg["reset"]
             self._deepsleep_ms = int(msg.get("ms") or 0)
             asyncio.ensure_future(self._kill())
+        elif "intr" in msg:  # a Ctrl-C the interpreter could not take just now: again, soon
+            self.loop.call_later(0.002, self._write_dev, b"\x03")
         elif "wdt" in msg:
             self._wdt_ms = int(msg["wdt"])
             self._wdt_deadline = self.loop.time() + self._wdt_ms / 1000

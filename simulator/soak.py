@@ -30,8 +30,8 @@ from simulator.mosquitto import Mosquitto, max_nofile
 from simulator.scale import rss_kib
 
 
-class Registry:
-    """The backend: paho-mqtt with a persistent session, recording every event's (device, seq)."""
+class _Backend:
+    """The registry's paho-mqtt client: a persistent session at QoS 1, every event's (device, seq)."""
 
     def __init__(self, url: str):
         import paho.mqtt.client as mqtt
@@ -62,9 +62,61 @@ class Registry:
             if ev.get("type") == "events_dropped":
                 self.dropped_reported += ev.get("count", 0)
 
+    def tally(self) -> dict:
+        with self.lock:
+            return {"seen": {d: sorted(s) for d, s in self.seen.items()}, "received": self.received,
+                    "duplicates": self.duplicates, "dropped_reported": self.dropped_reported}
+
     def close(self) -> None:
         self.client.loop_stop()
         self.client.disconnect()
+
+
+def _registry_main(url: str, conn) -> None:
+    backend = _Backend(url)
+    conn.send("ready")
+    while True:
+        cmd = conn.recv()
+        if cmd == "tally":
+            conn.send(backend.tally())
+        else:
+            backend.close()
+            return
+
+
+class Registry:
+    """The backend, in a process of its own: paho's loop watches its socket with select(), which
+    cannot take a descriptor ≥ 1024, and the soak's process holds one per cabinet (a reconnect
+    after the broker restart could land above that and silently stop the registry)."""
+
+    def __init__(self, url: str):
+        import multiprocessing as mp
+        ctx = mp.get_context("spawn")
+        self._conn, child = ctx.Pipe()
+        self._proc = ctx.Process(target=_registry_main, args=(url, child), name="soak-registry",
+                                 daemon=True)
+        self._proc.start()
+        child.close()
+        if not self._conn.poll(30) or self._conn.recv() != "ready":
+            self._proc.kill()
+            raise RuntimeError("the soak's registry (paho) did not connect to %s" % url)
+
+    def tally(self) -> dict:
+        """What arrived so far: seen (device -> set of seqs), received, duplicates,
+        dropped_reported."""
+        self._conn.send("tally")
+        t = self._conn.recv()
+        t["seen"] = {d: set(s) for d, s in t["seen"].items()}
+        return t
+
+    def close(self) -> None:
+        try:
+            self._conn.send("stop")
+        except OSError:
+            pass
+        self._proc.join(10)
+        if self._proc.is_alive():
+            self._proc.kill()
 
 
 async def soak(args) -> dict:
@@ -149,26 +201,27 @@ async def soak(args) -> dict:
     end_rss = rss_kib() / 1024
     generated = {did: c.app.outbox.seq for did, c in fleet.cabinets.items() if c.app}
     waiting = {did: set(c.app.outbox._pending) for did, c in fleet.cabinets.items() if c.app}
-    with registry.lock:
-        missing = {did: set(range(1, g + 1)) - registry.seen.get(did, set()) for did, g in generated.items()}
-        gaps = sum(len(m - waiting.get(did, set())) for did, m in missing.items())
-        still_queued = sum(len(m & waiting.get(did, set())) for did, m in missing.items())
-        received_unique = sum(len(s) for s in registry.seen.values())
-        result = {
-            "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "kernel": platform.release()},
-            "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
-            "cabinets": args.cabinets, "simulated_hours": args.hours, "speed": args.speed,
-            "real_seconds": round(time.monotonic() - t0, 1), "seed": args.seed,
-            "disturbances": counts, "flash_cuts_mid_write": sum(c.flash.cuts for c in fleet.cabinets.values()),
-            "events_generated": sum(generated.values()), "events_received_unique": received_unique,
-            "messages_received": registry.received, "duplicates": registry.duplicates,
-            "still_in_outboxes": still_queued, "missing_seqs": gaps,
-            "dropped_reported": registry.dropped_reported,
-            "gaps": gaps - registry.dropped_reported, "drained": drained, "not_drained": len(stuck),
-            "rss_mib_start": start["rss_mib"], "rss_mib_end": round(end_rss, 1),
-            "ramp_s": start["ramp_s"], "broker_restart": storm,
-            "resets": _sum_resets(fleet),
-        }
+    tally = registry.tally()
+    seen = tally["seen"]
+    missing = {did: set(range(1, g + 1)) - seen.get(did, set()) for did, g in generated.items()}
+    gaps = sum(len(m - waiting.get(did, set())) for did, m in missing.items())
+    still_queued = sum(len(m & waiting.get(did, set())) for did, m in missing.items())
+    received_unique = sum(len(s) for s in seen.values())
+    result = {
+        "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "kernel": platform.release()},
+        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+        "cabinets": args.cabinets, "simulated_hours": args.hours, "speed": args.speed,
+        "real_seconds": round(time.monotonic() - t0, 1), "seed": args.seed,
+        "disturbances": counts, "flash_cuts_mid_write": sum(c.flash.cuts for c in fleet.cabinets.values()),
+        "events_generated": sum(generated.values()), "events_received_unique": received_unique,
+        "messages_received": tally["received"], "duplicates": tally["duplicates"],
+        "still_in_outboxes": still_queued, "missing_seqs": gaps,
+        "dropped_reported": tally["dropped_reported"],
+        "gaps": gaps - tally["dropped_reported"], "drained": drained, "not_drained": len(stuck),
+        "rss_mib_start": start["rss_mib"], "rss_mib_end": round(end_rss, 1),
+        "ramp_s": start["ramp_s"], "broker_restart": storm,
+        "resets": _sum_resets(fleet),
+    }
     registry.close()
     await fleet.stop()
     broker.stop()

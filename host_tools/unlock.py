@@ -37,6 +37,13 @@ def nodelay(client) -> None:
     client.socket().setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
 
+def answers_unlock(ack: dict, mission: str) -> bool:
+    """Is this ack the cabinet's answer to our unlock for `mission`? An authenticated answer
+    names the mission; a rejection before the MAC check names none (it must not echo
+    unauthenticated bytes), so that one counts too."""
+    return ack.get("cmd") == "unlock" and ack.get("mission") in (mission, None)
+
+
 @dataclass
 class Dispatch:
     """A paho-mqtt connection that sends commands to cabinets and collects their answers."""
@@ -109,10 +116,8 @@ def unlock(d: Dispatch, master_key: bytes, device_id: str, mission: str, window_
     raw = tokens.mint(master_key, device_id, mission, window_s, ttl_s=ttl_s)
     d.watch(device_id)
     t0 = d.send(device_id, "unlock", raw)
-    # The ack names the mission when the token was authenticated; a rejection before the MAC
-    # check names nothing (it must not echo unauthenticated bytes), so take that one too.
-    ack = d.wait(lambda t, o: t == "aed/v1/%s/ack" % device_id and o.get("cmd") == "unlock"
-                 and o.get("mission") in (mission, None), t0, timeout)
+    ack = d.wait(lambda t, o: t == "aed/v1/%s/ack" % device_id and answers_unlock(o, mission),
+                 t0, timeout)
     if ack is None:
         return {"device": device_id, "mission": mission, "result": "timeout", "t0": t0}
     return {"device": device_id, "mission": mission, "result": ack[2].get("result"),

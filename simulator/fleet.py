@@ -18,7 +18,7 @@ from aedgate.mqtt import MQTTClient
 from aedgate.storage import Flash
 
 from simulator.flash import MemoryFlash
-from simulator.net import NetStats, SimNet
+from simulator.net import WIFI_DOWN, NetStats, SimNet
 from simulator.faults import FaultyFlash, PowerCut
 from simulator.world import SimClock, SimHardware, SimWDT, World
 
@@ -91,7 +91,7 @@ class FleetCounters:
         elif msg.startswith("mqtt link lost"):
             self.link_lost += 1
         elif msg.startswith("mqtt:"):
-            if msg.endswith("wifi down"):  # SimNet's own refusal during an injected outage
+            if msg.endswith(WIFI_DOWN):  # SimNet's own refusal during an injected outage
                 self.wifi_down += 1
                 return
             self.mqtt_errors += 1

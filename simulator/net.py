@@ -22,6 +22,7 @@ from typing import Any
 IP_BIND_ADDRESS_NO_PORT = getattr(socket, "IP_BIND_ADDRESS_NO_PORT", 24)
 _READ_HIGH = 256 * 1024  # pause reading past this much unread data (a cabinet reads little)
 
+WIFI_DOWN = "wifi down"  # SimNet's refusal while the simulated Wi-Fi is down (counted apart)
 _addr_cache: dict[tuple[str, int], tuple] = {}
 
 
@@ -215,7 +216,7 @@ class SimNet:
     async def open(self, host, port, ssl=None, server_hostname=None):
         if not self.up:
             await asyncio.sleep(0.5)  # an association attempt that fails
-            raise OSError(113, "wifi down")
+            raise OSError(113, WIFI_DOWN)
         try:
             if ssl is not None:
                 return self._keep(*await self._open_tls(host, port, ssl, server_hostname))
@@ -228,7 +229,7 @@ class SimNet:
             self._stats.opened += 1
         if not self.up:  # the Wi-Fi went down while we were connecting
             link.transport.abort()
-            raise OSError(113, "wifi down")
+            raise OSError(113, WIFI_DOWN)
         self._links = [l for l in self._links if not l.is_closing()]
         self._links.append(link)
         return link, link

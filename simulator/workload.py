@@ -54,6 +54,7 @@ def find_unlock_sender(fleet, fleet_key: bytes | None) -> UnlockSender | None:
     if fleet_key is None:
         return None
     from host_tools.tokens import mint
+    from host_tools.unlock import answers_unlock
     latencies: list = []
     subscribed: set = set()
 
@@ -67,10 +68,7 @@ def find_unlock_sender(fleet, fleet_key: bytes | None) -> UnlockSender | None:
                 ack = json.loads(payload)
             except (TypeError, ValueError):
                 return
-            # An authenticated answer names the mission; a rejection before the MAC check names
-            # none (it must not echo unauthenticated bytes), so that one counts too.
-            if ack.get("cmd") == "unlock" and ack.get("mission") in (mission, None) \
-                    and not answer.done():
+            if isinstance(ack, dict) and answers_unlock(ack, mission) and not answer.done():
                 answer.set_result(ack)
         fleet.answers[topic] = on_ack
         try:

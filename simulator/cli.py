@@ -9,7 +9,7 @@ import time
 from pathlib import Path
 
 import simulator  # noqa: F401
-from simulator.workload import PROFILES as _PROFILES
+from simulator.fleet.workload import PROFILES as _PROFILES
 
 PROFILE_NAMES = tuple(_PROFILES)
 
@@ -35,14 +35,14 @@ def _fleet_key(path: str | None) -> bytes | None:
 
 
 async def _run(args) -> int:
-    from simulator.scale import RunSpec, ScaleError, Workers, check_fd_budget, plan_sources, \
+    from simulator.fleet.workers import RunSpec, ScaleError, Workers, check_fd_budget, plan_sources, \
         raise_nofile, run_slice
-    from simulator import scaleview
+    from simulator.fleet import view as scaleview
 
     broker = None
     url = args.broker
     if url is None:
-        from simulator.broker import EmbeddedBroker
+        from simulator.brokers.embedded import EmbeddedBroker
         broker = await EmbeddedBroker().start()
         url = broker.url
         print("embedded MQTT broker: %s" % url, flush=True)
@@ -76,7 +76,7 @@ async def _run(args) -> int:
     else:
         workers.start()
     if small:
-        from simulator.observer import Observer
+        from simulator.fleet.observer import Observer
         obs = await Observer(brokers[0]).start()
     print("running %d cabinets (%s … %s) in %d worker(s) on %d broker(s) at speed x%g, "
           "profile %s; world control: aedsim/world/<device_id> on the cabinet's broker"
@@ -235,20 +235,20 @@ def build_parser() -> argparse.ArgumentParser:
                                       "MicroPython unix port with ESP32 REPL semantics, so mpremote, "
                                       "pyserial and `aedgate provision/selftest/console` work on it. "
                                       "Prints the pty path as the first line; runs until Ctrl-C.")
-    from simulator import vdev as _vdev
+    from simulator.vdev import device as _vdev
     _vdev.add_arguments(vdev)
     vdev.set_defaults(func=lambda a: asyncio.run(_vdev.run(a)))
 
-    from simulator import bench
+    from simulator.bench import fleet_bench as bench
     bench.register(sub)
-    from simulator import soak
+    from simulator.bench import soak
     soak.register(sub)
     return p
 
 
 async def _demo(args) -> int:
     from simulator.demo import play
-    from simulator.scenario import ScenarioError
+    from simulator.world.scenario import ScenarioError
     try:
         return await play(plain=args.plain or not sys.stdout.isatty(), scenario_name=args.scenario)
     except ScenarioError as e:
@@ -256,7 +256,7 @@ async def _demo(args) -> int:
 
 
 async def _scenario(args) -> int:
-    from simulator import scenario
+    from simulator.world import scenario
     try:
         story = scenario.load(args.file)
     except scenario.ScenarioError as e:

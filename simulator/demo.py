@@ -5,10 +5,10 @@ import asyncio
 import json
 import time
 
-from simulator.broker import EmbeddedBroker
-from simulator.fleet import Fleet
-from simulator.observer import Observer
-from simulator import scenario as scenarios
+from simulator.brokers.embedded import EmbeddedBroker
+from simulator.fleet.runner import Fleet
+from simulator.fleet.observer import Observer
+from simulator.world import scenario as scenarios
 from host_tools.fleetview import describe, screen
 
 async def play(plain: bool, scenario_name: str = "demo") -> int:

@@ -83,7 +83,7 @@ class App:
 
     def state_payload(self):
         now = self.clock.time()
-        s = self.cabinet.state(now, now - self.boot_ts, len(self.outbox))
+        s = self.cabinet.report_state(now, now - self.boot_ts, len(self.outbox))
         s["v"] = 1
         s["ts"] = now
         return json.dumps(s)

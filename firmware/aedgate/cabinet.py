@@ -207,7 +207,7 @@ class Cabinet:
                 self._event(name + "_expiring", info)
 
     # -- report --------------------------------------------------------------------------
-    def state(self, now, uptime_s, outbox):
+    def report_state(self, now, uptime_s, outbox):
         """The full state payload (without v/ts); marks it as reported."""
         today = now // _DAY_S
         self.changed = False

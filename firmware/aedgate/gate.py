@@ -3,7 +3,7 @@
 # may the caller act. Shared by the MQTT commands (unlock, service, time) and by the serial
 # service path, so there is exactly one implementation of the order that keeps tokens single-use.
 from aedgate import token
-from aedgate.mac import key_id
+from aedgate.hmac_sha256 import key_id
 from aedgate.replay import Replay
 from aedgate.timefloor import TimeFloor
 

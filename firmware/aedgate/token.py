@@ -20,7 +20,7 @@
 #   - iat is compared with now only when `max_future_s` is given (default off), for callers that
 #     hold a trusted clock.
 from aedgate import cbor
-from aedgate.mac import equal, hmac_sha256
+from aedgate.hmac_sha256 import equal, hmac_sha256
 from aedgate.compat import const
 
 MAX_TOKEN_BYTES = const(512)

@@ -3,7 +3,8 @@
 # CPython and the MicroPython unix port; tests/host/ cross-checks against cbor2 and `cwt`.
 import struct
 
-from aedgate import cbor, mac, token
+from aedgate import cbor, token
+from aedgate import hmac_sha256 as mac
 from aedgate.token import TokenError
 
 MASTER = bytes(range(32))

@@ -11,7 +11,8 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from cwt import COSE, CWT, COSEKey
 
-from aedgate import mac, token  # firmware, on sys.path via tests/conftest.py
+from aedgate import token  # firmware, on sys.path via tests/conftest.py
+from aedgate import hmac_sha256 as mac
 from host_tools import fleetkeys, tokens
 
 MASTER = bytes(range(32))

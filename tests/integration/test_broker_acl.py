@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from host_tools import broker as broker_tool
+from host_tools.commands import broker as broker_tool
 from host_tools.cli import main as aedgate
 from tests.fixtures import ROOT, free_port, tool
 

@@ -158,7 +158,7 @@ def test_long_outage_overflows_outbox_by_the_policy(mosquitto, backend, sim_fact
 
 
 def test_hung_sensor_task_leads_to_watchdog_reset(mosquitto, backend, sim_factory, monkeypatch):
-    from simulator.world import SimWDT
+    from simulator.world.hardware import SimWDT
     monkeypatch.setattr(SimWDT, "timeout_ms", 4000)
     monkeypatch.setattr(SimWDT, "feed_ms", 500)
     sim = sim_factory(count=1, broker_url=mosquitto.url, extra_config={"sample_s": 1})

@@ -26,7 +26,7 @@ import subprocess
 import pytest
 
 from aedgate.mqtt import MQTTClient
-from host_tools import broker as broker_tool
+from host_tools.commands import broker as broker_tool
 from tests.fixtures import ROOT
 from tests.integration.test_broker_acl import TLS_CERT, TLS_PW, Client, ProductionBroker
 

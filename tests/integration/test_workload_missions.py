@@ -7,9 +7,9 @@ import socket
 
 import pytest
 
-from simulator.fleet import Fleet, device_id
-from simulator.scale import raise_nofile
-from simulator.workload import find_unlock_sender
+from simulator.fleet.runner import Fleet, device_id
+from simulator.fleet.workers import raise_nofile
+from simulator.fleet.workload import find_unlock_sender
 
 
 def test_missions_unlock_from_a_worker_with_over_1024_descriptors(mosquitto):

@@ -6,7 +6,7 @@ How it is put together:
 
     mpremote / pyserial ── /dev/pts/N (outer pty) ── harness (this module) ── inner pty ── micropython -i _vdevboot.py
                                                           │
-                                                          └── loopback TCP link ── machine/network shims (simulator/vdevfs)
+                                                          └── loopback TCP link ── machine/network shims (simulator/vdev/shims)
 
 - The harness relays bytes between the two ptys. The interpreter's tty is raw (no `\\r\\r\\n`)
   but keeps ISIG, so Ctrl-C from the host interrupts running code (main.py) exactly like a
@@ -17,7 +17,7 @@ How it is put together:
   new interpreter into the raw REPL before the host sees `raw REPL; CTRL-B to exit`. After a
   friendly-REPL soft reboot or `machine.reset()`, boot.py and main.py run, as on the ESP32.
 - The flash is a host directory (`--flash-dir`), mounted as "/" inside the interpreter through a
-  small VFS object (vdevfs/_vdevflash.py) with an ESP32-sized capacity (`--flash-size`), so
+  small VFS object (shims/_vdevflash.py) with an ESP32-sized capacity (`--flash-size`), so
   `Flash("/")`, `mpremote ls/cp` and imports all see it, and a full flash raises ENOSPC.
 - The cabinet's physical world lives here: door, mains, button, backup battery (ADC), DS18B20
   temperature, Wi-Fi, power, a lock whose sense switch follows the lock output unless jammed.
@@ -51,8 +51,8 @@ import tty
 from pathlib import Path
 from typing import Any, Callable
 
-ROOT = Path(__file__).resolve().parent.parent
-VDEVFS = Path(__file__).resolve().parent / "vdevfs"
+ROOT = Path(__file__).resolve().parents[2]
+VDEVFS = Path(__file__).resolve().parent / "shims"
 
 PWRON_RESET, HARD_RESET, WDT_RESET, DEEPSLEEP_RESET, SOFT_RESET = 1, 2, 3, 4, 5
 _READY = b"\x00vdev:ready\x00"
@@ -80,7 +80,7 @@ def board_default_pins() -> dict[str, int | None]:
     return {}
 
 
-class World:
+class PinWorld:
     """The cabinet around the virtual device, at the level of pins and sensors."""
 
     def __init__(self) -> None:
@@ -185,7 +185,7 @@ class VirtualDevice:
         self.heap = heap
         self.log = log or (lambda s: print("vdev: " + s, file=sys.stderr, flush=True))
         self.uid = hashlib.sha256(device_id.encode()).digest()[:6].hex()
-        self.world = World()
+        self.world = PinWorld()
         self.cfg: dict[str, Any] = {}
         self.path = ""
         self.proc: asyncio.subprocess.Process | None = None

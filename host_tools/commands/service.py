@@ -1,7 +1,7 @@
 """`aedgate service`: a technician's signed service command — the AED is back and checked, or
 new pads / new AED battery with their expiry dates.
 
-The command is a signed, single-use token (host_tools.commands.mint_service, the same COSE
+The command is a signed, single-use token (host_tools.signed_commands.mint_service, the same COSE
 profile and per-device key as mission tokens), so the cabinet verifies it exactly like an
 unlock. Two ways to deliver it:
   --broker URL  publish on aed/v1/<id>/cmd/service and wait for the cabinet's ack;
@@ -17,7 +17,7 @@ import json
 import cbor2
 
 from host_tools.cli import CliError
-from host_tools.keys import check_device, load_fleet_key
+from host_tools.commands.keys import check_device, load_fleet_key
 
 _EPILOG = """\
 examples:
@@ -84,7 +84,7 @@ def over_serial(port: str, raw: bytes, timeout: float = 10.0) -> dict:
 def over_mqtt(url: str, device_id: str, raw: bytes, timeout: float = 10.0) -> dict | None:
     import os
 
-    from host_tools.unlock import Dispatch, parse_broker
+    from host_tools.commands.unlock import Dispatch, parse_broker
     host, port = parse_broker(url)
     d = Dispatch(host, port, client_id="aedgate-service-%d" % os.getpid())
     try:

@@ -7,7 +7,7 @@ import random
 
 from aedgate.mqtt import MQTTClient
 from host_tools.fleetview import FleetRecord
-from simulator.fleet import LoopbackNet, parse_broker
+from simulator.fleet.runner import LoopbackNet, parse_broker
 
 
 class Observer(FleetRecord):

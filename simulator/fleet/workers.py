@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import simulator  # noqa: F401
-from simulator.loophealth import FleetCollector, LagProbe
+from simulator.fleet.loophealth import FleetCollector, LagProbe
 
 FD_RESERVE = 64        # files a worker needs besides its cabinets' sockets
 PORTS_PER_PAIR = 20000  # planned use of one (source, broker) pair's ~28k ephemeral ports
@@ -140,9 +140,9 @@ async def run_slice(spec: RunSpec, index: int, first: int, count: int, report, s
                     log=None, ready=None) -> dict:
     """Run cabinets first … first+count-1 until `stopping()` is true; `report(dict)` receives a
     snapshot every second and the final one. Used in-process (one worker) and in workers."""
-    from simulator.fleet import Fleet
-    from simulator.net import NetStats
-    from simulator.workload import Workload, find_unlock_sender
+    from simulator.fleet.runner import Fleet
+    from simulator.world.net import NetStats
+    from simulator.fleet.workload import Workload, find_unlock_sender
 
     rss0 = rss_kib()
     stats = NetStats()

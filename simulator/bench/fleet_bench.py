@@ -23,8 +23,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from simulator.mosquitto import Mosquitto, MosquittoMissing, find_mosquitto, max_nofile
-from simulator.scale import RunSpec, Workers, plan_sources, raise_nofile, read_trace
+from simulator.brokers.mosquitto import Mosquitto, MosquittoMissing, find_mosquitto, max_nofile
+from simulator.fleet.workers import RunSpec, Workers, plan_sources, raise_nofile, read_trace
 
 _TCK = os.sysconf("SC_CLK_TCK")
 
@@ -169,7 +169,7 @@ async def _fleet_phase(args, shards, work: Path, meter: CpuMeter, sub_pid: int, 
             rss_peak[g] = max(rss_peak.get(g, 0), sum(_proc_rss(p) for p in pids))
     meter.end()
     t_steady_end = time.time()
-    from simulator.scaleview import summary
+    from simulator.fleet.view import summary
     await workers.stop()
     result = summary(spec, workers.latest, workers.history)
     result["t"] = {"start": t0, "online": t_online, "steady_end": t_steady_end}
@@ -180,13 +180,13 @@ async def _fleet_phase(args, shards, work: Path, meter: CpuMeter, sub_pid: int, 
 
 def _unlocks(spec: RunSpec, fleet_key: bytes, count: int, over_s: float, seed) -> dict:
     """`count` missions to random cabinets, spread over `over_s` seconds while the fleet runs:
-    dispatch's own tool (host_tools/unlock.py) publishes each token and times it to the ack."""
+    dispatch's own tool (host_tools/commands/unlock.py) publishes each token and times it to the ack."""
     import random
     try:
-        from host_tools import unlock as dispatch_tool
+        from host_tools.commands import unlock as dispatch_tool
     except ImportError:
-        return {"measured": False, "why": "host_tools/unlock.py is not there"}
-    from simulator.fleet import device_id, parse_broker, shard_of
+        return {"measured": False, "why": "host_tools/commands/unlock.py is not there"}
+    from simulator.fleet.runner import device_id, parse_broker, shard_of
     rng = random.Random(seed)
     brokers = [parse_broker(u) for u in spec.brokers]
     ds = [dispatch_tool.Dispatch(h, p, client_id="bench-dispatch-%d" % i)
@@ -210,7 +210,7 @@ def _unlocks(spec: RunSpec, fleet_key: bytes, count: int, over_s: float, seed) -
 
 
 def _paho_phase(args, shard_url: str, say) -> dict:
-    from simulator.benchbackend import paho_devices
+    from simulator.bench.backend import paho_devices
     ctx = mp.get_context("spawn")
     steps = []
     best = None
@@ -249,7 +249,7 @@ async def bench(args) -> dict:
     shards = [Shard(work).start() for _ in range(args.shards)]
     say("brokers: %s (nofile %s)" % (", ".join(s.url for s in shards),
                                      ", ".join(str(s.nofile()) for s in shards)))
-    from simulator.benchbackend import subscriber
+    from simulator.bench.backend import subscriber
     ctx = mp.get_context("spawn")
     sub_conn, child = ctx.Pipe()
     sub = ctx.Process(target=subscriber, args=([s.url for s in shards], str(work / "recv"), child),
@@ -395,7 +395,7 @@ def register(sub) -> None:
     b.add_argument("--ramp-timeout", type=int, default=180, metavar="S")
     b.add_argument("--profile", default="idle")
     b.add_argument("--unlocks", type=int, default=20, metavar="N",
-                   help="missions sent with host_tools/unlock.py during the steady phase, timed "
+                   help="missions sent with host_tools/commands/unlock.py during the steady phase, timed "
                         "from publish to the cabinet's ack")
     b.add_argument("--seed", type=int, default=1)
     b.add_argument("--paho-steps", default="100,200,300,330,340,350,400,500",

@@ -17,10 +17,10 @@ from aedgate.app import App
 from aedgate.mqtt import MQTTClient
 from aedgate.storage import Flash
 
-from simulator.flash import MemoryFlash
-from simulator.net import WIFI_DOWN, NetStats, SimNet
-from simulator.faults import FaultyFlash, PowerCut
-from simulator.world import SimClock, SimHardware, SimWDT, World
+from simulator.world.flash import MemoryFlash
+from simulator.world.net import WIFI_DOWN, NetStats, SimNet
+from simulator.world.faults import FaultyFlash, PowerCut
+from simulator.world.hardware import CabinetWorld, SimClock, SimHardware, SimWDT
 
 WORLD_TOPIC = "aedsim/world/"
 RAMP_TICK_S = 0.02  # a connection ramp starts its cabinets in bursts this far apart
@@ -134,7 +134,7 @@ class SimCabinet:
         self._fleet = fleet
         self._log = log
         self.net = SimNet(source_ip, stats, device_id)
-        self.world = World(device_id, clock, self.net, log=self.log)
+        self.world = CabinetWorld(device_id, clock, self.net, log=self.log)
         self.world.on_power = self._power
         inner = Flash(str(flash_dir)) if flash_dir is not None else MemoryFlash()
         inner.write("config.json", json.dumps(config).encode())

@@ -18,14 +18,14 @@ from array import array
 
 
 def _pid_host_port(url: str) -> tuple[str, int]:
-    from simulator.fleet import parse_broker
+    from simulator.fleet.runner import parse_broker
     return parse_broker(url)
 
 
 def subscriber(urls: list[str], out: str, conn) -> None:
     """Runs until told "stop" on `conn`; writes <out>.t/.k (receive time, key) and <out>.json."""
     import paho.mqtt.client as mqtt
-    from simulator.net import trace_key
+    from simulator.world.net import trace_key
 
     lock = threading.Lock()
     rt, rk = array("d"), array("Q")

@@ -9,7 +9,7 @@ import time
 
 from host_tools.cli import CliError
 from host_tools.fleetview import FleetRecord, describe, screen
-from host_tools.unlock import parse_broker
+from host_tools.commands.unlock import parse_broker
 
 _EPILOG = """\
 examples:

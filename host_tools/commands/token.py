@@ -10,7 +10,7 @@ from pathlib import Path
 
 from host_tools import tokens
 from host_tools.cli import CliError
-from host_tools.keys import check_device, load_fleet_key
+from host_tools.commands.keys import check_device, load_fleet_key
 
 _DESCRIPTION = """\
 Mission tokens: COSE_Mac0 (HMAC 256/256) over CWT claims, at most 512 bytes, MACed with the

@@ -10,7 +10,7 @@ import random
 import time
 from typing import Callable
 
-from simulator.net import SimNet
+from simulator.world.net import SimNet
 
 # Lock solenoid model: a pulse solenoid heats ~8 °C per second energised; above 130 °C its
 # insulation fails (burnt out, the cabinet cannot be opened electrically any more).
@@ -75,7 +75,7 @@ class SimClock:
 
 
 class SimADC:
-    def __init__(self, world: "World"):
+    def __init__(self, world: "CabinetWorld"):
         self.world = world
 
     def read_uv(self) -> int:
@@ -84,7 +84,7 @@ class SimADC:
 
 
 class SimTemp:
-    def __init__(self, world: "World"):
+    def __init__(self, world: "CabinetWorld"):
         self.world = world
 
     async def read_c(self) -> float:
@@ -133,7 +133,7 @@ class SimWDT:
 class SimHardware:
     """What the firmware's App receives as `hw` in the simulator."""
 
-    def __init__(self, world: "World", reset_cause: str, wdt: "SimWDT | None" = None):
+    def __init__(self, world: "CabinetWorld", reset_cause: str, wdt: "SimWDT | None" = None):
         self.world = world
         self.wdt = wdt
         self.unique_id = world.device_id
@@ -157,7 +157,7 @@ class SimHardware:
         return ctx
 
 
-class World:
+class CabinetWorld:
     """One cabinet's physical surroundings: door, mains, backup battery, temperature, Wi-Fi,
     power. Changed by world-control messages, scenario steps or the Python API."""
 

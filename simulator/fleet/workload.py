@@ -47,14 +47,14 @@ def find_unlock_sender(fleet, fleet_key: bytes | None) -> UnlockSender | None:
     cabinet's ack; the publish → ack time goes to `.latencies` (ms). None without a fleet key:
     nobody could sign a token.
 
-    Not through host_tools/unlock.py: its paho client watches its socket with select(), which
+    Not through host_tools/commands/unlock.py: its paho client watches its socket with select(), which
     cannot take a descriptor ≥ 1024, and a worker holds thousands of sockets (the paho loop
     thread died and every mission timed out). `aedsim bench` times unlocks with that tool from
     its own process."""
     if fleet_key is None:
         return None
     from host_tools.tokens import mint
-    from host_tools.unlock import answers_unlock
+    from host_tools.commands.unlock import answers_unlock
     latencies: list = []
     subscribed: set = set()
 

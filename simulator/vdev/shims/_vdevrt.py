@@ -1,5 +1,5 @@
 # Runtime of the virtual device, inside the MicroPython unix port: the link to the harness
-# (simulator/vdev.py) that plays the cabinet's physical world, and the flash filesystem.
+# (simulator/vdev/device.py) that plays the cabinet's physical world, and the flash filesystem.
 #
 # Link protocol: JSON lines over a loopback TCP socket (port in $VDEV_CTL).
 #   harness -> device: a full snapshot of the inputs on connect and after every change:

@@ -1,8 +1,8 @@
-# aedgate.mac against the published vectors: RFC 4231 (HMAC-SHA256) and RFC 5869 (HKDF).
+# aedgate.hmac_sha256 against the published vectors: RFC 4231 (HMAC-SHA256) and RFC 5869 (HKDF).
 # Runs under CPython (pytest) and the MicroPython unix port (mprun.py).
 from binascii import unhexlify
 
-from aedgate import mac
+from aedgate import hmac_sha256 as mac
 
 
 def _h(s):

@@ -29,9 +29,9 @@ from typing import Any
 from host_tools import fleetkeys
 from host_tools.cli import CliError
 from host_tools.device import Device, DeviceError
-from host_tools.keys import check_device, load_fleet_key
+from host_tools.commands.keys import check_device, load_fleet_key
 
-FIRMWARE = Path(__file__).resolve().parent.parent / "firmware"
+FIRMWARE = Path(__file__).resolve().parents[2] / "firmware"
 MARKER = "provisioning"
 CONFIG = "config.json"
 # Written by provision; any other key already in the board's config.json (for example expiry

@@ -4,7 +4,7 @@ from __future__ import annotations
 import asyncio
 import logging
 
-from simulator.mosquitto import free_port
+from simulator.brokers.mosquitto import free_port
 
 
 class EmbeddedBroker:

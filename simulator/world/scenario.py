@@ -24,7 +24,7 @@ from typing import Callable
 
 from aedgate.mqtt import MQTTClient
 
-from simulator.fleet import LoopbackNet, parse_brokers, shard_of
+from simulator.fleet.runner import LoopbackNet, parse_brokers, shard_of
 
 _ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
 BUILT_IN = Path(__file__).resolve().parent / "scenarios"

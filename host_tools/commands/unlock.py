@@ -11,7 +11,7 @@ from typing import Any
 
 from host_tools import brokerurl, tokens
 from host_tools.cli import CliError
-from host_tools.keys import check_device, load_fleet_key
+from host_tools.commands.keys import check_device, load_fleet_key
 
 _EPILOG = """\
 examples:

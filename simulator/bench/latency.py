@@ -9,7 +9,7 @@
 Both run many cabinets (the real firmware app) in this process's asyncio loop while the
 backend's paho client runs its own thread; timestamps come from one monotonic clock.
 
-    python -m simulator.latency [--world 200] [--unlocks 1000] [--json results.json]
+    python -m simulator.bench.latency [--world 200] [--unlocks 1000] [--json results.json]
 """
 from __future__ import annotations
 
@@ -24,9 +24,9 @@ import time
 from pathlib import Path
 
 import simulator  # noqa: F401
-from host_tools.unlock import nodelay
-from simulator.fleet import Fleet
-from simulator.mosquitto import Mosquitto
+from host_tools.commands.unlock import nodelay
+from simulator.fleet.runner import Fleet
+from simulator.brokers.mosquitto import Mosquitto
 
 MASTER = bytes(range(32))
 
@@ -197,7 +197,7 @@ async def main_async(args) -> dict:
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="python -m simulator.latency", description=__doc__,
+    p = argparse.ArgumentParser(prog="python -m simulator.bench.latency", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--world", type=int, default=200, metavar="N", help="door changes to time (default 200)")
     p.add_argument("--unlocks", type=int, default=1000, metavar="N", help="unlocks to time (default 1000)")

@@ -1,5 +1,5 @@
 # `machine` for the virtual device: the ESP32 API the firmware uses, backed by the simulated
-# cabinet in the harness (simulator/vdev.py) through _vdevrt. Placed on the unix port's path it
+# cabinet in the harness (simulator/vdev/device.py) through _vdevrt. Placed on the unix port's path it
 # overrides the port's built-in `machine`.
 import os
 import time

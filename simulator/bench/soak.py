@@ -25,9 +25,9 @@ import time
 from pathlib import Path
 
 import simulator  # noqa: F401
-from simulator.fleet import Fleet
-from simulator.mosquitto import Mosquitto, max_nofile
-from simulator.scale import rss_kib
+from simulator.fleet.runner import Fleet
+from simulator.brokers.mosquitto import Mosquitto, max_nofile
+from simulator.fleet.workers import rss_kib
 
 
 class _Backend:

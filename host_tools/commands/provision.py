@@ -31,7 +31,7 @@ from host_tools.cli import CliError
 from host_tools.device import Device, DeviceError
 from host_tools.commands.keys import check_device, load_fleet_key
 
-FIRMWARE = Path(__file__).resolve().parents[2] / "firmware"
+from host_tools.firmware import FIRMWARE
 MARKER = "provisioning"
 CONFIG = "config.json"
 # Written by provision; any other key already in the board's config.json (for example expiry

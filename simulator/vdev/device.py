@@ -51,7 +51,7 @@ import tty
 from pathlib import Path
 from typing import Any, Callable
 
-ROOT = Path(__file__).resolve().parents[2]
+from host_tools.firmware import FIRMWARE
 VDEVFS = Path(__file__).resolve().parent / "shims"
 
 PWRON_RESET, HARD_RESET, WDT_RESET, DEEPSLEEP_RESET, SOFT_RESET = 1, 2, 3, 4, 5
@@ -73,7 +73,7 @@ def find_micropython() -> str:
 
 def board_default_pins() -> dict[str, int | None]:
     """The reference wiring from firmware/board.py (read, not imported: it imports machine)."""
-    tree = ast.parse((ROOT / "firmware" / "board.py").read_text())
+    tree = ast.parse((FIRMWARE / "board.py").read_text())
     for node in tree.body:
         if isinstance(node, ast.Assign) and any(getattr(t, "id", None) == "PINS" for t in node.targets):
             return ast.literal_eval(node.value)

@@ -215,7 +215,9 @@ def provision(args: argparse.Namespace) -> dict[str, Any]:
     if args.ca:
         ca = ca_der(args.ca)
     _say("connecting to %s …" % args.port)
-    with Device(args.port, timeout=args.timeout) as dev:
+    hint = ("the .mpy files do not fit either: remove files (mpremote rm) or use a board with a larger "
+            "filesystem" if args.mpy else "remove files (mpremote rm) or use --mpy to ship smaller files")
+    with Device(args.port, timeout=args.timeout, full_hint=hint) as dev:
         marker = dev.read_file(MARKER)
         if marker is not None:
             _say("note: a previous provisioning of this board did not finish (%s); finishing it now"

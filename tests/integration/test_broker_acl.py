@@ -561,3 +561,31 @@ def test_add_device_help_teaches_with_an_example(capsys):
     assert e.value.code == 0
     out = capsys.readouterr().out
     assert "aedgate broker add-device --device cab-0001" in out and "reload" in out
+
+
+@pytest.mark.parametrize("device", ["dispatch", "registry", "monitor", "cab-0001"])
+def test_add_device_with_a_mistyped_acl_path_changes_nothing(tmp_path, capsys, device):
+    """Issue 11 point 11: with --acl pointing at a file that does not exist, add-device used to
+    create a fresh ACL (so it knew no service accounts) and replaced dispatch's password."""
+    pw = tmp_path / "passwd"
+    broker_tool.set_password(pw, "dispatch", "pw-dispatch", hash_with="builtin")
+    before = pw.read_text()
+    typo = tmp_path / "acl.typo"
+    assert aedgate(["broker", "add-device", "--device", device, "--password-file", str(pw),
+                    "--acl", str(typo), "--hash-with", "builtin"]) == 2
+    out, err = capsys.readouterr()
+    assert out == "" and err.startswith("aedgate: error: ") and err.count("\n") == 1, err
+    assert pw.read_text() == before and not typo.exists()
+
+
+@pytest.mark.parametrize("device", ["dispatch", "registry", "monitor", "dispatch-ops"])
+def test_reserved_names_refused_whatever_the_acl_says(tmp_path, capsys, device):
+    """A service account's name is refused even when the ACL has no `user` block for it."""
+    acl = tmp_path / "acl"
+    acl.write_text("".join(line + "\n" for line in (DEPLOY / "acl").read_text().splitlines()
+                           if line.startswith("pattern")))
+    pw = tmp_path / "passwd"
+    assert aedgate(["broker", "add-device", "--device", device, "--password-file", str(pw),
+                    "--acl", str(acl), "--hash-with", "builtin"]) == 2
+    assert "reserved" in capsys.readouterr().err
+    assert not pw.exists()

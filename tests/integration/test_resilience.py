@@ -173,3 +173,32 @@ def test_hung_sensor_task_leads_to_watchdog_reset(mosquitto, backend, sim_factor
     st = backend.wait_for(lambda t, o: t.endswith("/status") and o.get("reset_cause") == "watchdog")[1]
     assert st["online"] is True
     sim.do(cab.world.apply, {"sensor": "ok"})
+
+
+def test_world_control_comes_back_after_a_broker_restart(tmp_path, sim_factory):
+    """Issue 11 point 8: `aedsim run`'s world-control client connected once and never came back,
+    so a door opened (through aedsim/world/<id>) after a broker restart produced nothing."""
+    from tests.fixtures import Mosquitto as M
+    broker = M(tmp_path).start()
+    try:
+        sim = sim_factory(count=1, broker_url=broker.url, extra_config={"debounce_ms": 5})
+        wait_drained(sim)
+        broker.stop()
+        broker.start()  # same port, empty broker: every session and subscription is gone
+        be = Backend(broker.url, topics=("aed/v1/+/event",))
+        try:
+            wait_drained(sim, 30)  # the cabinet is back
+            deadline = time.time() + 20
+            while time.time() < deadline:  # the control client reconnects with its own backoff
+                be.publish("aedsim/world/cab-0001", json.dumps({"door": "open"}), qos=0)
+                try:
+                    be.wait_for(lambda t, o: o.get("type") == "door_opened", timeout=1)
+                    break
+                except AssertionError:
+                    pass
+            else:
+                raise AssertionError("aedsim/world/cab-0001 reaches nobody after the restart")
+        finally:
+            be.close()
+    finally:
+        broker.stop()

@@ -228,3 +228,14 @@ def test_broker_md_steps_work_as_written(root):
         registry.close()
     finally:
         broker.stop()
+
+
+def test_a_broker_that_cannot_start_says_why(root):
+    """The shipped file logs to stderr (the journal, under systemd): with `log_dest syslog` a
+    broker missing its password file exited with status 13 and no word on the terminal."""
+    conf = root / "etc" / "mosquitto" / "mosquitto.conf"
+    conf.parent.mkdir(parents=True)
+    shutil.copy(ROOT / "docs" / "deploy" / "mosquitto" / "mosquitto.conf", conf)
+    broker = DocBroker(root, conf)  # moves paths and ports; no password file exists there
+    with pytest.raises(AssertionError, match=r"(?s)exited 13: .*Error: Unable to open pwfile"):
+        broker.start()

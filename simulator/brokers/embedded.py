@@ -4,8 +4,8 @@ Mosquitto when it is installed (a process of its own, on loopback, anonymous, no
 the docs' commands (`mosquitto_pub`/`mosquitto_sub`) and the tests use Mosquitto, so the
 default behaves exactly as they describe. amqtt (in this process) only when Mosquitto is not
 installed: amqtt 0.12 hands retained messages to subscribers whose filter does not match them and
-loses QoS 0 publishes to QoS 1 subscribers (docs/design.md, "The embedded broker"), so it is a
-fallback that says so when it starts.
+lost messages of the docs' own `mosquitto_pub`/`mosquitto_sub` walk-through (docs/design.md,
+"The embedded broker"), so it is a fallback that says so when it starts.
 """
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ from simulator.brokers.mosquitto import Mosquitto, find_mosquitto, free_port, ma
 
 AMQTT_WARNING = ("Mosquitto is not installed, so the embedded broker is amqtt, which differs from "
                  "what the docs show (it hands retained messages to any subscriber and can lose "
-                 "QoS 0 messages such as mosquitto_pub's). Install the Debian package "
+                 "messages such as mosquitto_pub's). Install the Debian package "
                  "'mosquitto' for the reference behaviour.")
 
 

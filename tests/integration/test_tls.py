@@ -158,6 +158,25 @@ def test_cpython_firmware_client_verifies_the_broker(tls_broker):
     assert not [m for m in tls_broker.registry.messages if m[1] == b"bad"]
 
 
+def test_tls_listener_ties_the_client_id_to_the_user_name(tls_broker):
+    """use_username_as_clientid holds on the cabinets' TLS listener too: cab-tls's password with
+    the registry's client id neither disconnects the registry (connected on the loopback
+    listener) nor gets its session."""
+    registry = tls_broker.registry
+    before = registry.disconnects
+    ca = tls_broker.pki["ca"]
+    evil = Client(tls_broker, "cab-tls", "pw-tls", client_id="registry",
+                  port=tls_broker.ports[TLS_PW],
+                  tls=lambda c: c.tls_set_context(cpython_context(ca)))
+    try:
+        assert evil.ok
+        evil.publish("aed/v1/cab-tls/event", b"as-cab-tls")
+        registry.got("aed/v1/cab-tls/event", b"as-cab-tls")  # it is cab-tls, and registry still reads
+        assert registry.disconnects == before and registry.ok
+    finally:
+        evil.close()
+
+
 MPY_SCRIPT = """\
 import sys
 sys.path.insert(0, %(firmware)r)

@@ -11,8 +11,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import shutil
+import socket
+import subprocess
 import tempfile
+import time
 
 from simulator.brokers.mosquitto import Mosquitto, find_mosquitto, free_port, max_nofile
 
@@ -22,16 +26,11 @@ AMQTT_WARNING = ("Mosquitto is not installed, so the embedded broker is amqtt, w
                  "'mosquitto' for the reference behaviour.")
 
 
-def _broker_preexec() -> None:
-    # Many cabinets, one descriptor each; and the broker goes when aedsim goes, even if aedsim
-    # is killed with SIGKILL (Linux: PR_SET_PDEATHSIG), so no stray broker keeps the port.
-    max_nofile()
-    try:
-        import ctypes
-        import signal
-        ctypes.CDLL(None, use_errno=True).prctl(1, int(signal.SIGTERM))  # PR_SET_PDEATHSIG
-    except (OSError, AttributeError):
-        pass
+# The broker runs under a small sh that kills it when our end of a pipe closes, i.e. when aedsim
+# ends in any way, SIGKILL included, so no stray broker keeps the port. (PR_SET_PDEATHSIG would
+# not do: Mosquitto started as root drops to the mosquitto user, which clears that setting.)
+_WATCHDOG_SH = ('exec 3<&0 0</dev/null; "$0" -c "$1" & m=$!; read _ <&3; kill $m 2>/dev/null; '
+                'wait $m; rm -rf "$2"')
 
 
 class EmbeddedBroker:
@@ -46,7 +45,8 @@ class EmbeddedBroker:
         self.kind = None
         self.warning = None
         self._broker = None
-        self._mosquitto = None
+        self._proc = None
+        self._lifeline = -1
         self._dir = None
 
     def describe(self) -> str:
@@ -55,11 +55,28 @@ class EmbeddedBroker:
         return "%s (amqtt, in this process)" % self.url
 
     async def start(self) -> "EmbeddedBroker":
-        if self.prefer != "amqtt" and find_mosquitto() is not None:
+        exe = find_mosquitto() if self.prefer != "amqtt" else None
+        if exe is not None:
             self._dir = tempfile.mkdtemp(prefix="aedsim-broker-")
-            self._mosquitto = Mosquitto(self._dir, extra_conf="max_connections -1\n",
-                                        port=self.port, host=self.host)
-            await asyncio.to_thread(self._mosquitto.start, _broker_preexec)
+            conf = Mosquitto(self._dir, extra_conf="max_connections -1\n", port=self.port,
+                             host=self.host).conf  # (writes the loopback config)
+            r, self._lifeline = os.pipe()
+            with open(os.path.join(self._dir, "mosquitto.log"), "ab") as log:
+                self._proc = subprocess.Popen(["/bin/sh", "-c", _WATCHDOG_SH, exe, str(conf),
+                                               self._dir],
+                                              stdin=r, stdout=log, stderr=subprocess.STDOUT,
+                                              preexec_fn=max_nofile)
+            os.close(r)
+            deadline = time.monotonic() + 10
+            while True:
+                try:
+                    socket.create_connection((self.host, self.port), timeout=0.2).close()
+                    break
+                except OSError:
+                    if time.monotonic() > deadline or self._proc.poll() is not None:
+                        await self.stop()
+                        raise RuntimeError("the embedded Mosquitto did not start")
+                    await asyncio.sleep(0.05)
             self.kind = "mosquitto"
             return self
         from amqtt.broker import Broker
@@ -77,9 +94,13 @@ class EmbeddedBroker:
         return self
 
     async def stop(self) -> None:
-        if self._mosquitto is not None:
-            await asyncio.to_thread(self._mosquitto.stop)
-            self._mosquitto = None
+        if self._proc is not None:
+            os.close(self._lifeline)  # the watchdog shell stops the broker and waits for it
+            try:
+                await asyncio.to_thread(self._proc.wait, 10)
+            except subprocess.TimeoutExpired:
+                self._proc.kill()
+            self._proc = None
             shutil.rmtree(self._dir, ignore_errors=True)
         if self._broker is not None:
             await self._broker.shutdown()

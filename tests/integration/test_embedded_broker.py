@@ -82,3 +82,27 @@ def test_world_control_and_retained_messages_as_the_docs_show(aedsim_run):
            if line.startswith("aed/v1/cab-0002/event ")]
     types = [e["type"] for e in got]
     assert types.count("door_opened") == 4 and types.count("door_closed") == 4, types
+
+
+def test_the_embedded_broker_ends_with_aedsim_even_on_sigkill(tmp_path):
+    import socket
+    proc = subprocess.Popen([sys.executable, "-m", "simulator.cli", "run", "--cabinets", "1",
+                             "--plain", "--duration", "60", "--flash-dir", str(tmp_path / "flash")],
+                            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            env=dict(os.environ, PYTHONPATH=str(ROOT)))
+    try:
+        m = re.search(r"embedded MQTT broker: mqtt://127\.0\.0\.1:(\d+)", proc.stdout.readline())
+        assert m
+        port = int(m.group(1))
+        socket.create_connection(("127.0.0.1", port), 2).close()  # the control: it listens
+    finally:
+        proc.kill()
+        proc.wait(5)
+    deadline = time.time() + 5
+    while True:
+        try:
+            socket.create_connection(("127.0.0.1", port), 0.2).close()
+        except OSError:
+            break  # nobody listens: the broker went with aedsim
+        assert time.time() < deadline, "the embedded broker outlived a SIGKILLed aedsim"
+        time.sleep(0.1)

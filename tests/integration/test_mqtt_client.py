@@ -1,8 +1,6 @@
 """The firmware's MQTT client against a real Mosquitto on loopback (paho-mqtt as the other side),
 against small misbehaving TCP servers, and once under the real MicroPython unix port."""
 import asyncio
-import os
-import shutil
 import subprocess
 import time
 

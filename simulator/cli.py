@@ -43,7 +43,7 @@ async def _run(args) -> int:
     url = args.broker
     if url is None:
         from simulator.brokers.embedded import EmbeddedBroker
-        broker = await EmbeddedBroker().start()
+        broker = await EmbeddedBroker(prefer=args.embedded).start()
         url = broker.url
         print("embedded MQTT broker: %s" % broker.describe(), flush=True)
         if broker.warning:
@@ -182,6 +182,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--broker", metavar="URL[,URL…]",
                      help="mqtt://host:port, or several comma-separated (shards: cabinets are spread "
                           "over them round robin); default: start an embedded broker")
+    run.add_argument("--embedded", choices=("auto", "mosquitto", "amqtt"), default="auto",
+                     help="which embedded broker without --broker: auto (default) = Mosquitto "
+                          "when installed, else amqtt in this process")
     run.add_argument("--fleet-key", metavar="FILE", help="fleet master key file (64 hex chars): "
                      "each cabinet's token key is derived from it (and missions can be signed)")
     run.add_argument("--speed", type=float, default=1.0, metavar="X",

@@ -18,10 +18,13 @@ from tests.fixtures import ROOT, require_tool
 HOW = "install the Debian package mosquitto-clients (`make test` does)"
 
 
-@pytest.fixture
-def aedsim_run(tmp_path):
+@pytest.fixture(params=["auto", "amqtt"])
+def aedsim_run(tmp_path, request):
+    """`aedsim run` as the docs show it (auto: Mosquitto, installed by `make test`), and with the
+    amqtt fallback a machine without Mosquitto gets."""
     proc = subprocess.Popen([sys.executable, "-m", "simulator.cli", "run", "--cabinets", "2",
-                             "--plain", "--duration", "60", "--flash-dir", str(tmp_path / "flash")],
+                             "--plain", "--duration", "60", "--flash-dir", str(tmp_path / "flash"),
+                             "--embedded", request.param],
                             cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                             env=dict(os.environ, PYTHONPATH=str(ROOT)))
     lines = []
@@ -30,10 +33,11 @@ def aedsim_run(tmp_path):
     while time.time() < deadline and port is None:
         line = proc.stdout.readline()
         lines.append(line)
-        m = re.search(r"embedded MQTT broker: mqtt://127\.0\.0\.1:(\d+) \(Mosquitto", line)
+        m = re.search(r"embedded MQTT broker: mqtt://127\.0\.0\.1:(\d+) \((\w+)", line)
         if m:
+            assert m.group(2) == {"auto": "Mosquitto", "amqtt": "amqtt"}[request.param], line
             port = m.group(1)
-    assert port, "no embedded Mosquitto announced: %r" % lines
+    assert port, "no embedded broker announced: %r" % lines
     try:
         yield port, lines
     finally:

@@ -60,19 +60,19 @@ def test_device_keys_of_the_protocol_document() -> None:
 
 def test_worked_token_of_the_protocol_document() -> None:
     raw = bytes.fromhex(
-        "d18443a10105a104426b31584ba70168646973706174636803686361622d30303031041a6955ba2c061a"
+        "d18443a10105a10448d75fb396cb3d9d13584ba70168646973706174636803686361622d30303031041a6955ba2c061a"
         "6955b90007500102030405060708090a0b0c0d0e0f103a000100006b4d2d323032362d303030313a0001"
         "000118b45820e79d5eaa0d86dbd75dd43ef5ccb3c017e8daedc5fd3feea5565fe7dd70472752")
     key = mac.device_key(MASTER, DEV)
-    got = token.verify(raw, DEV, [(b"k1", key)], 1767225600)
+    got = token.verify(raw, DEV, [(mac.key_id(key), key)], 1767225600)  # the default kid
     assert got["mission"] == "M-2026-0001" and got["window_s"] == 180
     assert got["cti"] == bytes(range(1, 17))
     # Our minting code produces exactly these bytes from the same inputs.
     assert tokens.mint_with_device_key(key, DEV, "M-2026-0001", 180, ttl_s=300, now=1767225600,
-                                       kid=b"k1", kid_in_protected=False,
+                                       kid=mac.key_id(key), kid_in_protected=False,
                                        cti=bytes(range(1, 17))) == raw
     assert tokens.inspect(raw, MASTER, now=1767225600)["verdict"] == "valid"
-    cwt_key = COSEKey.from_symmetric_key(key, alg="HS256", kid="k1")
+    cwt_key = COSEKey.from_symmetric_key(key, alg="HS256", kid=mac.key_id(key))
     assert cbor2.loads(COSE.new().decode(raw, cwt_key))[-65537] == "M-2026-0001"
 
 

@@ -10,18 +10,22 @@ from pathlib import Path
 import pytest
 import serial
 
+from simulator.vdev.flashimage import IMAGE_NAME, FlashImage
+
 ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
 
 
 class VDev:
-    """`aedsim vdev` in a subprocess: its pty path, flash dir, stdin for world changes."""
+    """`aedsim vdev` in a subprocess: its pty path, its flash (`v.flash / "name"` reads and
+    writes files inside its littlefs image), stdin for world changes."""
 
     def __init__(self, flash_dir, *extra):
-        self.flash = Path(flash_dir)
+        self.dir = Path(flash_dir)
+        self.flash = FlashImage(self.dir / IMAGE_NAME)
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "simulator.cli", "vdev", "--flash-dir", str(flash_dir), *extra],
-            cwd=ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=open(self.flash.parent / "vdev.log", "ab"),
+            cwd=ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=open(self.dir.parent / "vdev.log", "ab"),
             text=True)
         self.path = self.proc.stdout.readline().strip()
         assert self.path.startswith("/dev/pts/"), "vdev did not print its pty: %r" % self.path
@@ -31,7 +35,7 @@ class VDev:
         self.proc.stdin.flush()
 
     def log(self):
-        return (self.flash.parent / "vdev.log").read_text()
+        return (self.dir.parent / "vdev.log").read_text()
 
     def stop(self):
         if self.proc.poll() is None:
@@ -82,7 +86,7 @@ def test_mpremote_cp_ls_exec_reset_on_a_persistent_flash(vdev_factory, tmp_path)
     assert r.returncode == 0, r.stderr
     assert "hello.py" in r.stdout and "lib/" in r.stdout
     assert "hello from flash /" in r.stdout
-    assert (v.flash / "hello.py").read_text() == src.read_text()  # the flash dir is the root
+    assert (v.flash / "hello.py").read_text() == src.read_text()  # the flash image's root
     # The firmware's Flash("/") lands in the same folder, atomic rename included.
     r = mpremote(v.path, "mkdir", ":aedgate", "+", "cp", str(ROOT / "firmware/aedgate/__init__.py"),
                  ":aedgate/__init__.py", "+", "cp", str(ROOT / "firmware/aedgate/storage.py"),
@@ -134,9 +138,9 @@ def test_pyserial_sees_main_py_and_ctrl_c_interrupts_it_like_a_board(vdev_factor
 
 def test_ctrl_c_sent_while_the_board_boots_is_never_lost(vdev_factory):
     # A technician (or mpremote) presses Ctrl-C the moment the port opens, while boot.py and
-    # main.py start. The flash is a Python VFS here, and the import machinery swallows any
-    # exception raised in a VFS's stat(); the Ctrl-C must still stop main.py as on a board.
-    # (It was lost in about one boot in four before the VFS asked for it to be pressed again.)
+    # main.py start. The flash's block device is Python code here, called by littlefs under the
+    # import machinery's stat(); the Ctrl-C must still stop main.py as on a board. (It was lost
+    # in about one boot in four before the flash asked for it to be pressed again.)
     for i in range(12):
         v = vdev_factory(name="flash%d" % i)
         (v.flash / "boot.py").write_text("print('boot.py ran')\n")

@@ -23,6 +23,7 @@ import json
 from binascii import crc32
 
 _DIR = "ob"
+_STATE = "obs"              # "done" and "spare", apart: the segments' folder changes less often
 _DONE = "done"
 _SPARE = "spare"
 _MAGIC = b"\xae\xd1"
@@ -81,6 +82,7 @@ class Outbox:
     def __init__(self, flash, limit=200):
         self._top = flash
         self._flash = flash.sub(_DIR)
+        self._state = flash.sub(_STATE)
         self._limit = limit
         self.dropped = 0   # routine events dropped since the last events_dropped report
         self.corrupt = 0   # rotten records found at start-up (reported, then marked done)
@@ -110,15 +112,15 @@ class Outbox:
         if self.corrupt:
             self._save_done()
         self._tidy()
-        if _SPARE not in names:
+        if _SPARE not in self._state.names():
             try:
-                self._flash.write(_SPARE, bytes(_SPARE_BYTES))
+                self._state.write(_SPARE, bytes(_SPARE_BYTES))
             except OSError:
                 pass  # no room for the spare now; the next boot tries again
 
     # -- start-up ---------------------------------------------------------------------------
     def _load_done(self):
-        raw = self._flash.read(_DONE)
+        raw = self._state.read(_DONE)
         try:
             text, crc = raw.decode().rsplit("|", 1)
             if int(crc) != crc32(text.encode()) & 0xFFFFFFFF:
@@ -281,7 +283,7 @@ class Outbox:
     def _save_done(self):
         text = " ".join([str(self._upto)] + [str(h) for h in self._holes])
         try:
-            self._flash.write(_DONE, "%s|%d" % (text, crc32(text.encode()) & 0xFFFFFFFF))
+            self._state.write(_DONE, "%s|%d" % (text, crc32(text.encode()) & 0xFFFFFFFF))
         except OSError:
             pass  # full flash: these events may be sent once more after a reboot (duplicates)
 
@@ -332,8 +334,8 @@ class Outbox:
     def _free_space(self, attempt):
         """ENOSPC: first give up the spare blocks, then drop the oldest routine events until a
         segment empties. Returns whether anything was freed."""
-        if attempt == 0 and self._flash.read(_SPARE) is not None:
-            self._flash.remove(_SPARE)
+        if attempt == 0 and _SPARE in self._state.names():
+            self._state.remove(_SPARE)
             return True
         for seg in self._segs[:-1]:
             if any(f & _LIVE and not f & _ROUTINE for f in seg.flags):

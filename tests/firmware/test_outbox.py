@@ -40,11 +40,11 @@ def test_lost_done_file_sends_again_never_loses_or_reuses():
         ob.add({"type": "door_alarm"})
     ob.remove(1)
     ob.remove(2)
-    f.sub("ob").write("done", b"garbage")     # rot: which were acknowledged is unknown
+    f.sub("obs").write("done", b"garbage")     # rot: which were acknowledged is unknown
     ob = Outbox(f)
     assert ob.pending() == [1, 2, 3, 4, 5]    # sent again: duplicates, never loss
     assert ob.add({"type": "boot"})["seq"] == 6
-    f.sub("ob").remove("done")
+    f.sub("obs").remove("done")
     assert Outbox(f).add({"type": "boot"})["seq"] == 7
     wipe(f)
 
@@ -148,7 +148,7 @@ def test_full_filesystem_drops_routine_first_and_never_raises():
     flash = FullFlash(f, room=0)                # something else filled the filesystem
     ob = Outbox(flash)                          # boots: no exception, no room for a spare
     assert ob.add({"type": "boot"})["seq"] == 2  # the spare blocks are given up for it
-    assert ob.get(2)["type"] == "boot" and f.sub("ob").read("spare") is None
+    assert ob.get(2)["type"] == "boot" and f.sub("obs").read("spare") is None
     flash.room = 0                              # and that room is used up too
     assert "seq" not in ob.add({"type": "door_opened"})   # routine: dropped, counted
     assert ob.dropped == 1
@@ -168,7 +168,7 @@ def test_full_filesystem_drops_routine_segments_to_make_room():
         ob.add({"type": "door_opened", "ts": 1795000000})
     flash = FullFlash(f, room=0)
     ob = Outbox(flash)
-    flash.sub("ob").remove("spare")             # already used up
+    flash.sub("obs").remove("spare")             # already used up
     flash.room = 0
     ev = ob.add({"type": "door_alarm"})
     assert ev["seq"] == 121 and ob.dropped >= 1

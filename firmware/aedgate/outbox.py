@@ -306,6 +306,9 @@ class Outbox:
         if seg is None or seg.sealed or seg.first + len(seg.offs) != seq or seg.size + len(rec) > _SEG_BYTES:
             if seg is not None:
                 seg.sealed = True
+                if seg.first == seq:  # only a torn first record: start the file afresh
+                    self._flash.remove(str(seq))
+                    self._segs.pop()
             seg = _Segment(seq)
             new = True
         else:

@@ -175,3 +175,18 @@ def test_full_filesystem_drops_routine_segments_to_make_room():
     assert 121 in ob.pending() and ob.get(121)["type"] == "door_alarm"
     assert 1 not in ob.pending()                 # the oldest routine segment went
     wipe(f)
+
+
+def test_torn_first_record_of_a_segment_is_replaced_not_appended_to():
+    f = temp_flash()
+    ob = Outbox(f)
+    ob.add({"type": "door_alarm"})
+    seg = f.sub("ob")
+    seg.append("2", seg.read("1")[:9])          # cut while starting segment 2 with event 2
+    ob = Outbox(f)
+    assert ob.pending() == [1]
+    for _ in range(3):
+        ob.add({"type": "door_alarm"})
+    ob = Outbox(f)                              # every event readable, none lost
+    assert ob.pending() == [1, 2, 3, 4] and [ob.get(s)["seq"] for s in ob.pending()] == [1, 2, 3, 4]
+    wipe(f)

@@ -187,6 +187,7 @@ def test_torn_first_record_of_a_segment_is_replaced_not_appended_to():
     assert ob.pending() == [1]
     for _ in range(3):
         ob.add({"type": "door_alarm"})
-    ob = Outbox(f)                              # every event readable, none lost
+    assert [ob.get(s)["seq"] for s in ob.pending()] == [1, 2, 3, 4]   # readable before a reboot
+    ob = Outbox(f)                              # and after it: none lost
     assert ob.pending() == [1, 2, 3, 4] and [ob.get(s)["seq"] for s in ob.pending()] == [1, 2, 3, 4]
     wipe(f)

@@ -41,3 +41,21 @@ def test_emit_cost_does_not_grow_with_depth_and_boot_scan_fits_the_watchdog(micr
     assert rows[1000]["publish"]["ms"] <= 3 * rows[0]["publish"]["ms"] + 20, rows
     # 2000 events fit in a fraction of the 2 MiB partition.
     assert rows[OUTBOX_LIMIT_MAX]["blocks_used"] <= 128, rows[OUTBOX_LIMIT_MAX]
+
+
+def test_full_littlefs_no_crash_loop_alarms_kept_drops_reported(micropython):
+    # Before the fix (ce36ac6) the first boot on the full flash raised OSError(28) out of App():
+    # on the board, a reset every ~10 s.
+    proc = subprocess.run([micropython, "-X", "heapsize=8M", str(ROOT / "tests" / "firmware" / "bench_flash_full.py"),
+                           str(ROOT / "firmware"), str(ROOT / "simulator" / "vdev" / "shims"),
+                           str(ROOT / "tests" / "firmware")], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    r = json.loads(proc.stdout.strip().splitlines()[-1])
+    print("full littlefs:", r)
+    assert r["errors"] == [] and r["boots"] == 3, r
+    assert r["filled"] > 1900000 and r["free_blocks"] <= 1, r      # it really was full
+    assert r["alarms_kept"], r                                       # every alarm waits to be sent
+    assert r["dropped"] > 0, r                                       # routine ones went first...
+    assert r["routine_kept"] + r["dropped"] == r["routine_emitted"], r  # ...and were all reported
+    assert r["missing_seqs"] <= r["dropped"], r                     # no gap that is not a reported drop
+    assert r["after_unfill_seq"] > 0, r

@@ -189,19 +189,20 @@ class Outbox:
     def add(self, event):
         """Give the event its seq, persist it, and return it. `event` has at least type and ts.
         On a full flash a routine event is dropped instead (counted in `dropped`, no seq);
-        any other event is kept in RAM and sent from there."""
+        any other event is kept in RAM and sent from there (at most _RAM_MAX of them)."""
         if self._count >= self._limit:
             self._make_room()
         routine = _is_routine(event)
         seq = self.seq + 1
         event["seq"] = seq
         payload = json.dumps(event).encode()
-        if not self._ram and self._append(seq, payload, routine):
+        if self._append(seq, payload, routine):
             self.seq = seq
             return event
         if routine or len(self._ram) >= _RAM_MAX:  # flash full: routine events go first
             del event["seq"]
-            self.dropped += 1
+            # An events_dropped that finds no room keeps its count for the next one.
+            self.dropped += event.get("count", 1) if event["type"] == "events_dropped" else 1
             return event
         self.seq = seq
         self._ram.append((seq, payload))
@@ -214,14 +215,18 @@ class Outbox:
             for i in range(len(seg.flags)):
                 if seg.flags[i] & _LIVE:
                     out.append(seg.first + i)
-        return out + [s for s, _ in self._ram]
+        if self._ram:
+            out += [s for s, _ in self._ram]
+            out.sort()
+        return out
 
     def oldest(self):
+        ram = self._ram[0][0] if self._ram else None
         for seg in self._segs:
             for i in range(len(seg.flags)):
                 if seg.flags[i] & _LIVE:
-                    return seg.first + i
-        return self._ram[0][0] if self._ram else None
+                    return seg.first + i if ram is None or ram > seg.first + i else ram
+        return ram
 
     def get(self, seq):
         raw = self.payload(seq)

@@ -20,6 +20,7 @@
 # - "spare": two blocks kept free for the day the filesystem fills up (ENOSPC): released then, so
 #   alarms and the boot event still reach flash. Routine events are dropped first, and counted.
 import json
+from array import array
 from binascii import crc32
 
 _DIR = "ob"
@@ -37,6 +38,7 @@ _RAM_MAX = 64               # events held in RAM while the flash is full (heap i
 ROUTINE = ("door_opened", "door_closed", "battery_ok", "temp_ok", "mains_restored")
 _LIVE = 1                   # flag: on flash, not yet acknowledged
 _ROUTINE = 2                # flag: may be dropped when full
+_ROT = 0xFFFF               # offset of a record lost to rot
 
 
 def _u(b, i, n):
@@ -72,7 +74,7 @@ class _Segment:
 
     def __init__(self, first):
         self.first = first
-        self.offs = []          # byte offset of each record (None: corrupt)
+        self.offs = array("H")  # byte offset of each record (_ROT: unreadable)
         self.flags = bytearray()
         self.size = 0
         self.sealed = False     # no more appends (full, or ends in a torn write)
@@ -108,7 +110,8 @@ class Outbox:
             self._segs.append(seg)
             end = first + len(seg.offs)
             seq = max(seq, end - 1)
-        self.seq = max(seq, _legacy_seq(flash))
+        legacy_seq, self._legacy = self._load_legacy(flash)
+        self.seq = max(seq, legacy_seq)
         if self.corrupt:
             self._save_done()
         self._tidy()
@@ -129,6 +132,34 @@ class Outbox:
             return nums[0], nums[1:]
         except (AttributeError, ValueError, IndexError, UnicodeError):
             return 0, []   # none yet, or rotten: everything on flash is sent (again)
+
+    def _load_legacy(self, flash):
+        """What firmware before the segment log left: its counter ("seq.a"/"seq.b", "seq"),
+        so no number is handed out twice, and its events ("ev.<seq>", one file each), sent
+        from there and removed when acknowledged."""
+        seq = 0
+        for name in ("seq.a", "seq.b", "seq"):
+            raw = flash.read(name)
+            try:
+                a = raw.decode().split(":")
+                n = int(a[0])
+                if len(a) == 1 or int(a[1]) == n ^ 0x5A5A5A5A:
+                    seq = max(seq, n)
+            except (AttributeError, ValueError, UnicodeError):
+                pass
+        events = []
+        for name in flash.names():
+            n = _plain_int(name[3:].encode()) if name.startswith("ev.") else None
+            if n is None:
+                continue
+            seq = max(seq, n)
+            if _legacy_event(flash.read(name), n):
+                events.append(n)
+            else:
+                flash.remove(name)
+                self.corrupt += 1
+        events.sort()
+        return seq, events
 
     def _scan(self, first):
         seg = _Segment(first)
@@ -173,7 +204,7 @@ class Outbox:
         seg.flags.append(flags)
 
     def _rotten(self, seg, seq):
-        seg.offs.append(None)
+        seg.offs.append(_ROT)
         seg.flags.append(0)
         self._lost(seq)
 
@@ -184,7 +215,7 @@ class Outbox:
 
     # -- the interface --------------------------------------------------------------------
     def __len__(self):
-        return self._count + len(self._ram)
+        return self._count + len(self._ram) + len(self._legacy)
 
     def add(self, event):
         """Give the event its seq, persist it, and return it. `event` has at least type and ts.
@@ -218,9 +249,11 @@ class Outbox:
         if self._ram:
             out += [s for s, _ in self._ram]
             out.sort()
-        return out
+        return self._legacy + out
 
     def oldest(self):
+        if self._legacy:
+            return self._legacy[0]
         ram = self._ram[0][0] if self._ram else None
         for seg in self._segs:
             for i in range(len(seg.flags)):
@@ -237,11 +270,14 @@ class Outbox:
         for s, p in self._ram:
             if s == seq:
                 return p
+        if seq in self._legacy:
+            raw = self._top.read("ev.%d" % seq)
+            return raw if _legacy_event(raw, seq) else None
         seg = self._find(seq)
         if seg is None:
             return None
         off = seg.offs[seq - seg.first]
-        if off is None:
+        if off == _ROT:
             return None
         if self._cache is None or self._cache[0] != seg.first:
             self._cache = (seg.first, self._flash.read(str(seg.first)) or b"")
@@ -261,6 +297,10 @@ class Outbox:
                 self._ram.pop(i)
                 self._finish(seq)
                 return
+        if seq in self._legacy:
+            self._top.remove("ev.%d" % seq)
+            self._legacy.remove(seq)
+            return
         seg = self._find(seq)
         if seg is None or not seg.flags[seq - seg.first] & _LIVE:
             return
@@ -369,28 +409,12 @@ class Outbox:
         # Only alarms and mission events left: keep them all and grow past the limit.
 
 
-def _legacy_seq(flash):
-    """The counter of firmware before the segment log ("seq.a"/"seq.b", "seq", "ev.<n>" files),
-    so an upgrade never hands out a number twice."""
-    seq = 0
-    for name in ("seq.a", "seq.b", "seq"):
-        raw = flash.read(name)
-        if not raw:
-            continue
-        try:
-            a = raw.decode().split(":")
-            n = int(a[0])
-            if len(a) == 2 and int(a[1]) != n ^ 0x5A5A5A5A:
-                continue
-            seq = max(seq, n)
-        except (ValueError, UnicodeError):
-            pass
-    for name in flash.names():
-        if name.startswith("ev."):
-            n = _plain_int(name[3:].encode())
-            if n is not None:
-                seq = max(seq, n)
-    return seq
+def _legacy_event(raw, seq):
+    try:
+        ev = json.loads(raw)
+    except (TypeError, ValueError, UnicodeError):
+        return False
+    return isinstance(ev, dict) and ev.get("seq") == seq and "type" in ev
 
 
 def _plain_int(raw):

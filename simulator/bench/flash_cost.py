@@ -52,13 +52,13 @@ def table(label: str, rows: list[dict]) -> str:
     out = []
     for r in rows:
         if "error" in r:
-            out.append("| %s | %d | %s | | | | %d |" % (label, r["depth"], r["error"], r["blocks_used"]))
+            out.append("| %s | %d | %s | | | %d | |" % (label, r["depth"], r["error"], r["blocks_used"]))
             continue
         e, s = r["emit"], r["boot_scan"]
         out.append("| %s | %d | %.0f reads, %.1f progs, %.2f erases = %.1f ms | %d reads = %.0f ms | "
-                   "%d reads = %.1f ms | %d |"
+                   "%d reads = %.1f ms | %d | %.1f KB |"
                    % (label, r["depth"], e["reads"], e["progs"], e["erases"], e["ms"], s["reads"], s["ms"],
-                      r["publish"]["reads"], r["publish"]["ms"], r["blocks_used"]))
+                      r["publish"]["reads"], r["publish"]["ms"], r["blocks_used"], r["heap_bytes"] / 1024))
     return "\n".join(out)
 
 
@@ -72,8 +72,8 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="flashcost-old-") as tmp:
         before = run(old_firmware(a.before, Path(tmp)), depths)
     after = run(ROOT / "firmware", depths)
-    print("| outbox | depth | one emit (mean of 60) | boot scan | publish (payload + remove) | blocks used of 512 |")
-    print("|---|---|---|---|---|---|")
+    print("| outbox | depth | one emit (mean of 60) | boot scan | publish (payload + remove) | blocks used of 512 | outbox RAM |")
+    print("|---|---|---|---|---|---|---|")
     print(table("before (%s)" % a.before, before))
     print(table("after", after))
     Path(a.json).write_text(json.dumps({"before": before, "after": after, "before_commit": a.before,

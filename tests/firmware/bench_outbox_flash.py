@@ -4,6 +4,7 @@
 # For each depth: a fresh filesystem, `depth` events waiting in the outbox, then one emit
 # (Outbox.add, the mean of 60: a segment holds ~55), one boot scan (Outbox(...) as App does at start), one publish (payload +
 # remove of the oldest). Counts block-device calls and prices them (shims/_vdevflash.py COST_US).
+import gc
 import json
 import os
 import sys
@@ -36,9 +37,14 @@ for depth in depths:
         for i in range(EMITS):       # the mean of a run of emits: a segment's fill varies
             ob.add(dict(EVENT))
         row["emit"] = dict((k, v / EMITS) for k, v in bdev.counts().items())
+        ob = None
+        gc.collect()
+        heap = gc.mem_alloc()
         bdev.reset_counts()
         ob = Outbox(flash, LIMIT)
         row["boot_scan"] = bdev.counts()
+        gc.collect()
+        row["heap_bytes"] = gc.mem_alloc() - heap   # what the outbox keeps in RAM
         bdev.reset_counts()
         seq = ob.oldest()
         ob.payload(seq)

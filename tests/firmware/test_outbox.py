@@ -191,3 +191,22 @@ def test_torn_first_record_of_a_segment_is_replaced_not_appended_to():
     ob = Outbox(f)                              # and after it: none lost
     assert ob.pending() == [1, 2, 3, 4] and [ob.get(s)["seq"] for s in ob.pending()] == [1, 2, 3, 4]
     wipe(f)
+
+
+def test_events_left_by_the_old_one_file_per_event_outbox_are_sent_then_removed():
+    f = temp_flash()
+    f.write("seq.a", b"%d:%d" % (7, 7 ^ 0x5A5A5A5A))   # firmware 0.1.x's files
+    f.write("seq.b", b"%d:%d" % (7, 7 ^ 0x5A5A5A5A))
+    f.write("ev.5", b'{"type": "door_alarm", "seq": 5, "v": 1, "ts": 9}')
+    f.write("ev.6", b'{"type": "door_al')             # rotten: reported
+    f.write("ev.7", b'{"type": "lock_fault", "seq": 7, "v": 1, "ts": 9}')
+    ob = Outbox(f)
+    assert ob.corrupt == 1 and ob.pending() == [5, 7] and len(ob) == 2
+    assert ob.add({"type": "boot"})["seq"] == 8
+    assert ob.oldest() == 5 and ob.get(5)["type"] == "door_alarm"
+    ob.remove(5)
+    assert f.read("ev.5") is None
+    ob = Outbox(f)
+    assert ob.pending() == [7, 8] and ob.corrupt == 0
+    assert ob.add({"type": "boot"})["seq"] == 9
+    wipe(f)

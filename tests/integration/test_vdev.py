@@ -87,6 +87,8 @@ def test_mpremote_cp_ls_exec_reset_on_a_persistent_flash(vdev_factory, tmp_path)
     assert "hello.py" in r.stdout and "lib/" in r.stdout
     assert "hello from flash /" in r.stdout
     assert (v.flash / "hello.py").read_text() == src.read_text()  # the flash image's root
+    # A new board's flash was formatted by inisetup.py, which left a comment-only boot.py.
+    assert (v.flash / "boot.py").read_text().startswith("# This file is executed on every boot")
     # The firmware's Flash("/") lands in the same folder, atomic rename included.
     r = mpremote(v.path, "mkdir", ":aedgate", "+", "cp", str(ROOT / "firmware/aedgate/__init__.py"),
                  ":aedgate/__init__.py", "+", "cp", str(ROOT / "firmware/aedgate/storage.py"),
@@ -190,3 +192,29 @@ def test_console_stamps_each_line_and_ctrl_c_exits_cleanly(vdev_factory):
     assert any("MPY: soft reboot" in ln for ln in lines)
     ticks = [ln for ln in lines if "tick" in ln]
     assert all(re.match(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d{3}  tick \d+$", ln.rstrip("\n")) for ln in ticks), ticks
+
+
+def test_flash_is_littlefs_with_the_esp32_geometry_and_a_fault_fills_it(vdev_factory):
+    v = vdev_factory()
+    r = mpremote(v.path, "exec", "import os; print(os.statvfs('/')[:3])")
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.split("\n")[0].strip() == "(4096, 4096, 512)"   # 2 MiB of 4096-byte blocks
+    assert (v.dir / "vfs.img").stat().st_size == 2 * 1024 * 1024
+    write = "f = open('big', 'wb')\ntry:\n    f.write(bytes(20000))\n    f.close()\n    print('written')\nexcept OSError as e:\n    print('OSError', e.errno)"
+    v.world('{"flash": "full"}')
+    deadline = time.monotonic() + 10
+    while True:
+        r = mpremote(v.path, "exec", write)
+        if "OSError 28" in r.stdout or time.monotonic() > deadline:
+            break
+        mpremote(v.path, "exec", "import os\ntry:\n    os.remove('big')\nexcept OSError:\n    pass")
+        time.sleep(0.2)
+    assert "OSError 28" in r.stdout, r.stdout + r.stderr      # ENOSPC, as littlefs says it
+    v.world('{"flash": "ok"}')
+    deadline = time.monotonic() + 10
+    while True:
+        r = mpremote(v.path, "exec", "import os\ntry:\n    os.remove('big')\nexcept OSError:\n    pass\n" + write)
+        if "written" in r.stdout or time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
+    assert "written" in r.stdout, r.stdout + r.stderr

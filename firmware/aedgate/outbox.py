@@ -39,6 +39,7 @@ ROUTINE = ("door_opened", "door_closed", "battery_ok", "temp_ok", "mains_restore
 _LIVE = 1                   # flag: on flash, not yet acknowledged
 _ROUTINE = 2                # flag: may be dropped when full
 _ROT = 0xFFFF               # offset of a record lost to rot
+_ROUTINE_BIT = 0x8000       # in a record's length field: a routine event
 
 
 def _u(b, i, n):
@@ -48,8 +49,9 @@ def _u(b, i, n):
     return v
 
 
-def _record(seq, payload):
-    body = bytes(((len(payload) >> 8) & 255, len(payload) & 255, (seq >> 24) & 255,
+def _record(seq, payload, routine):
+    n = len(payload) | (_ROUTINE_BIT if routine else 0)
+    body = bytes(((n >> 8) & 255, n & 255, (seq >> 24) & 255,
                   (seq >> 16) & 255, (seq >> 8) & 255, seq & 255))
     crc = crc32(body + payload) & 0xFFFFFFFF
     return _MAGIC + body + bytes(((crc >> 24) & 255, (crc >> 16) & 255, (crc >> 8) & 255, crc & 255)) + payload
@@ -59,10 +61,14 @@ def _check(data, i):
     """The seq of the sound record at offset i, or None."""
     if data[i:i + 2] != _MAGIC or i + _HEAD > len(data):
         return None
-    end = i + _HEAD + ((data[i + 2] << 8) | data[i + 3])
+    end = i + _HEAD + _len(data, i)
     if end > len(data) or crc32(data[i + 2:i + 8] + data[i + _HEAD:end]) & 0xFFFFFFFF != _u(data, i + 8, 4):
         return None
     return _u(data, i + 4, 4)
+
+
+def _len(data, i):
+    return ((data[i + 2] & 0x7F) << 8) | data[i + 3]
 
 
 def _is_routine(ev):
@@ -103,7 +109,7 @@ class Outbox:
         seq = self._upto
         end = None
         for first in firsts:
-            if end is not None:
+            if end is not None and first - end <= _SEG_BYTES // _HEAD:
                 for lost in range(end, first):  # a segment's tail lost to rot
                     self._lost(lost)
             seg = self._scan(first)
@@ -170,19 +176,17 @@ class Outbox:
             seq = first + len(seg.offs)
             got = _check(data, i)
             if got == seq:
-                end = i + _HEAD + ((data[i + 2] << 8) | data[i + 3])
-                self._keep(seg, seq, i, data[i + _HEAD:end])
-                i = end
+                self._keep(seg, seq, i, data[i + 2] & 0x80)
+                i += _HEAD + _len(data, i)
                 continue
-            if got is not None and got > seq:
+            if got is not None and seq < got <= seq + _SEG_BYTES // _HEAD:
                 self._rotten(seg, seq)      # records lost to rot before this one
                 continue
             nxt = data.find(_MAGIC, i + 1)
             while nxt >= 0 and _check(data, nxt) is None:
                 nxt = data.find(_MAGIC, nxt + 1)
             if nxt < 0:
-                n = (data[i + 2] << 8) | data[i + 3]
-                if data[i:i + 2] == _MAGIC and i + _HEAD + n == len(data):
+                if data[i:i + 2] == _MAGIC and i + _HEAD + _len(data, i) == len(data):
                     self._rotten(seg, seq)  # complete, but fails its check: rot
                 break                       # else a write cut short: never handed out
             i = nxt                         # rot: go on with the next sound record
@@ -190,16 +194,11 @@ class Outbox:
             seg.sealed = True
         return seg
 
-    def _keep(self, seg, seq, off, payload):
+    def _keep(self, seg, seq, off, routine):
         flags = 0
         if seq > self._upto and seq not in self._holes:
-            flags = _LIVE
+            flags = _LIVE | (_ROUTINE if routine else 0)
             self._count += 1
-            try:
-                if _is_routine(json.loads(payload)):
-                    flags |= _ROUTINE
-            except ValueError:
-                pass
         seg.offs.append(off)
         seg.flags.append(flags)
 
@@ -284,7 +283,7 @@ class Outbox:
         data = self._cache[1]
         if data[off:off + 2] != _MAGIC:
             return None
-        end = off + _HEAD + ((data[off + 2] << 8) | data[off + 3])
+        end = off + _HEAD + _len(data, off)
         raw = data[off + _HEAD:end]
         if len(raw) != end - off - _HEAD or crc32(data[off + 2:off + 8] + raw) & 0xFFFFFFFF != _u(data, off + 8, 4):
             return None
@@ -316,11 +315,13 @@ class Outbox:
         return None
 
     def _finish(self, seq):
+        self._holes.append(seq)
+        self._settle()
+
+    def _settle(self):
+        """Move the done mark up to the oldest event still waiting, then persist and tidy."""
         oldest = self.oldest()
-        upto = (oldest - 1) if oldest is not None else self.seq
-        if seq > upto:
-            self._holes.append(seq)
-        self._upto = max(self._upto, upto)
+        self._upto = max(self._upto, (oldest - 1) if oldest is not None else self.seq)
         self._holes = [h for h in self._holes if h > self._upto]
         self._save_done()
         self._tidy()
@@ -346,7 +347,7 @@ class Outbox:
                 self._cache = None
 
     def _append(self, seq, payload, routine):
-        rec = _record(seq, payload)
+        rec = _record(seq, payload, routine)
         seg = self._segs[-1] if self._segs else None
         if seg is None or seg.sealed or seg.first + len(seg.offs) != seq or seg.size + len(rec) > _SEG_BYTES:
             if seg is not None:
@@ -394,7 +395,7 @@ class Outbox:
                     self._count -= 1
                     self.dropped += 1
                     self._holes.append(seg.first + i)
-            self._finish(seg.first)
+            self._settle()
             return True
         return False
 

@@ -66,6 +66,11 @@ def test_full_outbox_drops_routine_never_alarms():
     assert [ob.get(s)["type"] for s in ob.pending()] == ["door_alarm", "door_opened", "battery_low", "mains_lost", "lock_fault"]
     assert ob.dropped == 2
     assert Outbox(f, limit=4).pending() == [1, 3, 5, 6, 7]   # the drops are remembered
+    ob = Outbox(f, limit=4)
+    ob.add({"type": "temp_ok"})                  # seq 8, routine
+    ob = Outbox(f, limit=4)                      # which ones are routine is on flash too
+    ob.add({"type": "door_alarm"})
+    assert ob.pending() == [1, 3, 5, 6, 7, 9] and ob.dropped == 1
     wipe(f)
 
 

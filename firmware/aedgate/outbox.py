@@ -43,18 +43,12 @@ _ROUTINE_BIT = 0x8000       # in a record's length field: a routine event
 
 
 def _u(b, i, n):
-    v = 0
-    for k in range(i, i + n):
-        v = (v << 8) | b[k]
-    return v
+    return int.from_bytes(b[i:i + n], "big")
 
 
 def _record(seq, payload, routine):
-    n = len(payload) | (_ROUTINE_BIT if routine else 0)
-    body = bytes(((n >> 8) & 255, n & 255, (seq >> 24) & 255,
-                  (seq >> 16) & 255, (seq >> 8) & 255, seq & 255))
-    crc = crc32(body + payload) & 0xFFFFFFFF
-    return _MAGIC + body + bytes(((crc >> 24) & 255, (crc >> 16) & 255, (crc >> 8) & 255, crc & 255)) + payload
+    body = (len(payload) | (_ROUTINE_BIT if routine else 0)).to_bytes(2, "big") + seq.to_bytes(4, "big")
+    return _MAGIC + body + (crc32(body + payload) & 0xFFFFFFFF).to_bytes(4, "big") + payload
 
 
 def _check(data, i):
@@ -281,13 +275,9 @@ class Outbox:
         if self._cache is None or self._cache[0] != seg.first:
             self._cache = (seg.first, self._flash.read(str(seg.first)) or b"")
         data = self._cache[1]
-        if data[off:off + 2] != _MAGIC:
+        if _check(data, off) != seq:
             return None
-        end = off + _HEAD + _len(data, off)
-        raw = data[off + _HEAD:end]
-        if len(raw) != end - off - _HEAD or crc32(data[off + 2:off + 8] + raw) & 0xFFFFFFFF != _u(data, off + 8, 4):
-            return None
-        return raw
+        return data[off + _HEAD:off + _HEAD + _len(data, off)]
 
     def remove(self, seq):
         """The event is done (acknowledged, or dropped): it is never sent again."""

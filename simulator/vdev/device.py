@@ -230,6 +230,10 @@ class VirtualDevice:
         self._mp = find_micropython()
         if not self.flash.path.exists():
             self.flash.format()  # as inisetup.py on a new board, before anything can race it
+        elif self.flash.path.stat().st_size != self.flash_size // 4096 * 4096:
+            raise ValueError("the flash image %s is %d bytes, not the %d of --flash-size: remove it "
+                             "to start with a blank flash" % (self.flash.path, self.flash.path.stat().st_size,
+                                                              self.flash_size))
         self._outer_m, self._outer_s = os.openpty()
         tty.setraw(self._outer_s)
         os.set_blocking(self._outer_m, False)
@@ -646,7 +650,11 @@ async def run(args) -> int:
     dev = VirtualDevice(args.flash_dir, args.device_id, broker=args.broker,
                         flash_size=parse_size(args.flash_size), wifi_ssid=args.wifi_ssid,
                         wifi_password=args.wifi_password, heap=args.heap)
-    await dev.start()
+    try:
+        await dev.start()
+    except ValueError as e:
+        print("aedsim vdev: %s" % e, file=sys.stderr)
+        return 2
     print(dev.path, flush=True)
     dev.log("flash %s, device id %s; world control: JSON lines on stdin or aedsim/world/<id>"
             % (dev.flash_dir, dev.device_id))

@@ -47,13 +47,15 @@ class BlockDevice:
         self.path = path
         size = block_count * block_size
         try:
-            ok = os.stat(path)[6] == size
+            have = os.stat(path)[6]
         except OSError:
-            ok = False
-        if not ok:  # a new chip: every byte erased
+            have = None
+        if have is None:  # a new chip: every byte erased
             with open(path, "wb") as f:
                 for _ in range(block_count):
                     f.write(_ERASED[:block_size])
+        elif have != size:
+            raise ValueError("flash image %s is %d bytes, not %d" % (path, have, size))
         self._f = open(path, "r+b")
         self.on_interrupt = None
         self.reset_counts()

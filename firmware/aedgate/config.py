@@ -184,5 +184,8 @@ def load(flash, fallback_id):
     if cfg["device_id"] is None:
         cfg["device_id"] = fallback_id
     if data is not None and not errors and flash.read(LAST_GOOD_FILE) != data:
-        flash.write(LAST_GOOD_FILE, data)
+        try:
+            flash.write(LAST_GOOD_FILE, data)
+        except OSError:
+            pass  # a full flash (ENOSPC): keep the older copy; the next boot tries again
     return cfg, errors

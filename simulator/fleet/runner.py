@@ -157,6 +157,7 @@ class SimCabinet:
         inner.write("config.json", json.dumps(config).encode())
         self.flash = FaultyFlash(inner, on_cut=self._power_cut)
         self.world.on_flash_cut = self.flash.cut_after
+        self.world.on_flash_full = self.flash.set_full
         self.app: App | None = None
         self.task: asyncio.Task | None = None
         self.crashes = 0

@@ -16,9 +16,12 @@ How it is put together:
   raw REPL, as with every `mpremote` command — runs boot.py only, hides the banner and puts the
   new interpreter into the raw REPL before the host sees `raw REPL; CTRL-B to exit`. After a
   friendly-REPL soft reboot or `machine.reset()`, boot.py and main.py run, as on the ESP32.
-- The flash is a host directory (`--flash-dir`), mounted as "/" inside the interpreter through a
-  small VFS object (shims/_vdevflash.py) with an ESP32-sized capacity (`--flash-size`), so
-  `Flash("/")`, `mpremote ls/cp` and imports all see it, and a full flash raises ENOSPC.
+- The flash is the ESP32's "vfs" partition: a littlefs image (`<--flash-dir>/vfs.img`, 2 MiB =
+  512 blocks of 4096 bytes by default, `--flash-size`) mounted as "/" by MicroPython's own
+  `vfs.VfsLfs2` over a block device with the board's geometry (shims/_vdevflash.py). It is kept
+  between runs and survives power cuts as flash does; `Flash("/")`, `mpremote ls/cp` and imports
+  all see it; the host reads it with simulator/vdev/flashimage.py. The world key `flash`
+  ("full" | "ok") fills it, so the firmware meets ENOSPC.
 - The cabinet's physical world lives here: door, mains, button, backup battery (ADC), DS18B20
   temperature, Wi-Fi, power, a lock whose sense switch follows the lock output unless jammed.
   Change it by publishing JSON to `aedsim/world/<device_id>` on the broker (the one in
@@ -52,6 +55,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from host_tools.firmware import FIRMWARE
+from simulator.vdev.flashimage import IMAGE_NAME, FlashImage
 VDEVFS = Path(__file__).resolve().parent / "shims"
 
 PWRON_RESET, HARD_RESET, WDT_RESET, DEEPSLEEP_RESET, SOFT_RESET = 1, 2, 3, 4, 5
@@ -60,7 +64,7 @@ _RAW_BANNER = b"raw REPL; CTRL-B to exit"
 _FRIENDLY_BANNER = b'Type "help()" for more information.'
 _OUT_LIMIT = 256 * 1024  # bytes kept for a host that is not reading (then the oldest go)
 _TRACE = open(os.environ["AEDSIM_VDEV_TRACE"], "a") if os.environ.get("AEDSIM_VDEV_TRACE") else None
-WORLD_KEYS = ("door", "mains", "battery_mv", "temp_c", "power", "wifi", "button", "lock")
+WORLD_KEYS = ("door", "mains", "battery_mv", "temp_c", "power", "wifi", "button", "lock", "flash")
 
 
 def find_micropython() -> str:
@@ -92,6 +96,7 @@ class PinWorld:
         self.wifi = True
         self.button = False
         self.lock_jammed = False
+        self.flash_full = False
         self.outputs: dict[int, int] = {}
 
     def snapshot(self, cfg: dict[str, Any], ap: tuple[str | None, str | None]) -> dict[str, Any]:
@@ -117,7 +122,7 @@ class PinWorld:
             div = float(cfg.get("battery_divider", 5.0)) * float(cfg.get("battery_cal", 1.0))
             adc[str(pins["battery_adc"])] = int(self.battery_mv * 1000 / div)
         return {"pins": levels, "adc": adc, "temp_c": self.temp_c, "wifi": self.wifi,
-                "ap": list(ap)}
+                "ap": list(ap), "flash_full": self.flash_full}
 
     def apply(self, change: dict[str, Any]) -> list[str]:
         """Apply a world-control message; returns error strings (never raises)."""
@@ -156,6 +161,10 @@ class PinWorld:
                 ok = value in ("jammed", "ok")
                 if ok:
                     self.lock_jammed = value == "jammed"
+            elif key == "flash":
+                ok = value in ("full", "ok")
+                if ok:
+                    self.flash_full = value == "full"
             else:
                 errors.append("unknown world key %r (known: %s)" % (key, ", ".join(WORLD_KEYS)))
                 continue
@@ -181,6 +190,7 @@ class VirtualDevice:
         self.device_id = device_id
         self.broker = broker
         self.flash_size = flash_size
+        self.flash = FlashImage(self.flash_dir / IMAGE_NAME, flash_size)
         self.ap = (wifi_ssid, wifi_password)
         self.heap = heap
         self.log = log or (lambda s: print("vdev: " + s, file=sys.stderr, flush=True))
@@ -217,6 +227,12 @@ class VirtualDevice:
     async def start(self) -> "VirtualDevice":
         self.loop = asyncio.get_running_loop()
         self._mp = find_micropython()
+        if not self.flash.path.exists():
+            self.flash.format()  # as inisetup.py on a new board, before anything can race it
+        elif self.flash.path.stat().st_size != self.flash_size // 4096 * 4096:
+            raise ValueError("the flash image %s is %d bytes, not the %d of --flash-size: remove it "
+                             "to start with a blank flash" % (self.flash.path, self.flash.path.stat().st_size,
+                                                              self.flash_size))
         self._outer_m, self._outer_s = os.openpty()
         tty.setraw(self._outer_s)
         os.set_blocking(self._outer_m, False)
@@ -257,7 +273,7 @@ class VirtualDevice:
 
     def _read_config(self) -> dict[str, Any]:
         try:
-            cfg = json.loads((self.flash_dir / "config.json").read_text())
+            cfg = json.loads(self.flash.read("config.json") or b"")
             return cfg if isinstance(cfg, dict) else {}
         except (OSError, ValueError):
             return {}
@@ -305,7 +321,7 @@ class VirtualDevice:
         attrs[6][termios.VINTR] = b"\x03"
         termios.tcsetattr(s, termios.TCSANOW, attrs)
         os.set_blocking(m, False)  # (never s: it shares its file status with the child's stdin)
-        env = dict(os.environ, VDEV_CTL=str(self._ctl_port), VDEV_FLASH=str(self.flash_dir),
+        env = dict(os.environ, VDEV_CTL=str(self._ctl_port), VDEV_FLASH=str(self.flash.path),
                    VDEV_FLASH_SIZE=str(self.flash_size), VDEV_RUN_MAIN="1" if run_main else "0",
                    VDEV_RESET_CAUSE=str(self.reset_cause), VDEV_UID=self.uid)
         args = [self._mp]
@@ -633,7 +649,11 @@ async def run(args) -> int:
     dev = VirtualDevice(args.flash_dir, args.device_id, broker=args.broker,
                         flash_size=parse_size(args.flash_size), wifi_ssid=args.wifi_ssid,
                         wifi_password=args.wifi_password, heap=args.heap)
-    await dev.start()
+    try:
+        await dev.start()
+    except ValueError as e:
+        print("aedsim vdev: %s" % e, file=sys.stderr)
+        return 2
     print(dev.path, flush=True)
     dev.log("flash %s, device id %s; world control: JSON lines on stdin or aedsim/world/<id>"
             % (dev.flash_dir, dev.device_id))

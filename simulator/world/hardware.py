@@ -187,6 +187,7 @@ class CabinetWorld:
         self._mv_at = clock.time()
         self.on_power: Callable[[bool], None] | None = None
         self.on_flash_cut: Callable[[int], None] | None = None
+        self.on_flash_full: Callable[[bool], None] | None = None
 
     # -- physics ---------------------------------------------------------------------------
     def battery_mv(self) -> int:
@@ -299,6 +300,14 @@ class CabinetWorld:
         if self.on_flash_cut is None:
             return "this cabinet has no fault-injecting flash"
         self.on_flash_cut(v)
+
+    def _set_flash(self, v):
+        # Something fills the filesystem: every write fails with ENOSPC until "ok".
+        if v not in ("full", "ok"):
+            return "expected \"full\" or \"ok\""
+        if self.on_flash_full is None:
+            return "this cabinet has no fault-injecting flash"
+        self.on_flash_full(v == "full")
 
     def _set_clock_jump_s(self, v):
         if not isinstance(v, (int, float)) or isinstance(v, bool) or abs(v) > 10 * 365 * 86400:

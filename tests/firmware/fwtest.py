@@ -12,12 +12,58 @@ def temp_flash():
 
 
 def wipe(flash):
-    for n in flash.names():
-        flash.remove(n)
-    try:
-        os.rmdir(flash.root)
-    except OSError:
-        pass
+    _rmtree(flash.root)
+
+
+def _rmtree(path):
+    for name in os.listdir(path):
+        p = path + "/" + name
+        if os.stat(p)[0] & 0x4000:
+            _rmtree(p)
+        else:
+            os.remove(p)
+    os.rmdir(path)
+
+
+class FullFlash:
+    """A flash whose filesystem fills up: past `room` bytes of new data (or at once, room=0),
+    writes and appends raise OSError(ENOSPC) as littlefs does; removing frees room."""
+
+    def __init__(self, inner, room=0, top=None):
+        self.inner = inner
+        self.top = top or self
+        self.room = room
+        self.refused = 0
+
+    def _take(self, n):
+        if self.top.room < n:
+            self.top.refused += 1
+            raise OSError(28, "ENOSPC")
+        self.top.room -= n
+
+    def read(self, name):
+        return self.inner.read(name)
+
+    def names(self):
+        return self.inner.names()
+
+    def write(self, name, data):
+        old = self.inner.read(name)
+        self._take(max(0, len(data) - (len(old) if old else 0)))
+        self.inner.write(name, data)
+
+    def append(self, name, data):
+        self._take(len(data))
+        self.inner.append(name, data)
+
+    def remove(self, name):
+        old = self.inner.read(name)
+        if old is not None:
+            self.top.room += len(old)
+        self.inner.remove(name)
+
+    def sub(self, name):
+        return FullFlash(self.inner.sub(name), top=self.top)
 
 
 class Pin:

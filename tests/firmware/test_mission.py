@@ -22,7 +22,7 @@ def _app(flash=None, cfg=None, hw=None):
 
 
 def _events(app, kind=None):
-    evs = [app.outbox.get(s) for s in app.outbox._pending]
+    evs = [app.outbox.get(s) for s in app.outbox.pending()]
     return [e for e in evs if kind is None or e["type"] == kind]
 
 

@@ -8,8 +8,10 @@ from aedgate import config
 from aedgate.compat import asyncio, sleep_ms, unix_time
 from aedgate.storage import Flash
 
-PINS = {"door": 4, "lock": 5, "lock_sense": None, "siren": 18, "led": 2, "battery_adc": 34,
-        "mains": 35, "temp": 15, "button": 0}
+# Off the strapping pins (0, 2, 5, 12, 15): GPIO5 is pulled high from reset until boot.py runs
+# (a lock there would fire at every reset) and GPIO0 held low at reset starts download mode.
+PINS = {"door": 4, "lock": 26, "lock_sense": None, "siren": 18, "led": 25, "battery_adc": 34,
+        "mains": 35, "temp": 32, "button": 33}
 
 
 def _pins(cfg):
@@ -20,15 +22,31 @@ def _pins(cfg):
 
 def outputs_off():
     """Drive the lock and siren outputs low as the very first thing at boot, before anything
-    that could fail (boot.py calls this). Uses defaults when the config is unreadable."""
+    that could fail (boot.py calls this). Uses defaults when the config is unreadable; config.py
+    has already refused pins the chip refuses, and one pin failing never skips the other."""
     try:
         cfg, _ = config.load(Flash("/"), "boot")
         pins = _pins(cfg)
     except Exception:
         pins = PINS
     for name in ("lock", "siren"):
-        if pins.get(name) is not None:
-            machine.Pin(pins[name], machine.Pin.OUT, value=0)
+        for num in (pins.get(name), PINS[name]):
+            try:
+                if num is not None:
+                    machine.Pin(num, machine.Pin.OUT, value=0)
+                break
+            except (ValueError, TypeError):
+                pass
+
+
+def boot():
+    """boot.py: runs at every reset and every soft reboot, including the raw-REPL soft reboot
+    of mpremote and the aedgate tools (main.py then does not run; ports/esp32/main.c). Outputs
+    off, then a hardware timer feeds the watchdog until the app's own, health-based feeding
+    takes over: the WDT outlives soft reboots but the timer that fed it does not."""
+    outputs_off()
+    if hasattr(machine, "WDT"):
+        Watchdog().hold()
 
 
 def reset_cause():
@@ -75,22 +93,33 @@ class WiFi:
 
 class Watchdog:
     """The ESP32's hardware watchdog. The app feeds it every feed_ms while all its critical
-    tasks are healthy; past timeout_ms without food the board resets (cause: watchdog)."""
+    tasks are healthy; past timeout_ms without food the board resets (cause: watchdog).
+    machine.WDT is one watchdog: constructing it again re-times the running one (same object),
+    it cannot be stopped and it outlives soft reboots (ports/esp32/machine_wdt.c, main.c)."""
 
     feed_ms = 5000
+    TIMER = 3  # hardware timer 3 of 0-3 feeds it while the app is not running
 
     def __init__(self, timeout_ms=30000):
         self._wdt = machine.WDT(timeout=timeout_ms)
-        self._timer = None
+        self._held = True  # boot.py's timer may be feeding it: stopped by the app's first feed
 
     def feed(self):
+        if self._held:
+            # The app's own feeding starts: a timer would keep feeding a hung app too.
+            machine.Timer(self.TIMER).deinit()
+            self._held = False
         self._wdt.feed()
 
-    def hold_for_repl(self):
-        # A technician stopped main.py (Ctrl-C) to work at the REPL. Once started the watchdog
-        # cannot be stopped, so a timer keeps feeding it while the app is not running.
-        self._timer = machine.Timer(0)
-        self._timer.init(period=self.feed_ms, callback=lambda t: self._wdt.feed())
+    def hold(self):
+        # Nobody checks the app's health now (boot.py; a technician at the REPL after Ctrl-C):
+        # a soft timer feeds the watchdog. It runs between bytecodes, so a Python loop that
+        # never ends is not caught, but a blocking call longer than the timeout still is.
+        wdt = self._wdt
+        machine.Timer(self.TIMER).init(period=self.feed_ms, callback=lambda t: wdt.feed())
+        self._held = True
+
+    hold_for_repl = hold
 
 
 class Thermometer:

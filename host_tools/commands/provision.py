@@ -100,7 +100,20 @@ def parse_pins(items: list[str]) -> dict[str, int | None]:
             pins[name] = int(num)
         except ValueError:
             raise CliError("--pin %r: N must be a GPIO number or 'none'" % item) from None
+        reason = from_fw._pin_problem(name, pins[name])
+        if reason:
+            raise CliError("--pin %s=%d: GPIO%d %s" % (name, pins[name], pins[name], _PIN_REASONS[reason]))
     return pins
+
+
+# Why the firmware's config check (aedgate/config.py _pin_problem) refuses a pin: docs/config.md.
+_PIN_REASONS = {
+    "invalid_pin": "does not exist on an ESP32 module (machine.Pin refuses it: 0-19, 21-23, 25-27, 32-39)",
+    "flash_bus": "is on the module's SPI flash bus (6-11); driving it stops the board",
+    "input_only": "is input only (34-39: no output driver, no pull-up)",
+    "strapping_pin": "is a strapping pin (0, 2, 5, 12, 15): its level at reset selects the boot mode, "
+                     "and 5/15 are pulled high until the firmware runs",
+}
 
 
 def _firmware_config():
@@ -209,6 +222,7 @@ def provision(args: argparse.Namespace) -> dict[str, Any]:
     t0 = time.monotonic()
     check_device(args.device_id)
     load_fleet_key(args.fleet_key)  # fail on a bad key file before touching the board
+    parse_pins(args.pin)            # and on a pin the chip refuses
     with tempfile.TemporaryDirectory(prefix="aedgate-mpy-") as tmp:
         version, files = firmware_files(args.mpy, Path(tmp))
     ca = None

@@ -227,3 +227,32 @@ def test_no_answer_times_out(fleet_key):
     finally:
         _close_fake(h)
     one_line_error(r, "no answer from %s within 2s" % path)
+
+
+def test_a_running_cabinet_survives_a_45_s_mpremote_exec(vdev_factory, mosquitto, backend, fleet_key):
+    """The app arms the WDT (30 s). mpremote interrupts main.py and enters the raw REPL by soft
+    reset: the WDT keeps running (ports/esp32/main.c), the timers stop. boot.py runs again on
+    that soft reset and feeds the WDT from a hardware timer, so a long command is not cut."""
+    v = vdev_factory("--device-id", DEVICE)
+    r = provision(v.path, mosquitto.url, fleet_key)
+    assert r.returncode == 0, r.stderr
+    backend.wait_for(lambda t, o: t == "aed/v1/%s/status" % DEVICE and o.get("online") is True, 20)
+    try:
+        r = subprocess.run([str(Path(sys.executable).parent / "mpremote"), "connect", v.path, "exec",
+                            "import time\ntime.sleep(45)\nprint('still here')"],
+                           capture_output=True, text=True, timeout=75)
+        out = r.stdout
+    except subprocess.TimeoutExpired:  # the board reset under mpremote, which waits for ever
+        out = "(mpremote hung: the board reset)"
+    assert "still here" in out, (out, v.log()[-2000:])
+    assert "watchdog timeout" not in v.log()
+
+
+def test_a_pin_the_chip_refuses_is_refused_before_the_board_is_touched(fleet_key):
+    r = aedgate("provision", "--port", "/dev/ttyNOPE0", "--device-id", DEVICE, "--broker",
+                "mqtt://127.0.0.1:1883", "--fleet-key", str(fleet_key), "--pin", "lock=40")
+    err = one_line_error(r, "--pin lock=40")
+    assert "GPIO40" in err and "no such port" not in err
+    r = aedgate("provision", "--port", "/dev/ttyNOPE0", "--device-id", DEVICE, "--broker",
+                "mqtt://127.0.0.1:1883", "--fleet-key", str(fleet_key), "--pin", "siren=35")
+    one_line_error(r, "input only")

@@ -256,3 +256,21 @@ def test_a_pin_the_chip_refuses_is_refused_before_the_board_is_touched(fleet_key
     r = aedgate("provision", "--port", "/dev/ttyNOPE0", "--device-id", DEVICE, "--broker",
                 "mqtt://127.0.0.1:1883", "--fleet-key", str(fleet_key), "--pin", "siren=35")
     one_line_error(r, "input only")
+
+
+def test_a_pin_the_chip_refuses_in_config_json_never_stops_boot(vdev_factory, mosquitto, backend, fleet_key):
+    """A config.json edited by hand with lock on GPIO40: Pin(40) raises on the ESP32; had it
+    raised in boot.py, the board would skip main.py. The cabinet reports it and runs."""
+    v = vdev_factory("--device-id", DEVICE)
+    r = provision(v.path, mosquitto.url, fleet_key, "--no-reset")
+    assert r.returncode == 0, r.stderr
+    cfg = json.loads((v.flash / "config.json").read_text())
+    cfg["pins"] = {"lock": 40, "siren": 36}
+    (v.flash / "config.json").write_text(json.dumps(cfg))
+    subprocess.run([str(Path(sys.executable).parent / "mpremote"), "connect", v.path, "reset"], timeout=30)
+    _, ev = backend.wait_for(lambda t, o: t == "aed/v1/%s/event" % DEVICE and o.get("type") == "config_error"
+                             and o.get("field") == "pins.lock", 30)
+    assert ev["reason"] == "invalid_pin"
+    backend.wait_for(lambda t, o: t == "aed/v1/%s/event" % DEVICE and o.get("field") == "pins.siren"
+                     and o.get("reason") == "input_only", 10)
+    backend.wait_for(lambda t, o: t == "aed/v1/%s/status" % DEVICE and o.get("online") is True, 10)

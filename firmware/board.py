@@ -1,11 +1,13 @@
 # ESP32 board: builds the hardware objects the cabinet app receives, from machine/network.
 # The only firmware module (with boot.py/main.py) that touches hardware modules. Pin numbers
 # come from config.json ("pins"), with the defaults below for the reference wiring.
+import time
+
 import machine
 import network
 
 from aedgate import config
-from aedgate.compat import asyncio, sleep_ms, unix_time
+from aedgate.compat import EPOCH_OFFSET, asyncio, sleep_ms, unix_time
 from aedgate.storage import Flash
 
 # Off the strapping pins (0, 2, 5, 12, 15): GPIO5 is pulled high from reset until boot.py runs
@@ -57,11 +59,27 @@ def reset_cause():
 
 
 class Clock:
+    """The ESP32's clock (ESP-IDF system time): 2000-01-01 at power-on, kept across soft and
+    software resets. time() is Unix seconds whatever the port's epoch (compat.unix_time)."""
+
     def time(self):
         return unix_time()
 
     def sleep_ms(self, ms):
         return sleep_ms(ms)
+
+    def set(self, t):
+        # RTC().datetime: (year, month, mday, weekday, hour, minute, second, microsecond), UTC;
+        # the weekday is ignored when setting (ports/esp32/machine_rtc.c).
+        tm = time.gmtime(int(t) - EPOCH_OFFSET)
+        machine.RTC().datetime((tm[0], tm[1], tm[2], 0, tm[3], tm[4], tm[5], 0))
+
+    def sntp(self, host):
+        """Unix seconds from `host` (ntptime is frozen into ESP32 firmware). Blocks for the
+        name lookup and at most ntptime.timeout (1 s); OSError when there is no answer."""
+        import ntptime
+        ntptime.host = host
+        return ntptime.time() + EPOCH_OFFSET
 
 
 class WiFi:

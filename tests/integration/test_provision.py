@@ -274,3 +274,28 @@ def test_a_pin_the_chip_refuses_in_config_json_never_stops_boot(vdev_factory, mo
     backend.wait_for(lambda t, o: t == "aed/v1/%s/event" % DEVICE and o.get("field") == "pins.siren"
                      and o.get("reason") == "input_only", 10)
     backend.wait_for(lambda t, o: t == "aed/v1/%s/status" % DEVICE and o.get("online") is True, 10)
+
+
+def test_a_provisioned_cabinet_sets_its_clock_by_sntp(vdev_factory, mosquitto, backend, fleet_key):
+    """The virtual board powers on at 2000-01-01 (epoch 2000, as the ESP32). The firmware sets
+    its clock to the time floor at boot and by SNTP once Wi-Fi is up (aedsim vdev answers SNTP
+    on loopback, no flag needed): the retained status says the real time, nothing says 2000."""
+    from aedgate.timefloor import BUILD_TIME
+    v = vdev_factory("--device-id", DEVICE)
+    r = provision(v.path, mosquitto.url, fleet_key)
+    assert r.returncode == 0, r.stderr
+    _, st = backend.wait_for(lambda t, o: t == "aed/v1/%s/status" % DEVICE and o.get("online") is True, 20)
+    assert abs(st["ts"] - time.time()) < 5, st
+    _, boot = backend.wait_for(lambda t, o: t == "aed/v1/%s/event" % DEVICE and o.get("type") == "boot", 10)
+    assert boot["ts"] >= BUILD_TIME and boot["cause"] in ("hard", "soft"), boot
+    # No SNTP answer and a power cut (the RTC restarts at 2000): the floor, never 2000.
+    v.world('{"sntp": "down"}')
+    v.world('{"power": "off"}')
+    time.sleep(0.5)
+    with backend.cond:
+        backend.messages.clear()
+    v.world('{"power": "on"}')
+    # (the first boot event may come again: delivery is at least once)
+    _, boot = backend.wait_for(lambda t, o: t == "aed/v1/%s/event" % DEVICE and o.get("type") == "boot"
+                               and o.get("cause") == "power_on", 30)
+    assert BUILD_TIME <= boot["ts"] < time.time() - 3600, boot

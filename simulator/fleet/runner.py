@@ -155,6 +155,8 @@ class SimCabinet:
 
     def start(self, reset_cause: str = "power_on") -> None:
         self.resets[reset_cause] = self.resets.get(reset_cause, 0) + 1
+        if reset_cause == "power_on":
+            self.world.board_clock.power_on()  # the ESP32's clock restarts at 2000-01-01
         self.flash.powered = True
         self._wdt = SimWDT(lambda: self._reset("watchdog", "watchdog reset")) if self.watchdog else None
         try:

@@ -299,3 +299,23 @@ def test_a_provisioned_cabinet_sets_its_clock_by_sntp(vdev_factory, mosquitto, b
     _, boot = backend.wait_for(lambda t, o: t == "aed/v1/%s/event" % DEVICE and o.get("type") == "boot"
                                and o.get("cause") == "power_on", 30)
     assert BUILD_TIME <= boot["ts"] < time.time() - 3600, boot
+
+
+def test_config_only_copies_the_config_and_ca_and_nothing_else(vdev_factory, mosquitto, backend, fleet_key, tmp_path):
+    """--config-only (for a board with the firmware frozen into its MicroPython): config.json and
+    the CA only; the modules on the board are left as they are. Without aedgate at all on the
+    board (frozen or copied) it says so instead of leaving a board that cannot run."""
+    v = vdev_factory("--device-id", DEVICE)
+    r = provision(v.path, mosquitto.url, fleet_key, "--config-only", "--no-reset")
+    err = one_line_error(r, "has no aedgate")
+    r = provision(v.path, mosquitto.url, fleet_key, "--no-reset")
+    assert r.returncode == 0, r.stderr
+    mine = (v.flash / "aedgate/cabinet.py").read_bytes() + b"\n# a technician's local patch\n"
+    (v.flash / "aedgate/cabinet.py").write_bytes(mine)
+    r = provision(v.path, mosquitto.url, fleet_key, "--config-only", "--pin", "lock_sense=23")
+    assert r.returncode == 0, r.stdout + r.stderr
+    s = summary(r.stdout)
+    assert (s["files"], s["copied"], s["removed"]) == (1, 1, 0), r.stdout
+    assert (v.flash / "aedgate/cabinet.py").read_bytes() == mine  # the modules untouched
+    assert json.loads((v.flash / "config.json").read_text())["pins"] == {"lock_sense": 23}
+    backend.wait_for(lambda t, o: t == "aed/v1/%s/status" % DEVICE and o.get("online") is True, 20)

@@ -247,7 +247,25 @@ def test_ntptime_timers_and_strapping_pins_as_on_the_board(vdev_factory):
     r = mpremote(v.path, "exec", "import machine\nprint(machine.Timer(0).value())")
     assert "timer not set" in r.stderr + r.stdout  # the soft reset of mpremote's raw REPL stopped it
     # the lock on GPIO5 (the old default) sees the strapping pull-up from every chip reset
-    (v.flash / "config.json").write_text('{"pins": {"lock": 5}}')
+    (v.flash / "config.json").write_text('{"pins": {"lock": 5, "button": 0}}')
     mpremote(v.path, "reset")
     time.sleep(1)
     assert "lock output on (GPIO5 is pulled up at reset)" in v.log()
+    # a button on GPIO0 held during a reset: the ROM's download mode, no MicroPython
+    v.world('{"button": "hold"}')
+    v.world('{"power": "off"}')
+    time.sleep(0.3)
+    v.world('{"power": "on"}')
+    time.sleep(1)
+    assert "download mode" in v.log()
+    try:
+        r = mpremote(v.path, "exec", "print(6 * 7)", timeout=8)
+        answered = "42" in r.stdout
+    except subprocess.TimeoutExpired:
+        answered = False
+    assert not answered
+    v.world('{"button": "release"}')
+    v.world('{"power": "on"}')  # a power cycle with the button released boots again
+    time.sleep(1)
+    r = mpremote(v.path, "exec", "import machine\nprint(machine.reset_cause())")
+    assert r.stdout.strip() == "5", (r.stdout, r.stderr)

@@ -24,7 +24,8 @@ How it is put together:
   Change it by publishing JSON to `aedsim/world/<device_id>` on the broker (the one in
   `--broker`, else the one the device's config.json names), or by writing the same JSON, one
   object per line, to this process's stdin. Keys: door open|closed, mains bool, battery_mv int,
-  temp_c number|null, power off|on, wifi down|up, button press, lock jammed|ok.
+  temp_c number|null, power off|on, wifi down|up, button press|hold|release, lock jammed|ok,
+  sntp down|up.
 - Resets, as v1.23-v1.28 report them (ports/esp32/modmachine.c mp_machine_reset_cause):
   `machine.reset()` (what `mpremote reset` runs) and a crash restart with HARD_RESET, a
   machine.WDT that is not fed restarts with WDT_RESET, power on gives PWRON_RESET, and after any

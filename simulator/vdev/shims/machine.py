@@ -77,7 +77,8 @@ class Pin:
     def off(self):
         self.value(0)
 
-    def irq(self, handler=None, trigger=3, wake=None, hard=False):
+    def irq(self, handler=None, trigger=3, wake=None):
+        # no `hard` on the ESP32 (machine_pin.c): every pin handler is scheduled (soft)
         self._handler = handler
         self._trigger = trigger
         _vdevrt.watch(self)

@@ -319,3 +319,26 @@ def test_config_only_copies_the_config_and_ca_and_nothing_else(vdev_factory, mos
     assert (v.flash / "aedgate/cabinet.py").read_bytes() == mine  # the modules untouched
     assert json.loads((v.flash / "config.json").read_text())["pins"] == {"lock_sense": 23}
     backend.wait_for(lambda t, o: t == "aed/v1/%s/status" % DEVICE and o.get("online") is True, 20)
+
+
+def test_tls_cabinet_comes_online_with_its_clock_set(vdev_factory, tmp_path, fleet_key):
+    """Issue 10's "done when": provisioned with --tls --ca against a TLS broker, the virtual
+    board (powered on in 2000) comes online with its clock within seconds of real time."""
+    from tests.fixtures import Backend, Mosquitto, free_port
+    from tests.integration.test_tls import make_pki
+    pki = make_pki(tmp_path)
+    tls_port = free_port()
+    conf = "listener %d 127.0.0.1\ncafile %s\ncertfile %s\nkeyfile %s\n" % (tls_port, pki["ca"], pki["cert"], pki["key"])
+    if os.geteuid() == 0:
+        conf += "user root\n"  # else Mosquitto drops to its own user, which cannot read tmp_path
+    broker = Mosquitto(tmp_path, extra_conf=conf).start()
+    backend = Backend(broker.url)
+    try:
+        v = vdev_factory("--device-id", DEVICE, "--broker", broker.url)
+        r = provision(v.path, "mqtts://localhost:%d" % tls_port, fleet_key, "--tls", "--ca", pki["ca"])
+        assert r.returncode == 0, r.stdout + r.stderr
+        _, st = backend.wait_for(lambda t, o: t == "aed/v1/%s/status" % DEVICE and o.get("online") is True, 40)
+        assert abs(st["ts"] - time.time()) < 5, st
+    finally:
+        backend.close()
+        broker.stop()

@@ -99,12 +99,12 @@ def over_mqtt(url: str, device_id: str, raw: bytes, timeout: float = 10.0) -> di
 
 
 def _cmd(args: argparse.Namespace) -> int:
-    from host_tools import commands, tokens
+    from host_tools import signed_commands, tokens
     device_id = check_device(args.device)
     master = load_fleet_key(args.fleet_key)
     action, value = _action(args)
     try:
-        raw = commands.mint_service(master, device_id, action, value, ticket=args.ticket)
+        raw = signed_commands.mint_service(master, device_id, action, value, ticket=args.ticket)
     except tokens.TokenMintError as e:
         raise CliError(str(e)) from None
     if args.port:

@@ -342,3 +342,18 @@ def test_tls_cabinet_comes_online_with_its_clock_set(vdev_factory, tmp_path, fle
     finally:
         backend.close()
         broker.stop()
+
+
+def test_a_service_over_usb_before_the_clock_is_set_is_stamped_at_the_floor(vdev_factory, mosquitto, backend, fleet_key):
+    """`aedgate service --port` runs with the app stopped, maybe before anything set the clock
+    (the board reads 2000): its event's ts is the time floor, never 2000."""
+    from aedgate.timefloor import BUILD_TIME
+    v = vdev_factory("--device-id", DEVICE)
+    r = provision(v.path, mosquitto.url, fleet_key, "--no-reset")
+    assert r.returncode == 0, r.stderr
+    r = aedgate("service", "--port", v.path, "--fleet-key", str(fleet_key), "--device", DEVICE,
+                "--pads-expiry", "2031-05-31")
+    assert r.returncode == 0 and "accepted" in r.stdout, r.stdout + r.stderr
+    subprocess.run([str(Path(sys.executable).parent / "mpremote"), "connect", v.path, "reset"], timeout=30)
+    _, ev = backend.wait_for(lambda t, o: t == "aed/v1/%s/event" % DEVICE and o.get("type") == "service_done", 30)
+    assert ev["ts"] >= BUILD_TIME, ev

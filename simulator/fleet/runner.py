@@ -177,7 +177,9 @@ class SimCabinet:
             self._halt()
             self.log("firmware crashed: %s %r; resetting" % (type(e).__name__, e))
             await asyncio.sleep(1)
-            self.start("panic")
+            # main.py catches it and calls machine.reset(); a real panic resets the chip too: both
+            # boot with HARD_RESET ("hard") on v1.23-v1.28 (docs/twin.md, reset causes)
+            self.start("hard")
 
     def _outputs_off(self) -> None:
         self.world.lock_output(0)

@@ -301,6 +301,7 @@ class App:
             client = None
             try:
                 self._sntp()
+                self._clock_to_floor()  # the floor may have risen past the clock (a token's iat)
                 if cfg["broker_tls"] and self.clock.time() < self.gate.floor.floor():
                     # ESP32 builds check certificate dates against this clock
                     raise OSError("clock behind the time floor: no TLS yet")

@@ -4,6 +4,7 @@
 import json
 
 from aedgate.app import App
+from aedgate.compat import asyncio, sleep_ms
 from aedgate.timefloor import BUILD_TIME
 from fwtest import Hardware, temp_flash, wipe
 from test_mission import deliver
@@ -70,4 +71,28 @@ def test_a_signed_time_command_sets_the_clock():
     deliver(app, "time", make(c))
     assert app._acks[-1]["result"] == "accepted"
     assert hw.clock.t == NOW + 3600  # not only the floor
+    wipe(f)
+
+
+def test_tls_is_not_held_back_when_a_token_raised_the_floor_past_the_clock():
+    # The clock runs a little behind dispatch's: an accepted token's iat puts the floor ahead
+    # of it. The next TLS attempt must not wait for the daily SNTP: the clock joins the floor.
+    app, hw, f = _app(NOW + 5, {"device_id": "cab-0001", "broker_host": "broker.example", "broker_tls": True,
+                                "keys": [{"kid": "", "key": KEY.hex()}]})
+    app.gate.floor.raise_to(NOW + 100)
+    opened = []
+
+    async def record(host, port, ssl=None, server_hostname=None):
+        opened.append(host)
+        raise OSError("no network in this test")
+    hw.net.open = record
+    hw.tls_context = lambda cfg: None
+
+    async def main():
+        task = asyncio.create_task(app._session())
+        await sleep_ms(50)
+        task.cancel()
+        await sleep_ms(10)
+    asyncio.run(main())
+    assert opened == ["broker.example"] and hw.clock.t == NOW + 100
     wipe(f)

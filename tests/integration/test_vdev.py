@@ -246,6 +246,16 @@ def test_ntptime_timers_and_strapping_pins_as_on_the_board(vdev_factory):
     assert r.stdout.split() == ["True", "invalid", "Timer", "number"], r.stdout
     r = mpremote(v.path, "exec", "import machine\nprint(machine.Timer(0).value())")
     assert "timer not set" in r.stderr + r.stdout  # the soft reset of mpremote's raw REPL stopped it
+    # GPIO6-11 are accepted by Pin() but are the module's flash bus: configuring one crashes it
+    try:
+        r = mpremote(v.path, "exec", "import machine\nmachine.Pin(7, machine.Pin.OUT)\nprint('still running')",
+                     timeout=8)
+        out = r.stdout
+    except subprocess.TimeoutExpired as e:
+        out = e.stdout.decode() if isinstance(e.stdout, bytes) else (e.stdout or "")
+    assert "still running" not in out and "flash bus" in out, out
+    r = mpremote(v.path, "resume", "exec", "import machine\nprint(machine.reset_cause())")
+    assert r.stdout.strip() == "2", (r.stdout, r.stderr)  # a panic: HARD_RESET
     # the lock on GPIO5 (the old default) sees the strapping pull-up from every chip reset
     (v.flash / "config.json").write_text('{"pins": {"lock": 5, "button": 0}}')
     mpremote(v.path, "reset")

@@ -47,6 +47,12 @@ class Pin:
         if mode != -1 and mode is not None:
             if mode & 2 and self.id >= _FIRST_INPUT_ONLY:  # OUT and OPEN_DRAIN have the output bit
                 raise ValueError("pin can only be input")
+            if 6 <= self.id <= 11:
+                # Accepted by machine.Pin, but on WROOM/WROVER modules these pads are the SPI flash
+                # the code runs from (docs/esp32/quickref.rst): configuring one as a GPIO cuts the
+                # flash off and the chip crashes (panic -> HARD_RESET). Modelled as that crash.
+                print("vdev: GPIO%d is the module's flash bus: the board crashes" % self.id)
+                _vdevrt.halt("hard")
             self._mode = mode
         if pull != -1:
             # 34-39 have no pull resistors: ESP-IDF refuses, MicroPython ignores the error, the

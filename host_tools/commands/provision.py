@@ -283,12 +283,12 @@ def provision(args: argparse.Namespace) -> dict[str, Any]:
         ca = ca_der(args.ca)
     _say("connecting to %s …" % args.port)
     with Device(args.port, timeout=args.timeout) as dev:
-        frozen = frozen_version(dev)
-        check_frozen(frozen, args.config_only)
         marker = dev.read_file(MARKER)
         if marker is not None:
             _say("note: a previous provisioning of this board did not finish (%s); finishing it now"
                  % marker.decode("utf-8", "replace").strip())
+        frozen = frozen_version(dev)
+        check_frozen(frozen, args.config_only)
         existing_raw = dev.read_file(CONFIG)
         existing = None
         if existing_raw:

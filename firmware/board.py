@@ -1,15 +1,19 @@
 # ESP32 board: builds the hardware objects the cabinet app receives, from machine/network.
 # The only firmware module (with boot.py/main.py) that touches hardware modules. Pin numbers
 # come from config.json ("pins"), with the defaults below for the reference wiring.
+import time
+
 import machine
 import network
 
 from aedgate import config
-from aedgate.compat import asyncio, sleep_ms, unix_time
+from aedgate.compat import EPOCH_OFFSET, asyncio, sleep_ms, unix_time
 from aedgate.storage import Flash
 
-PINS = {"door": 4, "lock": 5, "lock_sense": None, "siren": 18, "led": 2, "battery_adc": 34,
-        "mains": 35, "temp": 15, "button": 0}
+# Off the strapping pins (0, 2, 5, 12, 15): GPIO5 is pulled high from reset until boot.py runs
+# (a lock there would fire at every reset) and GPIO0 held low at reset starts download mode.
+PINS = {"door": 4, "lock": 26, "lock_sense": None, "siren": 18, "led": 25, "battery_adc": 34,
+        "mains": 35, "temp": 32, "button": 33}
 
 
 def _pins(cfg):
@@ -20,15 +24,31 @@ def _pins(cfg):
 
 def outputs_off():
     """Drive the lock and siren outputs low as the very first thing at boot, before anything
-    that could fail (boot.py calls this). Uses defaults when the config is unreadable."""
+    that could fail (boot.py calls this). Uses defaults when the config is unreadable; config.py
+    has already refused pins the chip refuses, and one pin failing never skips the other."""
     try:
         cfg, _ = config.load(Flash("/"), "boot")
         pins = _pins(cfg)
     except Exception:
         pins = PINS
     for name in ("lock", "siren"):
-        if pins.get(name) is not None:
-            machine.Pin(pins[name], machine.Pin.OUT, value=0)
+        for num in (pins.get(name), PINS[name]):
+            try:
+                if num is not None:
+                    machine.Pin(num, machine.Pin.OUT, value=0)
+                break
+            except (ValueError, TypeError):
+                pass
+
+
+def boot():
+    """boot.py: runs at every reset and every soft reboot, including the raw-REPL soft reboot
+    of mpremote and the aedgate tools (main.py then does not run; ports/esp32/main.c). Outputs
+    off, then a hardware timer feeds the watchdog until the app's own, health-based feeding
+    takes over: the WDT outlives soft reboots but the timer that fed it does not."""
+    outputs_off()
+    if hasattr(machine, "WDT"):
+        Watchdog().hold()
 
 
 def reset_cause():
@@ -39,11 +59,27 @@ def reset_cause():
 
 
 class Clock:
+    """The ESP32's clock (ESP-IDF system time): 2000-01-01 at power-on, kept across soft and
+    software resets. time() is Unix seconds whatever the port's epoch (compat.unix_time)."""
+
     def time(self):
         return unix_time()
 
     def sleep_ms(self, ms):
         return sleep_ms(ms)
+
+    def set(self, t):
+        # RTC().datetime: (year, month, mday, weekday, hour, minute, second, microsecond), UTC;
+        # the weekday is ignored when setting (ports/esp32/machine_rtc.c).
+        tm = time.gmtime(int(t) - EPOCH_OFFSET)
+        machine.RTC().datetime((tm[0], tm[1], tm[2], 0, tm[3], tm[4], tm[5], 0))
+
+    def sntp(self, host):
+        """Unix seconds from `host` (ntptime is frozen into ESP32 firmware). Blocks for the
+        name lookup and at most ntptime.timeout (1 s); OSError when there is no answer."""
+        import ntptime
+        ntptime.host = host
+        return ntptime.time() + EPOCH_OFFSET
 
 
 class WiFi:
@@ -75,22 +111,33 @@ class WiFi:
 
 class Watchdog:
     """The ESP32's hardware watchdog. The app feeds it every feed_ms while all its critical
-    tasks are healthy; past timeout_ms without food the board resets (cause: watchdog)."""
+    tasks are healthy; past timeout_ms without food the board resets (cause: watchdog).
+    machine.WDT is one watchdog: constructing it again re-times the running one (same object),
+    it cannot be stopped and it outlives soft reboots (ports/esp32/machine_wdt.c, main.c)."""
 
     feed_ms = 5000
+    TIMER = 3  # hardware timer 3 of 0-3 feeds it while the app is not running
 
     def __init__(self, timeout_ms=30000):
         self._wdt = machine.WDT(timeout=timeout_ms)
-        self._timer = None
+        self._held = True  # boot.py's timer may be feeding it: stopped by the app's first feed
 
     def feed(self):
+        if self._held:
+            # The app's own feeding starts: a timer would keep feeding a hung app too.
+            machine.Timer(self.TIMER).deinit()
+            self._held = False
         self._wdt.feed()
 
-    def hold_for_repl(self):
-        # A technician stopped main.py (Ctrl-C) to work at the REPL. Once started the watchdog
-        # cannot be stopped, so a timer keeps feeding it while the app is not running.
-        self._timer = machine.Timer(0)
-        self._timer.init(period=self.feed_ms, callback=lambda t: self._wdt.feed())
+    def hold(self):
+        # Nobody checks the app's health now (boot.py; a technician at the REPL after Ctrl-C):
+        # a soft timer feeds the watchdog. It runs between bytecodes, so a Python loop that
+        # never ends is not caught, but a blocking call longer than the timeout still is.
+        wdt = self._wdt
+        machine.Timer(self.TIMER).init(period=self.feed_ms, callback=lambda t: wdt.feed())
+        self._held = True
+
+    hold_for_repl = hold
 
 
 class Thermometer:

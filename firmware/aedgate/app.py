@@ -16,6 +16,9 @@ _STATE_MIN_INTERVAL_MS = 1000  # at most one state message a second, however bus
 # Longest wait between two connection attempts: long enough to spread a national fleet's
 # reconnects after a broker outage, short enough that a cabinet is never unreachable for long.
 _BACKOFF_CAP_MS = 120000
+# SNTP: again a day after a good answer, 5 minutes after a failed one (ticks: < 6 days).
+_SNTP_EVERY_MS = 86400000
+_SNTP_RETRY_MS = 300000
 
 
 class App:
@@ -24,9 +27,12 @@ class App:
         self.flash = flash
         self.clock = hw.clock
         self.log = getattr(hw, "log", None) or print
-        self.boot_ts = self.clock.time()
         self.cfg, errors = config.load(flash, hw.unique_id)
         self.device_id = self.cfg["device_id"]
+        self.gate = Gate(flash, self.cfg, self.device_id)
+        self._sntp_due = ticks_ms()
+        self.boot_ts = self.offline_since = self.clock.time()
+        self._clock_to_floor()  # an ESP32 powers on in 2000: never earlier than the floor
         self.topic = "aed/v1/" + self.device_id + "/"
         self.outbox = Outbox(flash, self.cfg["outbox_limit"])
         self.wake = Flag()            # something is waiting to be published
@@ -37,7 +43,6 @@ class App:
         self._acks = []               # command results waiting to be sent (RAM: not events)
         self._timers = {}             # name -> task (door left open, siren)
         self._promises = {}           # critical task -> ticks by which it checks in again
-        self.offline_since = self.boot_ts
         self.cabinet = Cabinet(self.cfg, self.emit, VERSION)
         self.emit({"type": "boot", "cause": hw.reset_cause, "fw": VERSION})
         for field, reason in errors:
@@ -47,14 +52,59 @@ class App:
             self.emit({"type": "events_dropped", "count": self.outbox.corrupt, "reason": "corrupt"})
         self.commands = {}            # cmd name -> callable(payload, dup)
         self.cabinet.load_expiry(flash.read(_EXPIRY_FILE))
-        self.gate = Gate(flash, self.cfg, self.device_id)
         self.missions = Missions(self, self.gate)
+        on_time = self.commands["time"]
+
+        def time_cmd(raw, dup):
+            # An accepted signed time has raised the floor to it: the clock is set to it too.
+            on_time(raw, dup)
+            a = self._acks[-1] if self._acks else None
+            if a and a["cmd"] == "time" and a["result"] == "accepted":
+                self._set_clock(self.gate.floor.floor())
+        self.commands["time"] = time_cmd
         self.commands["service"] = lambda raw, dup: service.on_command(self, self.gate, self.missions, raw)
+
+    # -- time ------------------------------------------------------------------------------
+    def now(self):
+        """Unix time for timestamps and expiry: the clock, never below the time floor."""
+        return self.gate.now(self.clock.time())
+
+    def _set_clock(self, t):
+        """Set the board's clock (never below the floor). Times taken from the old clock move
+        with it, so uptime and offline_since stay right."""
+        t = max(int(t), self.gate.floor.floor())
+        step = t - self.clock.time()
+        if -2 < step < 2 or not hasattr(self.clock, "set"):
+            return
+        self.clock.set(t)
+        self.boot_ts += step
+        self.offline_since += step
+        self.log("clock set %+d s" % step)
+
+    def _clock_to_floor(self):
+        if self.clock.time() < self.gate.floor.floor():
+            self._set_clock(self.gate.floor.floor())
+
+    def _sntp(self):
+        """SNTP once Wi-Fi is up, then daily (blocks for at most ntptime's 1 s time-out after the
+        name lookup). An answer behind the floor (spoofed, or a bad server) sets the floor."""
+        host = self.cfg["ntp_host"]
+        if not host or ticks_diff(ticks_ms(), self._sntp_due) < 0 or not self.hw.net.isconnected() \
+                or not hasattr(self.clock, "sntp"):
+            return
+        try:
+            t = self.clock.sntp(host)
+        except Exception as e:  # OSError (time-out, DNS), a short answer: try again later
+            self.log("sntp %s: %s %s" % (host, type(e).__name__, e))
+            self._sntp_due = ticks_add(ticks_ms(), _SNTP_RETRY_MS)
+            return
+        self._sntp_due = ticks_add(ticks_ms(), _SNTP_EVERY_MS)
+        self._set_clock(t)
 
     # -- events and state ----------------------------------------------------------------
     def emit(self, ev):
         ev["v"] = 1
-        ev["ts"] = self.clock.time()
+        ev["ts"] = self.now()
         self.outbox.add(ev)  # on a full flash a routine event is dropped (no seq), and counted
         self.log("event %s seq=%s" % (ev["type"], ev.get("seq", "dropped")))
         if self.outbox.dropped and ("seq" in ev or ev["type"] != "events_dropped"):
@@ -64,7 +114,7 @@ class App:
 
     def ack(self, payload):
         payload["v"] = 1
-        payload["ts"] = self.clock.time()
+        payload["ts"] = self.now()
         # Acks answer live requests and stay in RAM, at most 16. When full, a rejection makes
         # room first: garbage must never crowd out the ack of a genuine unlock.
         if len(self._acks) >= 16:
@@ -82,7 +132,7 @@ class App:
         self.wake.set()
 
     def state_payload(self):
-        now = self.clock.time()
+        now = self.now()
         s = self.cabinet.report_state(now, now - self.boot_ts, len(self.outbox))
         s["v"] = 1
         s["ts"] = now
@@ -108,7 +158,7 @@ class App:
         is_open = level == self.cfg["door_open_level"]
         if is_open and self.cabinet.door == "closed":
             self.missions.door_opened()
-        siren = self.cabinet.door_changed(is_open, self.clock.time())
+        siren = self.cabinet.door_changed(is_open, self.now())
         if is_open:
             self._start_timer("door", self._door_left_open())
             if siren:
@@ -131,7 +181,7 @@ class App:
         # Reported at the limit, then again every 1800 s while the door stays open.
         await self.clock.sleep_ms(self.cfg["door_left_open_s"] * 1000)
         while True:
-            self.cabinet.door_still_open(self.clock.time())
+            self.cabinet.door_still_open(self.now())
             self.wake.set()
             await self.clock.sleep_ms(1800 * 1000)
 
@@ -168,7 +218,8 @@ class App:
                 self.cabinet.temp_reading(await self.hw.temp.read_c())
             except Exception:  # OSError, onewire.OneWireError, a CRC error: all the same to us
                 self.cabinet.temp_failed()
-        if self.cabinet.check_expiry(self.clock.time()):
+        self._sntp()
+        if self.cabinet.check_expiry(self.now()):
             self.flash.write(_EXPIRY_FILE, self.cabinet.dump_expiry())
         if self.cabinet.changed:
             self.wake.set()
@@ -213,7 +264,7 @@ class App:
 
     # -- MQTT session --------------------------------------------------------------------
     def _status(self, online):
-        s = {"v": 1, "ts": self.clock.time(), "online": online}
+        s = {"v": 1, "ts": self.now(), "online": online}
         if online:
             s["fw"] = VERSION
             s["reset_cause"] = self.hw.reset_cause
@@ -249,6 +300,11 @@ class App:
             self.alive("session", 45000)
             client = None
             try:
+                self._sntp()
+                self._clock_to_floor()  # the floor may have risen past the clock (a token's iat)
+                if cfg["broker_tls"] and self.clock.time() < self.gate.floor.floor():
+                    # ESP32 builds check certificate dates against this clock
+                    raise OSError("clock behind the time floor: no TLS yet")
                 client = MQTTClient(
                     self.device_id, self.hw.net, cfg["broker_host"], cfg["broker_port"],
                     keepalive=cfg["keepalive_s"], user=cfg["broker_user"] or None,
@@ -266,7 +322,7 @@ class App:
             if self.online:
                 attempt = 0  # we were up: the next outage starts its backoff afresh
             if self.online:
-                self.offline_since = self.clock.time()
+                self.offline_since = self.now()
             self.online = False
             self.mqtt = None
             if client:
@@ -285,6 +341,7 @@ class App:
 
     async def _connected(self, client):
         self._link_lost = False
+        self._sntp()  # Wi-Fi is up now: the first sync comes before the status and the events
         reader = asyncio.create_task(self._read(client))  # acks arrive through the reader
         try:
             await client.subscribe(self.topic + "cmd/#", 1)

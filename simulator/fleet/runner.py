@@ -173,6 +173,8 @@ class SimCabinet:
 
     def start(self, reset_cause: str = "power_on") -> None:
         self.resets[reset_cause] = self.resets.get(reset_cause, 0) + 1
+        if reset_cause == "power_on":
+            self.world.board_clock.power_on()  # the ESP32's clock restarts at 2000-01-01
         self.flash.powered = True
         self._wdt = SimWDT(lambda: self._reset("watchdog", "watchdog reset")) if self.watchdog else None
         try:
@@ -193,7 +195,9 @@ class SimCabinet:
             self._halt()
             self.log("firmware crashed: %s %r; resetting" % (type(e).__name__, e))
             await asyncio.sleep(1)
-            self.start("panic")
+            # main.py catches it and calls machine.reset(); a real panic resets the chip too: both
+            # boot with HARD_RESET ("hard") on v1.23-v1.28 (docs/twin.md, reset causes)
+            self.start("hard")
 
     def _outputs_off(self) -> None:
         self.world.lock_output(0)

@@ -27,10 +27,21 @@ How it is put together:
   Change it by publishing JSON to `aedsim/world/<device_id>` on the broker (the one in
   `--broker`, else the one the device's config.json names), or by writing the same JSON, one
   object per line, to this process's stdin. Keys: door open|closed, mains bool, battery_mv int,
-  temp_c number|null, power off|on, wifi down|up, button press, lock jammed|ok.
-- Resets: `machine.reset()` (what `mpremote reset` runs) restarts with reset cause SOFT_RESET
-  (ESP32's esp_restart), a machine.WDT that is not fed restarts with WDT_RESET, power on gives
-  PWRON_RESET; a Ctrl-D soft reboot keeps the previous cause, as on the ESP32.
+  temp_c number|null, power off|on, wifi down|up, button press|hold|release, lock jammed|ok,
+  sntp down|up.
+- Resets, as v1.23-v1.28 report them (ports/esp32/modmachine.c mp_machine_reset_cause):
+  `machine.reset()` (what `mpremote reset` runs) and a crash restart with HARD_RESET, a
+  machine.WDT that is not fed restarts with WDT_RESET, power on gives PWRON_RESET, and after any
+  soft reboot (Ctrl-D, raw-REPL entry) reset_cause() says SOFT_RESET until the next hard reset.
+- The clock (see shims/time.py): 2000-01-01 at power-on, kept across soft and hard resets, set
+  through machine.RTC().datetime(), drifting (`--clock-drift-ppm`). An SNTP responder on
+  loopback answers the `ntptime` shim for any host name; the world key `sntp: down` silences it.
+- The watchdog lives here, not in the interpreter: armed once, it outlives soft reboots and is
+  cleared only by a hard reset or power-off; machine.Timer dies with the interpreter.
+- Pins at reset: after a hard reset or power-on every GPIO is an input with the chip's strapping
+  pulls until boot.py drives it (GPIO0, 5 and 15 pulled up, 2 and 12 down): a lock wired to GPIO5
+  sees a high level. GPIO0 held low during a reset (button `hold`) starts the ROM's download
+  mode: no MicroPython until the next power cycle.
 
 Limits: a Wi-Fi "down" makes the station report disconnected and new connections wait for it,
 but TCP connections already open stay up (they are the host's sockets).
@@ -46,10 +57,12 @@ import os
 import select
 import shutil
 import signal
+import struct
 import sys
 import termios
 import tempfile
 import threading
+import time
 import tty
 from pathlib import Path
 from typing import Any, Callable
@@ -64,7 +77,11 @@ _RAW_BANNER = b"raw REPL; CTRL-B to exit"
 _FRIENDLY_BANNER = b'Type "help()" for more information.'
 _OUT_LIMIT = 256 * 1024  # bytes kept for a host that is not reading (then the oldest go)
 _TRACE = open(os.environ["AEDSIM_VDEV_TRACE"], "a") if os.environ.get("AEDSIM_VDEV_TRACE") else None
-WORLD_KEYS = ("door", "mains", "battery_mv", "temp_c", "power", "wifi", "button", "lock", "flash")
+WORLD_KEYS = ("door", "mains", "battery_mv", "temp_c", "power", "wifi", "button", "lock", "flash", "sntp")
+# Levels of the strapping pins between a chip reset and the firmware driving them (ESP32 Series
+# Datasheet, "Strapping Pins": internal weak pull-up on GPIO0, 5, 15, pull-down on 2, 12).
+STRAP_LEVELS = {0: 1, 2: 0, 5: 1, 12: 0, 15: 1}
+NTP_1900_TO_1970 = 2208988800
 
 
 def find_micropython() -> str:
@@ -97,7 +114,9 @@ class PinWorld:
         self.button = False
         self.lock_jammed = False
         self.flash_full = False
-        self.outputs: dict[int, int] = {}
+        self.button_held = False
+        self.sntp = True
+        self.outputs: dict[int, int] = dict(STRAP_LEVELS)
 
     def snapshot(self, cfg: dict[str, Any], ap: tuple[str | None, str | None]) -> dict[str, Any]:
         pins = board_default_pins()
@@ -154,9 +173,14 @@ class PinWorld:
                 if ok:
                     self.wifi = value == "up"
             elif key == "button":
-                ok = value in ("press", "release")
+                ok = value in ("press", "release", "hold")
                 if ok:
-                    self.button = value == "press"
+                    self.button = value != "release"
+                    self.button_held = value == "hold"
+            elif key == "sntp":
+                ok = value in ("up", "down")
+                if ok:
+                    self.sntp = value == "up"
             elif key == "lock":
                 ok = value in ("jammed", "ok")
                 if ok:
@@ -180,7 +204,8 @@ class VirtualDevice:
     def __init__(self, flash_dir: str | os.PathLike[str] | None = None, device_id: str = "vdev-0001",
                  broker: str | None = None, flash_size: int = 2 * 1024 * 1024,
                  wifi_ssid: str | None = None, wifi_password: str | None = None,
-                 heap: str | None = None, log: Callable[[str], None] | None = None) -> None:
+                 heap: str | None = None, log: Callable[[str], None] | None = None,
+                 clock_drift_ppm: float = 20.0) -> None:
         self._tmp = None
         if flash_dir is None:
             self._tmp = tempfile.TemporaryDirectory(prefix="vdev-flash-")
@@ -222,6 +247,9 @@ class VirtualDevice:
         self._mqtt_target: tuple | None = None
         self._button_timer: asyncio.TimerHandle | None = None
         self.boots = 0
+        self.clock_drift_ppm = clock_drift_ppm
+        self.clock = (time.time(), 0.0)  # host seconds, device seconds since 2000: power-on
+        self.download_mode = False
 
     # -- lifecycle ---------------------------------------------------------------------------
     async def start(self) -> "VirtualDevice":
@@ -239,6 +267,9 @@ class VirtualDevice:
         self.path = os.ttyname(self._outer_s)
         self._server = await asyncio.start_server(self._on_ctl, "127.0.0.1", 0)
         self._ctl_port = self._server.sockets[0].getsockname()[1]
+        self._sntp, _ = await self.loop.create_datagram_endpoint(
+            lambda: _SntpResponder(self), local_addr=("127.0.0.1", 0))
+        self.sntp_port = self._sntp.get_extra_info("sockname")[1]
         self.loop.add_reader(self._outer_m, self._on_host)
         self._power_on.set()
         self._tasks.append(asyncio.create_task(self._supervise()))
@@ -255,6 +286,7 @@ class VirtualDevice:
         self.loop.remove_reader(self._outer_m)
         self.loop.remove_writer(self._outer_m)
         self._server.close()
+        self._sntp.close()
         if self._mqtt is not None:
             self._mqtt.loop_stop()
             self._mqtt.disconnect()
@@ -287,23 +319,29 @@ class VirtualDevice:
                 if self._stopping:
                     return
                 mode, self.reset_cause = "hard", PWRON_RESET
+                self.clock = (time.time(), 0.0)  # the RTC restarts at 2000-01-01 on power-on
             self.cfg = self._read_config()
             self._mqtt_follow()
+            if mode == "hard":
+                self._chip_reset()
+                if self.download_mode:
+                    continue
             await self._spawn(run_main=mode != "raw", raw=mode == "raw")
             await self.proc.wait()
             self._accepting = False
-            self._wdt_ms = 0
             self._close_inner()
             if self._stopping:
                 return
             kind, self._pending_reset = self._pending_reset, None
+            if kind in ("hard", "wdt", "off", "deepsleep"):  # a chip reset ends the watchdog; a soft reboot does not
+                self._wdt_ms = 0
             if kind == "off":
                 continue
             if kind == "deepsleep":
                 await asyncio.sleep(self._deepsleep_ms / 1000)
                 mode, self.reset_cause = "hard", DEEPSLEEP_RESET
             elif kind in ("hard", "wdt"):
-                self.reset_cause = SOFT_RESET if kind == "hard" else WDT_RESET
+                self.reset_cause = HARD_RESET if kind == "hard" else WDT_RESET
                 self._to_host(b"\r\nets Jun  8 2016 00:22:57\r\n\r\nrst:0x%s,boot:0x13 (SPI_FAST_FLASH_BOOT)\r\n"
                               % (b"c (SW_CPU_RESET)" if kind == "hard" else b"7 (TG0WDT_SYS_RESET)"))
                 self.log("reset: %s" % ("machine.reset()" if kind == "hard" else "watchdog timeout"))
@@ -311,6 +349,25 @@ class VirtualDevice:
             else:  # Ctrl-D, sys.exit at the REPL, machine.soft_reset(): a soft reboot
                 self._to_host(b"MPY: soft reboot\r\n")
                 mode = "raw" if self._raw and kind is None else "soft"
+                self.reset_cause = SOFT_RESET  # main.c machine_deinit(): until the next hard reset
+
+    def _chip_reset(self) -> None:
+        """A chip reset: every GPIO is an input with its strapping pull until boot.py drives it;
+        GPIO0 held low starts the ROM's download mode instead of MicroPython."""
+        self.world.outputs = dict(STRAP_LEVELS)
+        pins = self._pins()
+        for name in ("lock", "siren"):
+            level = STRAP_LEVELS.get(pins.get(name))
+            if level:
+                self.log("%s output on (GPIO%d is pulled up at reset)" % (name, pins[name]))
+        self._send_snapshot()
+        self.download_mode = pins.get("button") == 0 and self.world.button_held
+        if self.download_mode:
+            self._to_host(b"rst:0x1 (POWERON_RESET),boot:0x3 (DOWNLOAD_BOOT(UART0/UART1/SDIO_REI_REO_V2))\r\n"
+                          b"waiting for download\r\n")
+            self.log("GPIO0 held low at reset: download mode (power-cycle with the button released)")
+            self.world.power = False
+            self._power_on.clear()
 
     async def _spawn(self, run_main: bool, raw: bool) -> None:
         m, s = os.openpty()
@@ -323,7 +380,9 @@ class VirtualDevice:
         os.set_blocking(m, False)  # (never s: it shares its file status with the child's stdin)
         env = dict(os.environ, VDEV_CTL=str(self._ctl_port), VDEV_FLASH=str(self.flash.path),
                    VDEV_FLASH_SIZE=str(self.flash_size), VDEV_RUN_MAIN="1" if run_main else "0",
-                   VDEV_RESET_CAUSE=str(self.reset_cause), VDEV_UID=self.uid)
+                   VDEV_RESET_CAUSE=str(self.reset_cause), VDEV_UID=self.uid,
+                   VDEV_CLOCK="%r,%r,%r" % (self.clock[0], self.clock[1], self.clock_drift_ppm),
+                   VDEV_SNTP=str(self.sntp_port))
         args = [self._mp]
         if self.heap:
             args += ["-X", "heapsize=" + self.heap]
@@ -553,6 +612,8 @@ class VirtualDevice:
             self._wdt_deadline = self.loop.time() + self._wdt_ms / 1000
         elif "feed" in msg and self._wdt_ms:
             self._wdt_deadline = self.loop.time() + self._wdt_ms / 1000
+        elif "rtc" in msg:
+            self.clock = (float(msg["rtc"][0]), float(msg["rtc"][1]))
 
     def _pins(self) -> dict[str, Any]:
         pins = board_default_pins()
@@ -586,7 +647,7 @@ class VirtualDevice:
         else:
             was_on = self.world.power
             errors = self.world.apply(change)
-            if change.get("button") == "press":
+            if change.get("button") == "press" and self.world.button:
                 if self._button_timer:
                     self._button_timer.cancel()
                 self._button_timer = self.loop.call_later(0.3, self.world_change, {"button": "release"})
@@ -636,6 +697,26 @@ class VirtualDevice:
         self.log("world control: aedsim/world/{%s} on mqtt://%s:%d" % (",".join(ids), target[0], target[1]))
 
 
+class _SntpResponder(asyncio.DatagramProtocol):
+    """SNTP server (RFC 4330) for the `ntptime` shim: the host's time, stratum 1, unless the
+    world says `sntp: down` (then no answer: the board's ntptime times out)."""
+
+    def __init__(self, dev: VirtualDevice) -> None:
+        self.dev = dev
+
+    def connection_made(self, transport) -> None:
+        self.transport = transport
+
+    def datagram_received(self, data: bytes, addr) -> None:
+        if len(data) < 48 or not self.dev.world.sntp or not self.dev.world.power:
+            return
+        now = time.time() + NTP_1900_TO_1970
+        sec, frac = int(now), int((now % 1) * 2 ** 32)
+        reply = struct.pack("!BBbb4xI4s", 0x24, 1, 6, -20, 0, b"LOCL") + struct.pack("!II", sec, frac) \
+            + data[40:48] + struct.pack("!IIII", sec, frac, sec, frac)
+        self.transport.sendto(reply, addr)
+
+
 def parse_size(text: str) -> int:
     text = text.strip().lower()
     mult = 1
@@ -648,7 +729,8 @@ def parse_size(text: str) -> int:
 async def run(args) -> int:
     dev = VirtualDevice(args.flash_dir, args.device_id, broker=args.broker,
                         flash_size=parse_size(args.flash_size), wifi_ssid=args.wifi_ssid,
-                        wifi_password=args.wifi_password, heap=args.heap)
+                        wifi_password=args.wifi_password, heap=args.heap,
+                        clock_drift_ppm=args.clock_drift_ppm)
     try:
         await dev.start()
     except ValueError as e:
@@ -688,3 +770,5 @@ def add_arguments(p) -> None:
     p.add_argument("--wifi-ssid", metavar="S", help="only this SSID associates (default: any)")
     p.add_argument("--wifi-password", metavar="P", help="and only with this password")
     p.add_argument("--heap", metavar="SIZE", help="MicroPython heap size, e.g. 256k (default: the port's)")
+    p.add_argument("--clock-drift-ppm", type=float, default=20.0, metavar="PPM",
+                   help="how fast the board's clock runs against real time (default 20 ppm, a crystal's)")

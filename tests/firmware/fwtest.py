@@ -92,11 +92,27 @@ class Pin:
 
 
 class Clock:
-    def __init__(self, t=1795000000):
+    """A board's clock: Unix seconds, settable (RTC), with an SNTP server answering `sntp_t`
+    (an exception instance: the server fails so)."""
+
+    def __init__(self, t=1796000000):
         self.t = t
+        self.sntp_t = None
+        self.asked = []
 
     def time(self):
         return self.t
+
+    def set(self, t):
+        self.t = t
+
+    def sntp(self, host):
+        self.asked.append(host)
+        if isinstance(self.sntp_t, Exception):
+            raise self.sntp_t
+        if self.sntp_t is None:
+            raise OSError(110)
+        return self.sntp_t
 
     def sleep_ms(self, ms):
         return sleep_ms(ms)
@@ -119,8 +135,10 @@ class Thermo:
 
 
 class NoNet:
+    up = False  # Wi-Fi associated (the broker is still unreachable)
+
     def isconnected(self):
-        return False
+        return self.up
 
     async def open(self, host, port, ssl=None, server_hostname=None):
         raise OSError("no network in this test")

@@ -6,7 +6,7 @@
 #     {"pins": {"4": 0, ...}, "adc": {"34": microvolts}, "temp_c": 21.0 | null,
 #      "wifi": true, "ap": [ssid | null, password | null]}
 #   device -> harness: {"hello": 1}, {"out": pin, "v": level}, {"reset": kind},
-#     {"wdt": timeout_ms}, {"feed": 1}
+#     {"wdt": timeout_ms}, {"feed": 1}, {"rtc": [host_s, device_s]} (the clock was set)
 import json
 import os
 import select
@@ -133,6 +133,15 @@ def halt(kind, **extra):
             pass
 
 
+def sntp_addr(host):
+    """Where `ntptime` sends its request for `host`: the harness's SNTP responder on loopback,
+    whatever the name (the harness answers for any NTP host a cabinet is configured with)."""
+    port = os.getenv("VDEV_SNTP")
+    if not port or not host:
+        raise OSError(-202)  # as lwIP's EAI_FAIL from the ESP32's getaddrinfo
+    return socket.getaddrinfo("127.0.0.1", int(port))[0][-1]
+
+
 def _connect():
     global _sock, _poll, _buf
     port = os.getenv("VDEV_CTL")
@@ -157,7 +166,8 @@ def boot(main_globals):
     """Connect to the harness, load the hardware modules, mount the flash directory as "/",
     then run boot.py and (unless the harness says this is a raw-REPL soft reboot) main.py."""
     _connect()
-    import machine, network, onewire, ds18x20, esp32  # noqa: F401 -- before the host fs goes
+    # Before the host fs goes. ntptime is frozen into the ESP32's firmware; here it is loaded now.
+    import machine, network, onewire, ds18x20, esp32, ntptime  # noqa: F401
     import vfs
     import _vdevflash
     global flash

@@ -18,6 +18,7 @@ SCHEMA = {
     "broker_user": ("str", "", 0, 128),
     "broker_password": ("secret", "", 0, 128),
     "keepalive_s": ("int", 60, 10, 1200),
+    "broker_resolve_after": ("int", 5, 1, 100),  # failed connects before the name is looked up again
     "wifi_ssid": ("str", "", 0, 32),
     "wifi_password": ("secret", "", 0, 64),
     "heartbeat_s": ("int", 900, 10, 86400),

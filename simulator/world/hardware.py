@@ -305,6 +305,12 @@ class CabinetWorld:
             return "expected seconds (negative: backwards)"
         self.clock.offset += v  # shared by every cabinet on this clock (one worker's fleet)
 
+    def _set_dns(self, v):
+        from simulator.world.net import DNS_FAULTS
+        if v not in DNS_FAULTS:
+            return "expected one of %s" % ", ".join(DNS_FAULTS)
+        self.net.dns = DNS_FAULTS[v]
+
     def _set_sensor(self, v):
         if v not in ("hang", "ok"):
             return "expected \"hang\" or \"ok\""

@@ -76,7 +76,13 @@ class NoNet:
     def isconnected(self):
         return False
 
-    async def open(self, host, port, ssl=None, server_hostname=None):
+    async def join(self):
+        raise OSError("no network in this test")
+
+    def getaddrinfo(self, host, port):
+        raise OSError(-202)
+
+    async def connect(self, addr, ssl=None, server_hostname=None):
         raise OSError("no network in this test")
 
 

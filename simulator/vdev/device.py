@@ -24,7 +24,8 @@ How it is put together:
   Change it by publishing JSON to `aedsim/world/<device_id>` on the broker (the one in
   `--broker`, else the one the device's config.json names), or by writing the same JSON, one
   object per line, to this process's stdin. Keys: door open|closed, mains bool, battery_mv int,
-  temp_c number|null, power off|on, wifi down|up, button press, lock jammed|ok.
+  temp_c number|null, power off|on, wifi down|up, button press, lock jammed|ok,
+  dns ok|slow|dead (getaddrinfo blocks 1.5 s / 7 s then fails, as lwIP's resolver does).
 - Resets: `machine.reset()` (what `mpremote reset` runs) restarts with reset cause SOFT_RESET
   (ESP32's esp_restart), a machine.WDT that is not fed restarts with WDT_RESET, power on gives
   PWRON_RESET; a Ctrl-D soft reboot keeps the previous cause, as on the ESP32.
@@ -60,7 +61,8 @@ _RAW_BANNER = b"raw REPL; CTRL-B to exit"
 _FRIENDLY_BANNER = b'Type "help()" for more information.'
 _OUT_LIMIT = 256 * 1024  # bytes kept for a host that is not reading (then the oldest go)
 _TRACE = open(os.environ["AEDSIM_VDEV_TRACE"], "a") if os.environ.get("AEDSIM_VDEV_TRACE") else None
-WORLD_KEYS = ("door", "mains", "battery_mv", "temp_c", "power", "wifi", "button", "lock")
+WORLD_KEYS = ("door", "mains", "battery_mv", "temp_c", "power", "wifi", "button", "lock", "dns")
+DNS_FAULTS = ("ok", "slow", "dead")  # the resolver socket.getaddrinfo meets (shims/socket.py)
 
 
 def find_micropython() -> str:
@@ -92,6 +94,7 @@ class PinWorld:
         self.wifi = True
         self.button = False
         self.lock_jammed = False
+        self.dns = "ok"
         self.outputs: dict[int, int] = {}
 
     def snapshot(self, cfg: dict[str, Any], ap: tuple[str | None, str | None]) -> dict[str, Any]:
@@ -117,7 +120,7 @@ class PinWorld:
             div = float(cfg.get("battery_divider", 5.0)) * float(cfg.get("battery_cal", 1.0))
             adc[str(pins["battery_adc"])] = int(self.battery_mv * 1000 / div)
         return {"pins": levels, "adc": adc, "temp_c": self.temp_c, "wifi": self.wifi,
-                "ap": list(ap)}
+                "ap": list(ap), "dns": self.dns}
 
     def apply(self, change: dict[str, Any]) -> list[str]:
         """Apply a world-control message; returns error strings (never raises)."""
@@ -156,6 +159,10 @@ class PinWorld:
                 ok = value in ("jammed", "ok")
                 if ok:
                     self.lock_jammed = value == "jammed"
+            elif key == "dns":
+                ok = value in DNS_FAULTS
+                if ok:
+                    self.dns = value
             else:
                 errors.append("unknown world key %r (known: %s)" % (key, ", ".join(WORLD_KEYS)))
                 continue

@@ -68,7 +68,9 @@ class WiFi:
         return self.wlan.isconnected()
 
     async def join(self):
-        """Returns once the station has an address; OSError (with the status) after 15 s."""
+        """Returns once the station has an address; OSError (with the status) after 8 s, inside
+        the MQTT client's 10 s connect timeout (which would otherwise cut this wait short and
+        hide the status)."""
         w = self.wlan
         if w.isconnected():
             self._said = None
@@ -82,7 +84,7 @@ class WiFi:
                 w.connect(self.ssid, self.password)
             except OSError as e:  # the driver kept trying across a soft reset: let it
                 self.log("wifi: connect: %s (status %s)" % (e, self._status()))
-        for _ in range(150):  # up to 15 s, without blocking the loop
+        for _ in range(80):  # up to 8 s, without blocking the loop
             if w.isconnected():
                 self._said = None
                 return

@@ -36,6 +36,8 @@ async def probe():
 
 async def main():
     asyncio.create_task(probe())
+    if "world" in globals():
+        asyncio.create_task(world())
     await App(board.Hardware(flash), flash).run()
 
 asyncio.run(main())
@@ -137,6 +139,39 @@ def test_reconnects_do_not_wait_for_dns(micropython, mosquitto, tmp_path):
         assert "stall" in first, first  # the first connect had to look the name up
         assert "stall" not in later, later
         assert text.count("dns: localhost looked up in ") == 1, text
+    finally:
+        proc.kill()
+        proc.wait()
+        backend.close()
+
+
+WIFI_LATE = """
+_vdevrt.state["wifi"] = False
+
+async def world():
+    await sleep_ms(19000)
+    _vdevrt.state["wifi"] = True
+"""
+
+
+def test_wifi_join_never_asks_a_connecting_driver_to_connect(micropython, mosquitto, tmp_path):
+    """The ESP32's driver retries by itself once connect() was asked, and a connect() while it
+    is retrying raises OSError("Wifi Internal Error") (micropython issue 17661). Before the fix
+    every attempt after the first 15 s called connect() again and got that error; now the board
+    waits for the driver, says why it is not online (the station's status) and comes online when
+    the access point is back."""
+    did = "cab-wifi"
+    backend = Backend(mosquitto.url, topics=("aed/v1/%s/status" % did,))
+    proc, console = start_cabinet(micropython, tmp_path, {
+        "device_id": did, "broker_host": "127.0.0.1", "broker_port": mosquitto.port,
+        "wifi_ssid": "aedsim", "wifi_password": "pw"}, world=WIFI_LATE)
+    try:
+        wait_count(backend, online(did), 1, timeout=40)
+        text = console.read_text()
+        assert "Wifi Internal Error" not in text, text
+        assert "wifi: not connected, status 201 no_ap_found" in text, text
+        assert text.count("wifi: not connected, status") == 1, text  # said once, not per attempt
+        assert "Traceback" not in text, text
     finally:
         proc.kill()
         proc.wait()

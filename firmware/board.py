@@ -127,7 +127,9 @@ class Watchdog:
 
 
 class Thermometer:
-    """DS18B20 on a 1-Wire bus (onewire and ds18x20 are frozen into stock ESP32 firmware)."""
+    """DS18B20 on a 1-Wire bus (onewire and ds18x20 are frozen into stock ESP32 firmware). A
+    sensor that stops answering (unplugged, wire cut, replaced by one with another ROM code) is
+    looked for again on the next reading, not asked for by its old ROM code for ever."""
 
     def __init__(self, pin):
         import ds18x20
@@ -140,9 +142,13 @@ class Thermometer:
             self.roms = self.ds.scan()
             if not self.roms:
                 raise OSError("no DS18B20")
-        self.ds.convert_temp()
-        await sleep_ms(750)  # conversion time at 12-bit resolution
-        return self.ds.read_temp(self.roms[0])
+        try:
+            self.ds.convert_temp()
+            await sleep_ms(750)  # conversion time at 12-bit resolution
+            return self.ds.read_temp(self.roms[0])
+        except Exception:  # onewire.OneWireError, "CRC error": scan the bus again next time
+            self.roms = []
+            raise
 
 
 class Hardware:

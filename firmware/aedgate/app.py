@@ -13,6 +13,8 @@ from aedgate.mqtt import MQTTClient, backoff_ms
 from aedgate.outbox import Outbox
 
 _EXPIRY_FILE = "expiry"
+# Top of the ESP32 ADC's linear range at ATTN_11DB (docs/esp32/quickref.rst: 150-2450 mV).
+_ADC_LINEAR_UV = 2450000
 _STATE_MIN_INTERVAL_MS = 1000  # at most one state message a second, however busy the cabinet
 # Longest wait between two connection attempts: long enough to spread a national fleet's
 # reconnects after a broker outage, short enough that a cabinet is never unreachable for long.
@@ -161,12 +163,27 @@ class App:
 
     # -- slow sensors and heartbeat ------------------------------------------------------
     def read_battery_mv(self):
-        uv = self.hw.battery.read_uv()
-        return int(uv * self.cfg["battery_divider"] * self.cfg["battery_cal"] / 1000)
+        """The battery voltage from `battery_samples` ADC conversions: sorted, the lowest and
+        highest quarter dropped (spikes), the rest averaged. One conversion's noise times the
+        divider is larger than a real change (docs/twin.md). Readings beyond the ADC's linear
+        range (2450 mV at the pin, ATTN_11DB) are clamped there and flagged, not trusted."""
+        adc = self.hw.battery
+        n = self.cfg["battery_samples"]
+        uvs = sorted(adc.read_uv() for _ in range(n))
+        cut = n // 4
+        kept = uvs[cut:n - cut]
+        uv = sum(kept) // len(kept)
+        over = uv > _ADC_LINEAR_UV
+        if over:
+            uv = _ADC_LINEAR_UV
+        return int(uv * self.cfg["battery_divider"] * self.cfg["battery_cal"] / 1000), over
 
     async def sample(self):
         if self.hw.battery:
-            self.cabinet.battery_reading(self.read_battery_mv())
+            mv, over = self.read_battery_mv()
+            if over != self.cabinet.battery_over_range:
+                self.log("battery: %s the ADC's linear range" % ("beyond" if over else "back within"))
+            self.cabinet.battery_reading(mv, over)
         if self.hw.temp:
             try:
                 self.cabinet.temp_reading(await self.hw.temp.read_c())

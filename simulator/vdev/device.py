@@ -25,7 +25,8 @@ How it is put together:
   `--broker`, else the one the device's config.json names), or by writing the same JSON, one
   object per line, to this process's stdin. Keys: door open|closed, mains bool, battery_mv int,
   temp_c number|null, power off|on, wifi down|up, button press, lock jammed|ok,
-  dns ok|slow|dead (getaddrinfo blocks 1.5 s / 7 s then fails, as lwIP's resolver does).
+  dns ok|slow|dead (getaddrinfo blocks 1.5 s / 7 s then fails, as lwIP's resolver does),
+  temp_sensor swap (a DS18B20 with a new ROM code), adc_noise_mv number (sigma at the pin).
 - Resets: `machine.reset()` (what `mpremote reset` runs) restarts with reset cause SOFT_RESET
   (ESP32's esp_restart), a machine.WDT that is not fed restarts with WDT_RESET, power on gives
   PWRON_RESET; a Ctrl-D soft reboot keeps the previous cause, as on the ESP32.
@@ -61,7 +62,8 @@ _RAW_BANNER = b"raw REPL; CTRL-B to exit"
 _FRIENDLY_BANNER = b'Type "help()" for more information.'
 _OUT_LIMIT = 256 * 1024  # bytes kept for a host that is not reading (then the oldest go)
 _TRACE = open(os.environ["AEDSIM_VDEV_TRACE"], "a") if os.environ.get("AEDSIM_VDEV_TRACE") else None
-WORLD_KEYS = ("door", "mains", "battery_mv", "temp_c", "power", "wifi", "button", "lock", "dns")
+WORLD_KEYS = ("door", "mains", "battery_mv", "temp_c", "power", "wifi", "button", "lock", "dns",
+              "temp_sensor", "adc_noise_mv")
 DNS_FAULTS = ("ok", "slow", "dead")  # the resolver socket.getaddrinfo meets (shims/socket.py)
 
 
@@ -95,6 +97,8 @@ class PinWorld:
         self.button = False
         self.lock_jammed = False
         self.dns = "ok"
+        self.temp_rom: str | None = None  # None: the default DS18B20; "swap" gives a new one
+        self.adc_noise_mv = 12            # ADC noise at the pin, sigma (shims/machine.py)
         self.outputs: dict[int, int] = {}
 
     def snapshot(self, cfg: dict[str, Any], ap: tuple[str | None, str | None]) -> dict[str, Any]:
@@ -117,10 +121,11 @@ class PinWorld:
         put("lock_sense", 0 if (released and not self.lock_jammed) else 1)
         adc: dict[str, int] = {}
         if pins.get("battery_adc") is not None:
-            div = float(cfg.get("battery_divider", 5.0)) * float(cfg.get("battery_cal", 1.0))
+            div = float(cfg.get("battery_divider", 6.0)) * float(cfg.get("battery_cal", 1.0))
             adc[str(pins["battery_adc"])] = int(self.battery_mv * 1000 / div)
         return {"pins": levels, "adc": adc, "temp_c": self.temp_c, "wifi": self.wifi,
-                "ap": list(ap), "dns": self.dns}
+                "ap": list(ap), "dns": self.dns, "temp_rom": self.temp_rom,
+                "adc_noise_mv": self.adc_noise_mv}
 
     def apply(self, change: dict[str, Any]) -> list[str]:
         """Apply a world-control message; returns error strings (never raises)."""
@@ -159,6 +164,14 @@ class PinWorld:
                 ok = value in ("jammed", "ok")
                 if ok:
                     self.lock_jammed = value == "jammed"
+            elif key == "temp_sensor":
+                ok = value == "swap"
+                if ok:
+                    self.temp_rom = "28" + os.urandom(6).hex() + "00"
+            elif key == "adc_noise_mv":
+                ok = isinstance(value, (int, float)) and not isinstance(value, bool) and 0 <= value <= 500
+                if ok:
+                    self.adc_noise_mv = value
             elif key == "dns":
                 ok = value in DNS_FAULTS
                 if ok:

@@ -99,7 +99,7 @@ class Hardware:
         self.lock_sense = None
         self.siren = Pin(0)
         self.led = Pin(0)
-        self.battery = ADC(2500000)  # 2.5 V at the pin x 5.0 divider = 12.5 V
+        self.battery = ADC(2083334)  # 2.083 V at the pin x 6.0 divider = 12.5 V
         self.temp = Thermo(21.0)
         self.lines = []
         self.log = self.lines.append

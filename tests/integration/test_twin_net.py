@@ -176,3 +176,50 @@ def test_wifi_join_never_asks_a_connecting_driver_to_connect(micropython, mosqui
         proc.kill()
         proc.wait()
         backend.close()
+
+
+SENSOR_SWAP = """
+# a quiet cabinet: door closed, mains on, 12.7 V through the 6:1 divider, 21 °C
+_vdevrt.state["pins"] = {"4": 0, "35": 1, "0": 1}
+_vdevrt.state["adc"] = {"34": 12700 * 1000 // 6}
+_vdevrt.state["temp_c"] = 21.0
+
+async def world():
+    await sleep_ms(16000)
+    _vdevrt.state["temp_rom"] = "28112233445566" + "00"  # a technician swaps the DS18B20
+"""
+
+
+def test_sensors_quiet_cabinet_power_on_value_and_swapped_sensor(micropython, mosquitto, tmp_path):
+    """Under the vdev's machine.ADC (noise) and DS18B20 (85.0 at power-up, ROM codes):
+    before the fix a quiet cabinet published a state almost every sample, raised a
+    temp_out_of_range alarm for the sensor's power-on value, and never read a replaced sensor."""
+    did = "cab-sense"
+    backend = Backend(mosquitto.url, topics=("aed/v1/%s/#" % did,))
+    proc, console = start_cabinet(micropython, tmp_path, {
+        "device_id": did, "broker_host": "127.0.0.1", "broker_port": mosquitto.port,
+        "wifi_ssid": "aedsim", "wifi_password": "pw", "sample_s": 1, "heartbeat_s": 86400},
+        world=SENSOR_SWAP)
+    state_topic = "aed/v1/%s/state" % did
+
+    def states():
+        with backend.cond:
+            return [(json.loads(m[1]), m[3]) for m in backend.messages if m[0] == state_topic]
+
+    try:
+        wait_count(backend, online(did), 1)
+        time.sleep(5)  # readings settle (first battery and temperature readings)
+        quiet_from = len(states())
+        time.sleep(9)  # ~5 samples of a cabinet where nothing changes
+        quiet = len(states()) - quiet_from
+        time.sleep(14)  # the swap at 16 s, then the new sensor's first readings
+        text = console.read_text()
+        last = states()[-1][0]
+        assert quiet <= 1, "%d states from a quiet cabinet in 9 s\n%s" % (quiet, text[-1500:])
+        assert "temp_out_of_range" not in text, text
+        assert abs(last.get("temp_c", -99) - 21.0) < 0.2, (last, text[-1500:])
+        assert "battery_over_range" not in last and abs(last["battery_mv"] - 12700) < 60, last
+    finally:
+        proc.kill()
+        proc.wait()
+        backend.close()

@@ -4,7 +4,7 @@
 import json
 
 from aedgate import VERSION, config, service
-from aedgate.cabinet import Cabinet
+from aedgate.cabinet import Cabinet, battery_mv
 from aedgate.compat import Flag, asyncio, sleep_ms, ticks_add, ticks_diff, ticks_ms
 from aedgate.gate import Gate
 from aedgate.link import Broker
@@ -13,8 +13,6 @@ from aedgate.mqtt import MQTTClient, backoff_ms
 from aedgate.outbox import Outbox
 
 _EXPIRY_FILE = "expiry"
-# Top of the ESP32 ADC's linear range at ATTN_11DB (docs/esp32/quickref.rst: 150-2450 mV).
-_ADC_LINEAR_UV = 2450000
 _STATE_MIN_INTERVAL_MS = 1000  # at most one state message a second, however busy the cabinet
 # Longest wait between two connection attempts: long enough to spread a national fleet's
 # reconnects after a broker outage, short enough that a cabinet is never unreachable for long.
@@ -163,20 +161,9 @@ class App:
 
     # -- slow sensors and heartbeat ------------------------------------------------------
     def read_battery_mv(self):
-        """The battery voltage from `battery_samples` ADC conversions: sorted, the lowest and
-        highest quarter dropped (spikes), the rest averaged. One conversion's noise times the
-        divider is larger than a real change (docs/twin.md). Readings beyond the ADC's linear
-        range (2450 mV at the pin, ATTN_11DB) are clamped there and flagged, not trusted."""
+        """(mV, beyond the ADC's linear range?) from `battery_samples` conversions."""
         adc = self.hw.battery
-        n = self.cfg["battery_samples"]
-        uvs = sorted(adc.read_uv() for _ in range(n))
-        cut = n // 4
-        kept = uvs[cut:n - cut]
-        uv = sum(kept) // len(kept)
-        over = uv > _ADC_LINEAR_UV
-        if over:
-            uv = _ADC_LINEAR_UV
-        return int(uv * self.cfg["battery_divider"] * self.cfg["battery_cal"] / 1000), over
+        return battery_mv([adc.read_uv() for _ in range(self.cfg["battery_samples"])], self.cfg)
 
     async def sample(self):
         if self.hw.battery:

@@ -3,6 +3,24 @@
 # no network, no timers here (the app owns those), so every rule is easy to test.
 
 _DAY_S = 86400
+# Top of the ESP32 ADC's linear range at ATTN_11DB (MicroPython docs/esp32/quickref.rst:
+# 150-2450 mV); above it read_uv() reads short.
+_ADC_LINEAR_UV = 2450000
+
+
+def battery_mv(uvs, cfg):
+    """The battery voltage from several ADC conversions (microvolts at the pin): sorted, the
+    lowest and highest quarter dropped (spikes), the rest averaged, because one conversion's
+    noise times the divider is larger than a real change (docs/twin.md). Returns (mV, over):
+    a reading beyond the ADC's linear range is clamped there and flagged, not trusted."""
+    uvs = sorted(uvs)
+    cut = len(uvs) // 4
+    kept = uvs[cut:len(uvs) - cut]
+    uv = sum(kept) // len(kept)
+    over = uv > _ADC_LINEAR_UV
+    if over:
+        uv = _ADC_LINEAR_UV
+    return int(uv * cfg["battery_divider"] * cfg["battery_cal"] / 1000), over
 
 
 class Cabinet:

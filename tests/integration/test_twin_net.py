@@ -223,3 +223,43 @@ def test_sensors_quiet_cabinet_power_on_value_and_swapped_sensor(micropython, mo
         proc.kill()
         proc.wait()
         backend.close()
+
+
+SELFTEST = """
+import sys, json
+sys.path[:0] = [%(shims)r, %(firmware)r]
+import board, _vdevrt
+from aedgate.compat import asyncio
+from aedgate.storage import Flash
+from aedgate import selftest
+_vdevrt.state["adc"] = {"34": 12700 * 1000 // 6}
+_vdevrt.state["temp_c"] = 21.0
+flash = Flash(%(flash)r)
+hw = board.Hardware(flash)
+w = hw.net.wlan  # as after a soft reset: the driver is still trying to join a missing AP
+w.active(True)
+w.connect("aedsim", "pw")
+_vdevrt.state["wifi"] = False
+print("failures", asyncio.run(selftest.run(hw, flash)))
+"""
+
+
+def test_selftest_on_a_board_whose_driver_is_connecting(micropython, tmp_path):
+    """selftest runs after the soft reset of the raw REPL, when the ESP32's driver may still be
+    joining. Before the fix its connect() raised "Wifi Internal Error" and the selftest died
+    there; and a DS18B20 just powered up read 85.0 (a false warning)."""
+    flash = tmp_path / "flash"
+    flash.mkdir()
+    (flash / "config.json").write_text(json.dumps({"device_id": "cab-st", "wifi_ssid": "aedsim"}))
+    script = tmp_path / "st.py"
+    script.write_text(SELFTEST % {"shims": str(SHIMS), "firmware": str(FIRMWARE), "flash": str(flash)})
+    out = subprocess.run([micropython, str(script)], capture_output=True, text=True, timeout=60).stdout
+    checks = {}
+    for line in out.splitlines():
+        if line.startswith("{"):
+            c = json.loads(line)
+            checks[c["check"]] = c
+    assert "Traceback" not in out and "failures" in out, out
+    assert checks["wifi"]["status"] == "fail" and "201 no_ap_found" in checks["wifi"]["detail"], out
+    assert checks["temperature"] == {"check": "temperature", "status": "pass", "detail": "21.0 C"}, out
+    assert checks["battery"]["status"] == "pass", out

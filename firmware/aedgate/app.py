@@ -4,9 +4,10 @@
 import json
 
 from aedgate import VERSION, config, service
-from aedgate.cabinet import Cabinet
+from aedgate.cabinet import Cabinet, battery_mv
 from aedgate.compat import Flag, asyncio, sleep_ms, ticks_add, ticks_diff, ticks_ms
 from aedgate.gate import Gate
+from aedgate.link import Broker
 from aedgate.mission import Missions
 from aedgate.mqtt import MQTTClient, backoff_ms
 from aedgate.outbox import Outbox
@@ -38,6 +39,9 @@ class App:
         self.wake = Flag()            # something is waiting to be published
         self.online = False
         self.mqtt = None
+        # The broker's address is looked up once and kept (a lookup blocks the whole board).
+        self.broker = Broker(hw.net, self.log, self.cfg["broker_resolve_after"])
+        self._tls = None              # the SSLContext, made once (CA parsed once)
         self._link_lost = False
         self._state_sent = ticks_ms() - _STATE_MIN_INTERVAL_MS
         self._acks = []               # command results waiting to be sent (RAM: not events)
@@ -207,12 +211,16 @@ class App:
 
     # -- slow sensors and heartbeat ------------------------------------------------------
     def read_battery_mv(self):
-        uv = self.hw.battery.read_uv()
-        return int(uv * self.cfg["battery_divider"] * self.cfg["battery_cal"] / 1000)
+        """(mV, beyond the ADC's linear range?) from `battery_samples` conversions."""
+        adc = self.hw.battery
+        return battery_mv([adc.read_uv() for _ in range(self.cfg["battery_samples"])], self.cfg)
 
     async def sample(self):
         if self.hw.battery:
-            self.cabinet.battery_reading(self.read_battery_mv())
+            mv, over = self.read_battery_mv()
+            if over != self.cabinet.battery_over_range:
+                self.log("battery: %s the ADC's linear range" % ("beyond" if over else "back within"))
+            self.cabinet.battery_reading(mv, over)
         if self.hw.temp:
             try:
                 self.cabinet.temp_reading(await self.hw.temp.read_c())
@@ -305,13 +313,15 @@ class App:
                 if cfg["broker_tls"] and self.clock.time() < self.gate.floor.floor():
                     # ESP32 builds check certificate dates against this clock
                     raise OSError("clock behind the time floor: no TLS yet")
+                if cfg["broker_tls"] and self._tls is None:
+                    # A missing or bad CA file fails here, each attempt, and is logged below.
+                    self._tls = self.hw.tls_context(cfg)
                 client = MQTTClient(
-                    self.device_id, self.hw.net, cfg["broker_host"], cfg["broker_port"],
+                    self.device_id, self.broker, cfg["broker_host"], cfg["broker_port"],
                     keepalive=cfg["keepalive_s"], user=cfg["broker_user"] or None,
                     password=cfg["broker_password"] or None,
                     will=(self.topic + "status", self._status(False), 1, True),
-                    # A missing or bad CA file fails here, each attempt, and is logged below.
-                    ssl=self.hw.tls_context(cfg) if cfg["broker_tls"] else None,
+                    ssl=self._tls if cfg["broker_tls"] else None,
                     server_hostname=cfg["broker_host"] if cfg["broker_tls"] else None,
                     on_message=self._on_message)
                 # A persistent session: the broker keeps commands sent during a short blip.

@@ -18,6 +18,7 @@ SCHEMA = {
     "broker_user": ("str", "", 0, 128),
     "broker_password": ("secret", "", 0, 128),
     "keepalive_s": ("int", 60, 10, 1200),
+    "broker_resolve_after": ("int", 5, 1, 100),  # failed connects before the name is looked up again
     "wifi_ssid": ("str", "", 0, 32),
     "wifi_password": ("secret", "", 0, 64),
     "heartbeat_s": ("int", 900, 10, 86400),
@@ -27,7 +28,9 @@ SCHEMA = {
     "debounce_ms": ("int", 20, 5, 2000),         # reed and micro switches settle in < 10 ms
     "mains_debounce_ms": ("int", 5000, 5, 60000),  # a flickering supply is not an outage
     "door_open_level": ("int", 1, 0, 1),         # pin level that means "door open"
-    "battery_divider": ("num", 5.0, 1.0, 20.0),  # battery volts per volt at the ADC pin
+    "battery_divider": ("num", 6.0, 1.0, 20.0),  # battery volts per volt at the ADC pin
+    "battery_samples": ("int", 16, 1, 64),       # ADC conversions averaged per battery reading
+    "battery_report_mv": ("int", 100, 10, 2000),  # a new state when the battery moved this much
     "battery_cal": ("num", 1.0, 0.5, 1.5),       # per-board calibration factor
     "battery_full_mv": ("int", 12700, 1000, 60000),
     "battery_empty_mv": ("int", 11000, 1000, 60000),

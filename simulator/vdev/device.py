@@ -28,7 +28,9 @@ How it is put together:
   `--broker`, else the one the device's config.json names), or by writing the same JSON, one
   object per line, to this process's stdin. Keys: door open|closed, mains bool, battery_mv int,
   temp_c number|null, power off|on, wifi down|up, button press|hold|release, lock jammed|ok,
-  sntp down|up.
+  sntp down|up, dns ok|slow|dead (getaddrinfo blocks 1.5 s / 7 s then fails, as lwIP's
+  resolver does), temp_sensor swap (a DS18B20 with a new ROM code), adc_noise_mv number
+  (sigma at the pin).
 - Resets, as v1.23-v1.28 report them (ports/esp32/modmachine.c mp_machine_reset_cause):
   `machine.reset()` (what `mpremote reset` runs) and a crash restart with HARD_RESET, a
   machine.WDT that is not fed restarts with WDT_RESET, power on gives PWRON_RESET, and after any
@@ -77,7 +79,9 @@ _RAW_BANNER = b"raw REPL; CTRL-B to exit"
 _FRIENDLY_BANNER = b'Type "help()" for more information.'
 _OUT_LIMIT = 256 * 1024  # bytes kept for a host that is not reading (then the oldest go)
 _TRACE = open(os.environ["AEDSIM_VDEV_TRACE"], "a") if os.environ.get("AEDSIM_VDEV_TRACE") else None
-WORLD_KEYS = ("door", "mains", "battery_mv", "temp_c", "power", "wifi", "button", "lock", "flash", "sntp")
+WORLD_KEYS = ("door", "mains", "battery_mv", "temp_c", "power", "wifi", "button", "lock", "flash", "sntp",
+              "dns", "temp_sensor", "adc_noise_mv")
+DNS_FAULTS = ("ok", "slow", "dead")  # the resolver socket.getaddrinfo meets (shims/socket.py)
 # Levels of the strapping pins between a chip reset and the firmware driving them (ESP32 Series
 # Datasheet, "Strapping Pins": internal weak pull-up on GPIO0, 5, 15, pull-down on 2, 12).
 STRAP_LEVELS = {0: 1, 2: 0, 5: 1, 12: 0, 15: 1}
@@ -117,6 +121,9 @@ class PinWorld:
         self.button_held = False
         self.sntp = True
         self.outputs: dict[int, int] = dict(STRAP_LEVELS)
+        self.dns = "ok"
+        self.temp_rom: str | None = None  # None: the default DS18B20; "swap" gives a new one
+        self.adc_noise_mv = 12            # ADC noise at the pin, sigma (shims/machine.py)
 
     def snapshot(self, cfg: dict[str, Any], ap: tuple[str | None, str | None]) -> dict[str, Any]:
         pins = board_default_pins()
@@ -138,10 +145,11 @@ class PinWorld:
         put("lock_sense", 0 if (released and not self.lock_jammed) else 1)
         adc: dict[str, int] = {}
         if pins.get("battery_adc") is not None:
-            div = float(cfg.get("battery_divider", 5.0)) * float(cfg.get("battery_cal", 1.0))
+            div = float(cfg.get("battery_divider", 6.0)) * float(cfg.get("battery_cal", 1.0))
             adc[str(pins["battery_adc"])] = int(self.battery_mv * 1000 / div)
         return {"pins": levels, "adc": adc, "temp_c": self.temp_c, "wifi": self.wifi,
-                "ap": list(ap), "flash_full": self.flash_full}
+                "ap": list(ap), "flash_full": self.flash_full, "dns": self.dns, "temp_rom": self.temp_rom,
+                "adc_noise_mv": self.adc_noise_mv}
 
     def apply(self, change: dict[str, Any]) -> list[str]:
         """Apply a world-control message; returns error strings (never raises)."""
@@ -189,6 +197,18 @@ class PinWorld:
                 ok = value in ("full", "ok")
                 if ok:
                     self.flash_full = value == "full"
+            elif key == "temp_sensor":
+                ok = value == "swap"
+                if ok:
+                    self.temp_rom = "28" + os.urandom(6).hex() + "00"
+            elif key == "adc_noise_mv":
+                ok = isinstance(value, (int, float)) and not isinstance(value, bool) and 0 <= value <= 500
+                if ok:
+                    self.adc_noise_mv = value
+            elif key == "dns":
+                ok = value in DNS_FAULTS
+                if ok:
+                    self.dns = value
             else:
                 errors.append("unknown world key %r (known: %s)" % (key, ", ".join(WORLD_KEYS)))
                 continue

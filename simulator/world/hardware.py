@@ -113,23 +113,44 @@ class BoardClock:
         return self.world_clock.time()
 
 
+# ADC and DS18B20 as the ESP32 shows them (docs/twin.md; the virtual device's shims/machine.py
+# and shims/onewire.py model the same): read_uv() is one noisy conversion in millivolt steps,
+# linear only up to 2450 mV at the pin (ATTN_11DB), and a DS18B20 that powers up reads +85.0 °C
+# until a conversion completes (the first one after power-up is lost).
+ADC_LINEAR_MV = 2450
+ADC_FULL_MV = 3100
+ADC_NOISE_MV = 12.0  # sigma at the pin
+_SENSOR_RNG = random.Random(0xADC)  # seeded: a run can be repeated; shared (fleet-scale RAM)
+
+
 class SimADC:
     def __init__(self, world: "CabinetWorld"):
         self.world = world
 
     def read_uv(self) -> int:
-        mv = self.world.battery_mv() + random.randint(-8, 8)  # a little ADC noise
-        return int(mv * 1000 / self.world.divider)
+        mv = self.world.battery_mv() / self.world.divider
+        mv += _SENSOR_RNG.gauss(0.0, self.world.adc_noise_mv)
+        if mv > ADC_LINEAR_MV:
+            mv = ADC_LINEAR_MV + (mv - ADC_LINEAR_MV) / 2  # beyond the linear range: reads short
+        return int(max(0.0, min(mv, ADC_FULL_MV))) * 1000
 
 
 class SimTemp:
     def __init__(self, world: "CabinetWorld"):
         self.world = world
+        self.fresh = True  # just powered up: the first conversion is lost, the register says 85.0
 
     async def read_c(self) -> float:
         while self.world.sensor_hung:  # a 1-Wire sensor that never answers
             await asyncio.sleep(0.5)
-        return self.world.temp_c + random.uniform(-0.1, 0.1)
+        if self.world.sensor_lost:
+            self.fresh = True  # when it comes back it powers up again
+            raise OSError("DS18B20: no presence pulse")
+        await asyncio.sleep(0.75 / self.world.clock.speed)  # the conversion (12 bits)
+        if self.fresh:
+            self.fresh = False
+            return 85.0
+        return self.world.temp_c + _SENSOR_RNG.uniform(-0.1, 0.1)
 
 
 class SimWDT:
@@ -206,7 +227,7 @@ class CabinetWorld:
         self.net = net
         self.board_clock = BoardClock(clock, net)  # what the firmware reads
         self.log = log or (lambda msg: None)
-        self.divider = 5.0
+        self.divider = 6.0  # the reference wiring (docs/config.md battery_divider)
         self.temp_c = 21.0
         self.door_pin = SimPin(0)      # level 1 = open (config door_open_level default)
         self.mains_pin = SimPin(1)
@@ -220,6 +241,8 @@ class CabinetWorld:
         self.lock_burnt = False
         self.forced = False
         self.sensor_hung = False
+        self.sensor_lost = False
+        self.adc_noise_mv = ADC_NOISE_MV
         self.coil_c = self.temp_c
         self._coil_at = time.monotonic()
         self._on_since = 0.0
@@ -359,10 +382,22 @@ class CabinetWorld:
             return "expected \"up\" or \"down\""
         self.board_clock.sntp_up = v == "up"
 
+    def _set_dns(self, v):
+        from simulator.world.net import DNS_FAULTS
+        if v not in DNS_FAULTS:
+            return "expected one of %s" % ", ".join(DNS_FAULTS)
+        self.net.dns = DNS_FAULTS[v]
+
     def _set_sensor(self, v):
-        if v not in ("hang", "ok"):
-            return "expected \"hang\" or \"ok\""
+        if v not in ("hang", "lost", "ok"):
+            return "expected \"hang\", \"lost\" or \"ok\""
         self.sensor_hung = v == "hang"
+        self.sensor_lost = v == "lost"
+
+    def _set_adc_noise_mv(self, v):
+        if not isinstance(v, (int, float)) or isinstance(v, bool) or not 0 <= v <= 500:
+            return "expected millivolts 0-500 (sigma at the ADC pin)"
+        self.adc_noise_mv = float(v)
 
     def _set_button(self, v):
         if v != "press":

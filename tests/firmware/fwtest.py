@@ -140,7 +140,13 @@ class NoNet:
     def isconnected(self):
         return self.up
 
-    async def open(self, host, port, ssl=None, server_hostname=None):
+    async def join(self):
+        raise OSError("no network in this test")
+
+    def getaddrinfo(self, host, port):
+        raise OSError(-202)
+
+    async def connect(self, addr, ssl=None, server_hostname=None):
         raise OSError("no network in this test")
 
 
@@ -157,7 +163,7 @@ class Hardware:
         self.lock_sense = None
         self.siren = Pin(0)
         self.led = Pin(0)
-        self.battery = ADC(2500000)  # 2.5 V at the pin x 5.0 divider = 12.5 V
+        self.battery = ADC(2083334)  # 2.083 V at the pin x 6.0 divider = 12.5 V
         self.temp = Thermo(21.0)
         self.lines = []
         self.log = self.lines.append

@@ -162,9 +162,11 @@ def test_ctrl_c_sent_while_the_board_boots_is_never_lost(vdev_factory):
 def test_world_changes_reach_the_pins_and_bad_keys_are_reported(vdev_factory):
     v = vdev_factory()
     code = ("import machine\nd = machine.Pin(4, machine.Pin.IN, machine.Pin.PULL_UP)\n"
-            "a = machine.ADC(machine.Pin(34))\nprint(d.value(), a.read_uv())")
+            "a = machine.ADC(machine.Pin(34), atten=machine.ADC.ATTN_11DB)\nprint(d.value(), a.read_uv())")
+    v.world('{"adc_noise_mv": 0}')  # exact readings (in mV steps, as read_uv gives them)
+    time.sleep(0.3)
     r = mpremote(v.path, "exec", code)
-    assert r.stdout.split() == ["0", str(12700 * 1000 // 5)]   # closed; 12.7 V through a 5:1 divider
+    assert r.stdout.split() == ["0", str(12700 // 6 * 1000)]   # closed; 12.7 V through a 6:1 divider
     v.world('{"door": "open", "battery_mv": 11000, "colour": "red"}')
     deadline = time.monotonic() + 5
     while time.monotonic() < deadline:
@@ -172,7 +174,7 @@ def test_world_changes_reach_the_pins_and_bad_keys_are_reported(vdev_factory):
         if r.stdout.split()[0] == "1":
             break
         time.sleep(0.1)
-    assert r.stdout.split() == ["1", str(11000 * 1000 // 5)]
+    assert r.stdout.split() == ["1", str(11000 // 6 * 1000)]
     assert "unknown world key 'colour'" in v.log()
 
 

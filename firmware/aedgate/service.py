@@ -28,17 +28,27 @@ def apply(flash, cfg, claims):
         flash.remove(_SERVICE_FILE)
         return {"type": "service_done"}
     field = _DATE_FIELDS[action]
-    raw = flash.read(config.CONFIG_FILE)
-    try:
-        stored = json.loads(raw) if raw else {}
-    except ValueError:
-        stored = {}
-    if not isinstance(stored, dict):
-        stored = {}
+    stored = _stored_config(flash, cfg)
     stored[field] = value
     flash.write(config.CONFIG_FILE, json.dumps(stored))
     cfg[field] = value
     return {"type": "service_done", "action": action, field: value}
+
+
+def _stored_config(flash, cfg):
+    """The configuration to change, as the file holds it: config.json, or when that does not
+    parse the last good copy the app actually loaded (config.good), or as a last resort the
+    running configuration. Never a stub: the result is written over config.json, and the next
+    clean boot copies it over config.good too."""
+    for name in (config.CONFIG_FILE, config.LAST_GOOD_FILE):
+        raw = flash.read(name)
+        try:
+            stored = json.loads(raw) if raw else None
+        except (ValueError, UnicodeError, MemoryError):
+            stored = None
+        if isinstance(stored, dict):
+            return stored
+    return dict(cfg)
 
 
 def on_command(app, gate, missions, raw):

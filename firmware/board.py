@@ -8,6 +8,7 @@ from aedgate import config
 from aedgate.compat import asyncio, sleep_ms, unix_time
 from aedgate.storage import Flash
 
+LOCK_TIMER_ID = 1
 PINS = {"door": 4, "lock": 5, "lock_sense": None, "siren": 18, "led": 2, "battery_adc": 34,
         "mains": 35, "temp": 15, "button": 0}
 
@@ -133,6 +134,9 @@ class Hardware:
         self.mains = inp("mains")
         self.lock_sense = inp("lock_sense", Pin.PULL_UP)
         self.lock = out("lock")
+        # Ends a lock output even while the asyncio loop is stalled (aedgate/lock.py). Timer 0
+        # feeds the watchdog at the REPL; the ESP32 has ids 0-3 (machine_timer.c).
+        self.lock_timer = machine.Timer(LOCK_TIMER_ID) if self.lock and hasattr(machine, "Timer") else None
         self.siren = out("siren")
         self.led = out("led")
         self.battery = None

@@ -47,7 +47,7 @@ SCHEMA = {
     "outbox_limit": ("int", 200, 20, 2000),      # events kept on flash through an outage
     "lock_type": ("choice", "pulse", 0, 0),
     "lock_pulse_ms": ("int", 3000, 100, 10000),
-    "lock_cooldown_ms": ("int", 2000, 0, 60000),
+    "lock_cooldown_ms": ("int", 2000, 500, 60000),  # floor: lock.MIN_COOLDOWN_MS
 }
 CHOICES = {"lock_type": ("pulse", "hold", "motor")}
 PIN_NAMES = ("door", "lock", "lock_sense", "siren", "led", "battery_adc", "mains", "temp", "button")

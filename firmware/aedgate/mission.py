@@ -12,6 +12,7 @@ from aedgate.compat import asyncio, const, sleep_ms, ticks_add, ticks_diff, tick
 _SERVICE_FILE = "service"
 _FLOOD_BUDGET = const(10)        # rejections reported one by one per minute, then summarised
 _FLOOD_PERIOD_MS = const(60000)
+_BUTTON_GAP_MS = const(2000)     # the button re-pulses at most this often (heat, wear)
 
 
 class Missions:
@@ -19,7 +20,8 @@ class Missions:
         self.app = app
         self.gate = gate
         hw = app.hw
-        self.lock = locks.make(app.cfg, hw.lock, getattr(hw, "lock_sense", None)) if hw.lock else None
+        self.lock = locks.make(app.cfg, hw.lock, getattr(hw, "lock_sense", None),
+                               getattr(hw, "lock_timer", None)) if hw.lock else None
         self.missions = []          # mission ids of the open window (a second volunteer adds one)
         self.opened = False         # the door was opened inside this window
         self._window_end = None     # ticks_ms
@@ -28,6 +30,9 @@ class Missions:
         self._flood_count = 0
         self._suppressed = 0
         self._pulses = []
+        self._closing = False       # the window is over and the lock is being secured
+        self._reopen = []           # missions whose token came in while it was being secured
+        self._pressed = None        # ticks of the last button press that re-pulsed
         app.cabinet.service_needed = app.flash.read(_SERVICE_FILE) is not None
         app.commands["unlock"] = self.on_unlock
         app.commands["time"] = self.on_time
@@ -84,18 +89,22 @@ class Missions:
         end = ticks_add(ticks_ms(), window_s * 1000)
         if self._window_end is None or ticks_diff(end, self._window_end) > 0:
             self._window_end = end
-        if mission not in self.missions:
+        if self._closing:
+            if mission not in self._reopen:
+                self._reopen.append(mission)  # opened again once the lock is secured
+        elif mission not in self.missions:
             self.missions.append(mission)
         app.cabinet.mission = mission
         app.cabinet.lock = "unlocked"
         app.emit({"type": "unlocked", "mission": mission, "window_s": window_s})
         if self._window is None:
             self._window = asyncio.create_task(self._run_window())
-        else:
+        elif not self._closing:
             self._pulse()  # a second volunteer: release again if the door is still closed
+        # else: the window is being closed; _run_window opens it again for this mission
 
     def _pulse(self):
-        if self.lock and not self.opened:
+        if self.lock and not self.opened and not self._closing:
             self._pulses = [t for t in self._pulses if not t.done()]
             self._pulses.append(asyncio.create_task(self._release()))
 
@@ -113,42 +122,64 @@ class Missions:
 
     async def _run_window(self):
         app = self.app
+        while True:
+            reason = await self._watch_window()
+            # Over. From here on nothing may release the lock again: no button, no pulse still
+            # waiting for its turn; only a new token, which reopens the window after this close.
+            self._closing = True
+            await self._cancel_pulses()
+            app._promises.pop("lock", None)
+            try:
+                fault = await self.lock.secure() if self.lock else None
+            finally:
+                self._closing = False
+            for m in self.missions:
+                app.emit({"type": "relocked", "mission": m, "reason": reason})
+            self.missions, self._reopen = self._reopen, []
+            self.opened = False
+            if fault:
+                self._fault(fault)
+            elif app.cabinet.lock != "fault":
+                app.cabinet.lock = "locked"
+            if self.missions:  # a token arrived while the lock was being secured
+                app.cabinet.mission = self.missions[-1]
+                app.cabinet.lock = "unlocked"
+                continue
+            break
+        self._window = None
+        self._window_end = None
+        app.cabinet.mission = None
+        app.state_changed()
+
+    async def _watch_window(self):
+        """Beacon and lock release until the door closes after opening or the time is up;
+        returns the reason."""
+        app = self.app
         beacon = asyncio.create_task(self._beacon())
         self._pulse()
-        reason = "window_over"
         try:
             while True:
                 app.alive("lock", 10000)
                 left = ticks_diff(self._window_end, ticks_ms())
                 if self.opened and app.cabinet.door == "closed":
-                    reason = "door_closed"
-                    break
+                    return "door_closed"
                 if left <= 0 and not self.opened:
-                    break
+                    return "window_over"
                 # The window's end is in real time (ticks), like the lock's physics.
                 await sleep_ms(200 if self.opened else min(max(left, 0), 200))
         except asyncio.CancelledError:
             # The app is stopping (power cut, crash, reset): outputs off, nothing more to say.
-            beacon.cancel()
-            self._beacon_off()
             self.all_off()
             raise
-        beacon.cancel()
-        self._beacon_off()
-        app._promises.pop("lock", None)
-        fault = await self.lock.secure() if self.lock else None
-        for m in self.missions:
-            app.emit({"type": "relocked", "mission": m, "reason": reason})
-        self.missions = []
-        self.opened = False
-        self._window = None
-        self._window_end = None
-        app.cabinet.mission = None
-        if fault:
-            self._fault(fault)
-        elif app.cabinet.lock != "fault":
-            app.cabinet.lock = "locked"
-        app.state_changed()
+        finally:
+            beacon.cancel()
+            self._beacon_off()
+
+    async def _cancel_pulses(self):
+        for t in self._pulses:
+            t.cancel()
+        self._pulses = []
+        await sleep_ms(0)  # let them run their finally (output off) before the lock is secured
 
     async def _beacon(self):
         # Guide the volunteer: LED blinking, a short chirp every few seconds.
@@ -179,8 +210,13 @@ class Missions:
     def button_pressed(self):
         # Within a window the cabinet's button re-pulses the lock (a volunteer who missed the
         # first pulse); outside a window it does nothing.
-        if self._window is not None and not self.opened:
-            self._pulse()
+        if self._window is None or self.opened or self._closing:
+            return
+        now = ticks_ms()
+        if self._pressed is not None and 0 <= ticks_diff(now, self._pressed) < _BUTTON_GAP_MS:
+            return
+        self._pressed = now
+        self._pulse()
 
     def service_done(self):
         self.app.flash.remove(_SERVICE_FILE)

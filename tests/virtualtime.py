@@ -33,6 +33,10 @@ class _JumpSelector(selectors.SelectSelector):
         return []
 
 
+async def _drain(tasks):
+    await asyncio.gather(*tasks, return_exceptions=True)
+
+
 def run(coro_fn, monkeypatch, start: float = 1000.0):
     """Run `coro_fn()` on a loop in virtual time; returns its result."""
     clock = VirtualClock(start)
@@ -44,5 +48,6 @@ def run(coro_fn, monkeypatch, start: float = 1000.0):
         rest = asyncio.all_tasks(loop)
         for t in rest:
             t.cancel()
-        loop.run_until_complete(asyncio.gather(*rest, return_exceptions=True))
+        if rest:
+            loop.run_until_complete(_drain(rest))
         loop.close()

@@ -131,3 +131,24 @@ def test_no_presses_tokens_or_power_cuts_overheat_the_coil_or_leave_it_open(
                 elif w[0] <= t + 0.01:
                     open_until = max(open_until or 0, w[1])
             assert open_until is not None and t <= open_until + 0.3, (t, windows)
+
+
+def test_a_pulse_after_a_week_idle_is_not_held_back_by_the_ticks_wrap(monkeypatch):
+    # ticks_ms wraps at 2**30 ms; after 6.2 days a ticks_diff against the last pulse turns
+    # negative, and firmware 0.1 then waited out a "cool-down" of days.
+    from aedgate import lock as locks
+    from aedgate.compat import ticks_diff, ticks_ms
+    from tests.firmware.fwtest import Pin
+
+    async def main():
+        out = Pin(0)
+        lock = locks.PulseLock(out, 500, 2000)
+        await lock.release(60000)
+        assert out.history.count(1) == 1
+        for days in (6.3, 7, 12.5):
+            await asyncio.sleep(days * 86400)
+            t0 = ticks_ms()
+            await lock.release(60000)
+            assert ticks_diff(ticks_ms(), t0) <= 500 + 50, days
+        return out.history.count(1)
+    assert virtualtime.run(main, monkeypatch) == 4

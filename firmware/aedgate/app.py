@@ -308,10 +308,15 @@ class App:
     async def _publish_all(self, client):
         """Send, in order: acks (dispatch is waiting for them), outbox events (removed only
         after PUBACK), then the state (at most one a second)."""
+        # Progress keeps the promise: each publish is bounded by the client's timeout (write and
+        # PUBACK), so a slow broker that still answers renews it with every PUBACK, however long
+        # the backlog; a session that stops getting anywhere lets it lapse (the board resets).
+        progress_ms = 2 * client.timeout_ms + 10000
         while not self._link_lost:
             if self._acks:
                 await client.publish(self.topic + "ack", json.dumps(self._acks[0]), 1)
                 self._acks.pop(0)
+                self.alive("session", progress_ms)
                 continue
             seq = self.outbox.oldest()
             if seq is not None:
@@ -319,6 +324,7 @@ class App:
                 if payload is not None:
                     await client.publish(self.topic + "event", payload, 1)
                 self.outbox.remove(seq)
+                self.alive("session", progress_ms)
                 continue
             if self.cabinet.changed:
                 wait = _STATE_MIN_INTERVAL_MS - ticks_diff(ticks_ms(), self._state_sent)
@@ -327,6 +333,7 @@ class App:
                     continue
                 await client.publish(self.topic + "state", self.state_payload(), 1, True)
                 self._state_sent = ticks_ms()
+                self.alive("session", progress_ms)
                 continue
             # Idle: check in once per keepalive (the reader proves the link by itself).
             ka = self.cfg["keepalive_s"] * 1000

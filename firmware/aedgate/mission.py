@@ -47,6 +47,10 @@ class Missions:
             ack["cti"] = ev["cti"] = info["cti"].hex()
         if info.get("mission"):
             ack["mission"] = ev["mission"] = info["mission"]
+        if reason in ("expired", "not_yet_valid", "bad_claims") and info.get("cti"):
+            # Authenticated and refused for time: dispatch learns the floor it may have to
+            # correct with a signed reset (docs/protocol.md, "Time and clocks").
+            ack["floor"] = self.gate.floor.floor()
         self.app.ack(ack)
         # A flood of garbage must not flood the outbox: report the first few per minute, then
         # one summary. Verification itself never pauses, so a valid token always gets through.
@@ -81,7 +85,8 @@ class Missions:
         except token.TokenError as e:
             self._reject("time", e)
             return
-        app.ack({"cmd": "time", "result": "accepted", "cti": claims["cti"].hex()})
+        app.ack({"cmd": "time", "result": "accepted", "cti": claims["cti"].hex(),
+                 "floor": self.gate.floor.floor()})
 
     # -- the window ----------------------------------------------------------------------
     def start(self, mission, window_s):

@@ -72,6 +72,13 @@ class Replay:
         for k in [k for k in entries if entries[k][0] < floor]:
             del entries[k]
 
+    def forget_before(self, t):
+        """Every token with iat <= t counts as seen from now on (persisted): after the time
+        floor was lowered, tokens forgotten under the old floor cannot come back."""
+        if t > self._guard:
+            self._guard = int(t)
+            self._flash.write(self._name, self._encode())
+
     def __len__(self):
         return len(self._entries)
 

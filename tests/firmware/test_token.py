@@ -129,7 +129,7 @@ def test_valid_token_accepted_in_every_wrapping():
         got = token.verify(raw, DEV, SLOTS, NOW)
         assert got == {"kind": "unlock", "mission": "M-2291", "cti": b"\x5a" * 16,
                        "exp": NOW + 120, "iat": NOW, "window_s": 120, "kid": KID,
-                       "action": None, "value": None}, got
+                       "action": None, "value": None, "floor": None}, got
 
 
 def test_next_key_slot_and_bytearray_input():

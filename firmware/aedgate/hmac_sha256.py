@@ -10,7 +10,7 @@ _HASH_LEN = const(32)
 _IPAD = const(0x36)
 _OPAD = const(0x5C)
 
-# Per-device key derivation, fixed by docs (PROTOCOL.md "Mission token (fixed profile)").
+# Per-device key derivation, fixed by docs/protocol.md ("Key derivation (fixed)").
 DEVICE_KEY_SALT = b"aedgate/v1"
 DEVICE_KEY_INFO = b"device-key:"
 # kid convention (not part of the fixed contract, see key_id below).

@@ -1,4 +1,4 @@
-# Single use of mission tokens (SECURITY.md rule 3): a persisted set of the cti values of
+# Single use of mission tokens (docs/security.md rule 3): a persisted set of the cti values of
 # accepted tokens, each kept until its exp falls below the time floor. QoS 1 redelivery, a
 # retained copy or a captured token presented again all find their cti here.
 #

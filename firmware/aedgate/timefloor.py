@@ -1,4 +1,4 @@
-# The time floor (SECURITY.md rule 2): a Unix time that never goes backwards and is raised only
+# The time floor (docs/security.md rule 2): a Unix time that never goes backwards and is raised only
 # by authenticated sources: the firmware build time, the iat of a verified token, signed time
 # from the backend. It is a lower bound on the real time. SNTP or an RTC may show a later time
 # (now() takes the larger of the two) but never lowers the floor, so an attacker who spoofs

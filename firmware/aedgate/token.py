@@ -1,5 +1,5 @@
 # Command token verification: COSE_Mac0 (RFC 9052) carrying CWT claims (RFC 8392), profile
-# fixed in docs/protocol.md ("Mission token profile"), checks in the order of SECURITY.md rule 1.
+# fixed in docs/protocol.md ("Mission token profile"), checks in the order of docs/security.md rule 1.
 # This module only says whether a token is genuine and current; the caller then checks replay
 # (aedgate.replay), persists the cti, raises the time floor and actuates.
 #

@@ -1,5 +1,5 @@
-# aedgate.token.verify and aedgate.cbor against valid and hostile tokens (SECURITY.md "Test
-# ideas"). Tokens are built here with a tiny CBOR encoder so the file runs unchanged under
+# aedgate.token.verify and aedgate.cbor against valid and hostile tokens (the threats in
+# docs/security.md). Tokens are built here with a tiny CBOR encoder so the file runs unchanged under
 # CPython and the MicroPython unix port; tests/host/ cross-checks against cbor2 and `cwt`.
 import struct
 

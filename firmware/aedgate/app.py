@@ -3,13 +3,15 @@
 # builds `hw` from machine.Pin & co.) and in the simulator (simulated `hw`).
 import json
 
-from aedgate import VERSION, config, service
+from aedgate import VERSION, config
+from aedgate import lock as locks
 from aedgate.cabinet import Cabinet
+from aedgate.commands import Commands
 from aedgate.compat import Flag, asyncio, sleep_ms, ticks_add, ticks_diff, ticks_ms
 from aedgate.gate import Gate
-from aedgate.mission import Missions
 from aedgate.mqtt import MQTTClient, backoff_ms
 from aedgate.outbox import Outbox
+from aedgate.window import UnlockWindow
 
 _EXPIRY_FILE = "expiry"
 _STATE_MIN_INTERVAL_MS = 1000  # at most one state message a second, however busy the cabinet
@@ -48,8 +50,11 @@ class App:
         self.commands = {}            # cmd name -> callable(payload, dup)
         self.cabinet.load_expiry(flash.read(_EXPIRY_FILE))
         self.gate = Gate(flash, self.cfg, self.device_id)
-        self.missions = Missions(self, self.gate)
-        self.commands["service"] = lambda raw, dup: service.on_command(self, self.gate, self.missions, raw)
+        # The lock driver bounds its own output (aedgate/lock.py); the window decides when.
+        self.lock = locks.make(self.cfg, hw.lock, getattr(hw, "lock_sense", None),
+                               getattr(hw, "lock_timer", None)) if hw.lock else None
+        self.window = UnlockWindow(self, self.lock)
+        Commands(self, self.gate, self.window)
 
     # -- events and state ----------------------------------------------------------------
     def emit(self, ev):
@@ -107,7 +112,7 @@ class App:
     def _door(self, level):
         is_open = level == self.cfg["door_open_level"]
         if is_open and self.cabinet.door == "closed":
-            self.missions.door_opened()
+            self.window.door_opened()
         siren = self.cabinet.door_changed(is_open, self.clock.time())
         if is_open:
             self._start_timer("door", self._door_left_open())
@@ -125,7 +130,7 @@ class App:
 
     def _button(self, level):
         if level == 0:  # pressed: the button pulls its input low
-            self.missions.button_pressed()
+            self.window.button_pressed()
 
     async def _door_left_open(self):
         # Reported at the limit, then again every 1800 s while the door stays open.
@@ -360,5 +365,5 @@ class App:
         finally:
             for t in tasks + list(self._timers.values()):
                 t.cancel()
-            self.missions.stop()
+            self.window.stop()
             self._siren_off()

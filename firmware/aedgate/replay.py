@@ -82,9 +82,6 @@ class Replay:
     def __len__(self):
         return len(self._entries)
 
-    def guard(self):
-        return self._guard
-
     def _encode(self):
         parts = [_MAGIC, self._guard.to_bytes(8, "big"), bytes((len(self._entries),))]
         for cti, (exp, iat) in self._entries.items():

@@ -8,7 +8,7 @@ from aedgate import config, token
 from aedgate.compat import parse_date
 
 _DATE_FIELDS = {"set_pads_expiry": "pads_expiry", "set_aed_battery_expiry": "aed_battery_expiry"}
-_SERVICE_FILE = "service"
+SERVICE_FILE = "service"  # present while service_needed (written by aedgate/window.py)
 
 
 def check(claims):
@@ -25,7 +25,7 @@ def apply(flash, cfg, claims):
     """Carry out a verified service action on flash and in `cfg`. Returns the event to emit."""
     action, value = claims["action"], claims["value"]
     if action == "aed_checked":
-        flash.remove(_SERVICE_FILE)
+        flash.remove(SERVICE_FILE)
         return {"type": "service_done"}
     field = _DATE_FIELDS[action]
     stored = _stored_config(flash, cfg)
@@ -51,12 +51,12 @@ def _stored_config(flash, cfg):
     return dict(cfg)
 
 
-def on_command(app, gate, missions, raw):
-    """cmd/service over MQTT, inside the running app."""
+def on_command(app, gate, reject, raw):
+    """cmd/service over MQTT, inside the running app; `reject(cmd, error)` reports a refusal."""
     try:
         claims = gate.admit(raw, "service", app.clock.time(), check)
     except token.TokenError as e:
-        missions._reject("service", e)
+        reject("service", e)
         return
     ev = apply(app.flash, app.cfg, claims)
     if claims["action"] == "aed_checked":

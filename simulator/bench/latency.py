@@ -159,8 +159,8 @@ async def unlock_latency(url: str, n: int, cabinets: int = 50, in_flight: int = 
                         lost += 1
                         del pending[did]
                     continue
-                if (sent >= n or len(pending) >= in_flight or cab.app.missions._window is not None
-                        or cab.app.missions.lock.busy):
+                if (sent >= n or len(pending) >= in_flight or cab.app.window.task is not None
+                        or cab.app.lock.busy):
                     continue
                 raw = tokens.mint(MASTER, did, "B-%d" % sent, 1)
                 t0 = time.monotonic()

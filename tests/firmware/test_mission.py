@@ -39,7 +39,7 @@ def deliver(app, cmd, raw, retain=False, dup=False):
     async def main():
         app._on_message("aed/v1/%s/cmd/%s" % (app.device_id, cmd), raw, retain, dup)
         await sleep_ms(5)
-        w = app.missions._window
+        w = app.window.task
         if w:
             w.cancel()
             await sleep_ms(5)
@@ -214,7 +214,7 @@ def test_power_cut_at_every_write_around_an_unlock():
             writes = count[0]
         persisted = f.read("replay") is not None
         if cut:
-            app.missions.all_off()  # the power is gone: outputs fall to 0
+            app.window.all_off()  # the power is gone: outputs fall to 0
             assert not (hw.lock.level and not persisted)
         f.write = real_write
         app2, hw2, _ = _app(flash=f)
@@ -356,7 +356,7 @@ def test_token_while_the_lock_is_being_secured_opens_it_again():
         await sleep_ms(1100)  # the window is over; secure() is confirming the lock (300 ms)
         app._on_message("aed/v1/%s/cmd/unlock" % DEV, _token(62, window=2), False, False)
         await sleep_ms(800)
-        assert hw.lock.level == 0 and app.cabinet.lock == "unlocked", (hw.lock.history, app.cabinet.lock, app.missions.missions, app.missions._closing, [e["type"] for e in _events(app)])
+        assert hw.lock.level == 0 and app.cabinet.lock == "unlocked", (hw.lock.history, app.cabinet.lock, app.window.missions, app.window._closing, [e["type"] for e in _events(app)])
         await sleep_ms(2000)
         assert hw.lock.level == 1 and app.cabinet.lock == "locked"
 

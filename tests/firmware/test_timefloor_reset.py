@@ -26,8 +26,8 @@ def deliver(app, cmd, raw):
     async def main():
         app._on_message("aed/v1/%s/cmd/%s" % (DEV, cmd), raw, False, False)
         await sleep_ms(5)
-        if app.missions._window:
-            app.missions._window.cancel()
+        if app.window.task:
+            app.window.task.cancel()
             await sleep_ms(5)
     asyncio.run(main())
     return app._acks[-1]

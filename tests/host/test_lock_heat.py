@@ -111,7 +111,7 @@ def test_no_presses_tokens_or_power_cuts_overheat_the_coil_or_leave_it_open(
                 await asyncio.sleep(arg)
         await asyncio.sleep(130 + 40)  # every window is over, and its lock secured
         state = (cab.world.lock_on, cab.app.hw.lock.value() if cab.app else None,
-                 cab.app.missions.missions if cab.app else None)
+                 cab.app.window.missions if cab.app else None)
         cab._halt()
         return state
     lock_on, output, missions = virtualtime.run(main, monkeypatch)

@@ -34,7 +34,7 @@ def test_missions_unlock_from_a_worker_with_over_1024_descriptors(mosquitto):
             assert len(send.latencies) == 3 and all(0 < ms < 2000 for ms in send.latencies)
             for n in (1, 2, 3):  # the lock was driven, and the mission window is open
                 cab = fleet[device_id(n)]
-                assert cab.world.lock_pulses >= 1 and cab.app.missions.missions == ["m-%d" % n]
+                assert cab.world.lock_pulses >= 1 and cab.app.window.missions == ["m-%d" % n]
             assert fleet[device_id(4)].world.lock_pulses == 0
             forged = find_unlock_sender(fleet, os.urandom(32))  # the wrong fleet key
             with pytest.raises(RuntimeError, match="rejected"):

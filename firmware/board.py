@@ -7,9 +7,10 @@ import machine
 import network
 
 from aedgate import config, link
-from aedgate.compat import EPOCH_OFFSET, asyncio, sleep_ms, unix_time
+from aedgate.compat import EPOCH_OFFSET, sleep_ms, unix_time
 from aedgate.storage import Flash
 
+LOCK_TIMER_ID = 1
 # Off the strapping pins (0, 2, 5, 12, 15): GPIO5 is pulled high from reset until boot.py runs
 # (a lock there would fire at every reset) and GPIO0 held low at reset starts download mode.
 PINS = {"door": 4, "lock": 26, "lock_sense": None, "siren": 18, "led": 25, "battery_adc": 34,
@@ -219,6 +220,9 @@ class Hardware:
         self.mains = inp("mains")
         self.lock_sense = inp("lock_sense", Pin.PULL_UP)
         self.lock = out("lock")
+        # Ends a lock output even while the asyncio loop is stalled (aedgate/lock.py). Timer 0
+        # feeds the watchdog at the REPL; the ESP32 has ids 0-3 (machine_timer.c).
+        self.lock_timer = machine.Timer(LOCK_TIMER_ID) if self.lock and hasattr(machine, "Timer") else None
         self.siren = out("siren")
         self.led = out("led")
         self.battery = None

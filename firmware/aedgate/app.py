@@ -3,14 +3,16 @@
 # builds `hw` from machine.Pin & co.) and in the simulator (simulated `hw`).
 import json
 
-from aedgate import VERSION, config, service
+from aedgate import VERSION, config
+from aedgate import lock as locks
 from aedgate.cabinet import Cabinet, battery_mv
+from aedgate.commands import Commands
 from aedgate.compat import Flag, asyncio, sleep_ms, ticks_add, ticks_diff, ticks_ms
 from aedgate.gate import Gate
 from aedgate.link import Broker
-from aedgate.mission import Missions
 from aedgate.mqtt import MQTTClient, backoff_ms
 from aedgate.outbox import Outbox
+from aedgate.window import UnlockWindow
 
 _EXPIRY_FILE = "expiry"
 _STATE_MIN_INTERVAL_MS = 1000  # at most one state message a second, however busy the cabinet
@@ -56,17 +58,11 @@ class App:
             self.emit({"type": "events_dropped", "count": self.outbox.corrupt, "reason": "corrupt"})
         self.commands = {}            # cmd name -> callable(payload, dup)
         self.cabinet.load_expiry(flash.read(_EXPIRY_FILE))
-        self.missions = Missions(self, self.gate)
-        on_time = self.commands["time"]
-
-        def time_cmd(raw, dup):
-            # An accepted signed time has raised the floor to it: the clock is set to it too.
-            on_time(raw, dup)
-            a = self._acks[-1] if self._acks else None
-            if a and a["cmd"] == "time" and a["result"] == "accepted":
-                self._set_clock(self.gate.floor.floor())
-        self.commands["time"] = time_cmd
-        self.commands["service"] = lambda raw, dup: service.on_command(self, self.gate, self.missions, raw)
+        # The lock driver bounds its own output (aedgate/lock.py); the window decides when.
+        self.lock = locks.make(self.cfg, hw.lock, getattr(hw, "lock_sense", None),
+                               getattr(hw, "lock_timer", None)) if hw.lock else None
+        self.window = UnlockWindow(self, self.lock)
+        Commands(self, self.gate, self.window)
 
     # -- time ------------------------------------------------------------------------------
     def now(self):
@@ -161,7 +157,7 @@ class App:
     def _door(self, level):
         is_open = level == self.cfg["door_open_level"]
         if is_open and self.cabinet.door == "closed":
-            self.missions.door_opened()
+            self.window.door_opened()
         siren = self.cabinet.door_changed(is_open, self.now())
         if is_open:
             self._start_timer("door", self._door_left_open())
@@ -179,7 +175,7 @@ class App:
 
     def _button(self, level):
         if level == 0:  # pressed: the button pulls its input low
-            self.missions.button_pressed()
+            self.window.button_pressed()
 
     async def _door_left_open(self):
         # Reported at the limit, then again every 1800 s while the door stays open.
@@ -375,10 +371,15 @@ class App:
     async def _publish_all(self, client):
         """Send, in order: acks (dispatch is waiting for them), outbox events (removed only
         after PUBACK), then the state (at most one a second)."""
+        # Progress keeps the promise: each publish is bounded by the client's timeout (write and
+        # PUBACK), so a slow broker that still answers renews it with every PUBACK, however long
+        # the backlog; a session that stops getting anywhere lets it lapse (the board resets).
+        progress_ms = 2 * client.timeout_ms + 10000
         while not self._link_lost:
             if self._acks:
                 await client.publish(self.topic + "ack", json.dumps(self._acks[0]), 1)
                 self._acks.pop(0)
+                self.alive("session", progress_ms)
                 continue
             seq = self.outbox.oldest()
             if seq is not None:
@@ -386,6 +387,7 @@ class App:
                 if payload is not None:
                     await client.publish(self.topic + "event", payload, 1)
                 self.outbox.remove(seq)
+                self.alive("session", progress_ms)
                 continue
             if self.cabinet.changed:
                 wait = _STATE_MIN_INTERVAL_MS - ticks_diff(ticks_ms(), self._state_sent)
@@ -394,6 +396,7 @@ class App:
                     continue
                 await client.publish(self.topic + "state", self.state_payload(), 1, True)
                 self._state_sent = ticks_ms()
+                self.alive("session", progress_ms)
                 continue
             # Idle: check in once per keepalive (the reader proves the link by itself).
             ka = self.cfg["keepalive_s"] * 1000
@@ -420,5 +423,5 @@ class App:
         finally:
             for t in tasks + list(self._timers.values()):
                 t.cancel()
-            self.missions.stop()
+            self.window.stop()
             self._siren_off()

@@ -48,10 +48,11 @@ SCHEMA = {
     "issuer": ("str", "dispatch", 1, 64),
     "keys": ("keys", [], 0, 0),                  # mission-token key slots: current and next
     "max_window_s": ("int", 300, 5, 1800),
+    "iat_max_future_s": ("int", 3600, 60, 31536000),  # how far ahead of a known clock a token's iat may be
     "outbox_limit": ("int", 200, 20, 2000),      # events kept on flash through an outage
     "lock_type": ("choice", "pulse", 0, 0),
     "lock_pulse_ms": ("int", 3000, 100, 10000),
-    "lock_cooldown_ms": ("int", 2000, 0, 60000),
+    "lock_cooldown_ms": ("int", 2000, 500, 60000),  # floor: lock.MIN_COOLDOWN_MS
 }
 CHOICES = {"lock_type": ("pulse", "hold", "motor")}
 PIN_NAMES = ("door", "lock", "lock_sense", "siren", "led", "battery_adc", "mains", "temp", "button")

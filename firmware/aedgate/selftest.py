@@ -40,9 +40,10 @@ async def _lock(hw, cfg):
     if hw.lock is None:
         return _FAIL, "no lock output configured"
     from aedgate import lock
-    drv = lock.make(cfg, hw.lock, hw.lock_sense)
+    drv = lock.make(cfg, hw.lock, hw.lock_sense, getattr(hw, "lock_timer", None))
     try:
-        fault = await drv.release(1000)
+        # A fresh driver assumes a hot coil: the pulse may wait up to 3 x lock_pulse_ms.
+        fault = await drv.release(40000)
         if cfg["lock_type"] == "hold":
             fault = fault or await drv.secure()
     finally:

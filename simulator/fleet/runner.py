@@ -153,6 +153,7 @@ class SimCabinet:
         self.net = SimNet(source_ip, stats, device_id)
         self.world = CabinetWorld(device_id, clock, self.net, log=self.log)
         self.world.on_power = self._power
+        self.world.lock_continuous = config.get("lock_type") == "hold"
         inner = Flash(str(flash_dir)) if flash_dir is not None else MemoryFlash()
         inner.write("config.json", json.dumps(config).encode())
         self.flash = FaultyFlash(inner, on_cut=self._power_cut)

@@ -6,7 +6,11 @@ machine.ADC and a Wi-Fi backed network: same small interfaces, different backing
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import heapq
+import itertools
 import random
+import threading
 import time
 from typing import Callable
 
@@ -190,6 +194,108 @@ class SimWDT:
             self._handle = None
 
 
+# Real time for the timer thread, whatever a test does to time.monotonic (virtual-time tests).
+_monotonic = time.monotonic
+
+
+class _TimerThread:
+    """One thread for every SimTimer of the process: a heap of deadlines."""
+
+    def __init__(self):
+        self._cond = threading.Condition()
+        self._heap: list = []
+        self._seq = itertools.count()
+        self._c_calls = 0
+        self._thread: threading.Thread | None = None
+
+    def arm(self, deadline: float, timer: "SimTimer", gen: int) -> None:
+        with self._cond:
+            heapq.heappush(self._heap, (deadline, next(self._seq), timer, gen))
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._run, name="SimTimer", daemon=True)
+                self._thread.start()
+            self._cond.notify()
+
+    @contextlib.contextmanager
+    def blocking_c_call(self):
+        with self._cond:
+            self._c_calls += 1
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._c_calls -= 1
+                self._cond.notify()
+
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                while True:
+                    if self._heap and self._c_calls == 0:
+                        wait = self._heap[0][0] - _monotonic()
+                        if wait <= 0:
+                            _, _, timer, gen = heapq.heappop(self._heap)
+                            break
+                        self._cond.wait(wait)
+                    else:
+                        self._cond.wait()
+            timer._fire(gen)
+
+
+_TIMERS = _TimerThread()
+
+
+def blocking_c_call():
+    """Wrap a simulated call during which the ESP32 runs no Python at all (lwIP's getaddrinfo,
+    an mbedTLS handshake step, a flash erase): SimTimer callbacks due meanwhile wait for it."""
+    return _TIMERS.blocking_c_call()
+
+
+class SimTimer:
+    """machine.Timer as the ESP32 has it (ports/esp32/machine_timer.c): ids 0-3 (ValueError
+    "invalid Timer number" otherwise, v1.25+), ONE_SHOT = 0, PERIODIC = 1 (the default),
+    init(mode=, period= ms, callback=), deinit(). The interrupt does not run the callback: it
+    is scheduled (mp_sched_schedule) and runs between bytecodes, so it still runs while asyncio
+    is held up by Python code or short blocking calls, but not inside one long blocking C call.
+    Here one shared thread waits out the period and calls it; the GIL hands over between
+    bytecodes of the loop's thread (or while it sleeps), and `blocking_c_call()` holds it back
+    as the ESP32 would. Only ONE_SHOT is modelled (the firmware uses nothing else)."""
+
+    ONE_SHOT = 0
+    PERIODIC = 1
+
+    def __init__(self, timer_id: int):
+        if not 0 <= timer_id <= 3:
+            raise ValueError("invalid Timer number")
+        self.id = timer_id
+        self._lock = threading.Lock()
+        self._gen = 0
+        self._callback = None
+        self.fired = 0
+
+    def init(self, *, mode: int = 1, period: int = 0xFFFFFFFF, callback=None, tick_hz: int = 1000):
+        if mode != self.ONE_SHOT:
+            raise NotImplementedError("the simulator models one-shot timers only")
+        with self._lock:
+            self._gen += 1
+            self._callback = callback
+            gen = self._gen
+        _TIMERS.arm(_monotonic() + period / tick_hz, self, gen)
+
+    def deinit(self) -> None:
+        with self._lock:
+            self._gen += 1
+            self._callback = None
+
+    def _fire(self, gen: int) -> None:
+        with self._lock:  # deinit() cannot slip in between the check and the call
+            if gen != self._gen or self._callback is None:
+                return
+            callback, self._callback = self._callback, None
+            self.fired += 1
+            callback(self)
+
+
 class SimHardware:
     """What the firmware's App receives as `hw` in the simulator."""
 
@@ -204,6 +310,7 @@ class SimHardware:
         self.mains = world.mains_pin
         self.button = world.button_pin
         self.lock = SimPin(0, world.lock_output)
+        self.lock_timer = SimTimer(1)  # board.LOCK_TIMER_ID
         self.lock_sense = None
         self.siren = SimPin(0, world.siren_output)
         self.led = SimPin(0)
@@ -239,6 +346,9 @@ class CabinetWorld:
         self.longest_on_s = 0.0
         self.latch_released = False
         self.lock_burnt = False
+        # A magnetic (hold) lock is rated for continuous duty: powered all day, it does not heat
+        # like a pulse solenoid. Set from the cabinet's lock_type.
+        self.lock_continuous = False
         self.forced = False
         self.sensor_hung = False
         self.sensor_lost = False
@@ -282,7 +392,7 @@ class CabinetWorld:
     def _coil_update(self, now: float) -> None:
         dt = now - self._coil_at
         self._coil_at = now
-        if self.lock_on:
+        if self.lock_on and not self.lock_continuous:
             self.coil_c += COIL_HEAT_C_PER_S * dt
             if self.coil_c > COIL_MAX_C and not self.lock_burnt:
                 self.lock_burnt = True

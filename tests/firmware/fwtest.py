@@ -1,5 +1,7 @@
 # Helpers for firmware unit tests; runs under CPython and the MicroPython unix port alike.
+import _thread
 import os
+import time
 
 from aedgate.compat import sleep_ms
 from aedgate.storage import Flash
@@ -91,6 +93,57 @@ class Pin:
                 self.handler(self)
 
 
+class Timer:
+    """A one-shot hardware timer that behaves like the ESP32's machine.Timer (hw.lock_timer):
+    ONE_SHOT = 0, init(mode=, period=, callback=), deinit(); the callback is *scheduled*, not run
+    in an interrupt (ports/esp32/machine_timer.c: mp_sched_schedule). On MicroPython a thread
+    waits out the period and hands the callback to micropython.schedule, exactly that path.
+    Under CPython the thread calls it itself; the GIL passes between bytecodes of the main
+    thread, or while it waits in a call that releases the GIL (as time.sleep, which on the ESP32
+    runs scheduled callbacks too)."""
+
+    ONE_SHOT = 0
+    PERIODIC = 1
+
+    def __init__(self):
+        self._gen = 0
+        self.fired = 0
+        self.armed = False
+
+    def init(self, mode=1, period=0xFFFFFFFF, callback=None):
+        if mode != self.ONE_SHOT:
+            raise ValueError("only ONE_SHOT here")
+        self._gen += 1
+        self.armed = True
+        _thread.start_new_thread(self._wait, (self._gen, period, callback))
+
+    def deinit(self):
+        self._gen += 1
+        self.armed = False
+
+    def _wait(self, gen, period, callback):
+        time.sleep(period / 1000)
+        if _schedule:
+            _schedule(self._fire, (gen, callback))
+        else:
+            self._fire((gen, callback))
+
+    def _fire(self, arg):
+        gen, callback = arg
+        if gen != self._gen:
+            return  # deinit() or a new init() came first
+        self._gen += 1
+        self.armed = False
+        self.fired += 1
+        callback(self)
+
+
+try:
+    from micropython import schedule as _schedule
+except ImportError:
+    _schedule = None
+
+
 class Clock:
     """A board's clock: Unix seconds, settable (RTC), with an SNTP server answering `sntp_t`
     (an exception instance: the server fails so)."""
@@ -161,6 +214,7 @@ class Hardware:
         self.button = Pin(0)
         self.lock = Pin(0)
         self.lock_sense = None
+        self.lock_timer = Timer()
         self.siren = Pin(0)
         self.led = Pin(0)
         self.battery = ADC(2083334)  # 2.083 V at the pin x 6.0 divider = 12.5 V

@@ -225,6 +225,7 @@ class VirtualDevice:
         self._ctl: asyncio.StreamWriter | None = None
         self._wdt_ms = 0
         self._wdt_deadline = 0.0
+        self._sta: list | None = None  # the Wi-Fi station as the shim last reported it
         self._power_on = asyncio.Event()
         self._stopping = False
         self._tasks: list[asyncio.Task] = []
@@ -293,6 +294,8 @@ class VirtualDevice:
                 mode, self.reset_cause = "hard", PWRON_RESET
             self.cfg = self._read_config()
             self._mqtt_follow()
+            if mode == "hard":
+                self._sta = None  # a chip reset restarts Wi-Fi; a soft reboot does not
             await self._spawn(run_main=mode != "raw", raw=mode == "raw")
             await self.proc.wait()
             self._accepting = False
@@ -328,6 +331,8 @@ class VirtualDevice:
         env = dict(os.environ, VDEV_CTL=str(self._ctl_port), VDEV_FLASH=str(self.flash_dir),
                    VDEV_FLASH_SIZE=str(self.flash_size), VDEV_RUN_MAIN="1" if run_main else "0",
                    VDEV_RESET_CAUSE=str(self.reset_cause), VDEV_UID=self.uid)
+        if self._sta:
+            env["VDEV_STA"] = json.dumps(self._sta)
         args = [self._mp]
         if self.heap:
             args += ["-X", "heapsize=" + self.heap]
@@ -552,6 +557,8 @@ class VirtualDevice:
             asyncio.ensure_future(self._kill())
         elif "intr" in msg:  # a Ctrl-C the interpreter could not take just now: again, soon
             self.loop.call_later(0.002, self._write_dev, b"\x03")
+        elif "sta" in msg:  # the Wi-Fi station's state: it outlives a soft reboot
+            self._sta = msg["sta"]
         elif "wdt" in msg:
             self._wdt_ms = int(msg["wdt"])
             self._wdt_deadline = self.loop.time() + self._wdt_ms / 1000

@@ -312,3 +312,37 @@ def test_tls_sessions_close_their_sockets_on_micropython(tls_broker, micropython
     assert line, res.stdout + res.stderr
     _, before, after, _, lookups = line[0].split()
     assert before == after and lookups == "1", line[0]
+
+
+def test_wifi_station_outlives_a_soft_reboot(tmp_path):
+    """On the ESP32 a soft reboot (every mpremote command) leaves Wi-Fi alone: the station asked
+    to connect in one command is still trying in the next, and connect() there would raise
+    "Wifi Internal Error". The board's join() waits for the driver instead, and the driver
+    joins by itself once the access point is back."""
+    import shutil
+    from tests.integration.test_vdev import VDev, mpremote
+    flash = tmp_path / "flash"
+    flash.mkdir()
+    shutil.copy(FIRMWARE / "board.py", flash / "board.py")
+    shutil.copytree(FIRMWARE / "aedgate", flash / "aedgate")
+    v = VDev(flash)
+    try:
+        v.world('{"wifi": "down"}')
+        ask = "import network\nw = network.WLAN(network.STA_IF)\nw.active(True)\nw.connect('aedsim', 'pw')\nprint('asked')"
+        assert "asked" in mpremote(v.path, "exec", ask).stdout
+        time.sleep(1.5)
+        look = "import network\nw = network.WLAN(network.STA_IF)\nprint('sta', w.active(), w.status(), w.isconnected())"
+        assert mpremote(v.path, "exec", look).stdout.split() == ["sta", "True", "201", "False"]
+        join = ("import board\nfrom aedgate.compat import asyncio\n"
+                "try:\n    asyncio.run(board.WiFi('aedsim', 'pw').join())\n    print('joined')\n"
+                "except OSError as e:\n    print('join:', e)\n")
+        r = mpremote(v.path, "exec", join, timeout=60)
+        out = r.stdout + r.stderr
+        assert "Wifi Internal Error" not in out and "join: wifi: not connected (201 no_ap_found)" in out, out
+        v.world('{"wifi": "up"}')
+        time.sleep(2.0)  # the driver retries by itself; nobody calls connect() again
+        assert mpremote(v.path, "exec", look).stdout.split() == ["sta", "True", "1010", "True"]
+        r = mpremote(v.path, "exec", join, timeout=60)
+        assert "joined" in r.stdout, r.stdout + r.stderr
+    finally:
+        v.stop()

@@ -34,7 +34,7 @@ def _cabinet(lock_type="pulse", pulse_ms=3000, cooldown_ms=2000):
             starts.append(asyncio.get_running_loop().time())
         real_output(level)
     cab.world.lock_output = output
-    # SimHardware binds the output when the app boots: boot after the wrap
+    # SimHardware binds world.lock_output when the app boots (cab.start), so it sees the wrapper
     return cab, key, starts
 
 

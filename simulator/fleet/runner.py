@@ -17,7 +17,7 @@ from aedgate.app import App
 from aedgate.mqtt import MQTTClient
 from aedgate.storage import Flash
 
-from simulator.world.flash import MemoryFlash
+from simulator.world.flash import ESP32_VFS_BYTES, MemoryFlash
 from simulator.world.net import WIFI_DOWN, NetStats, SimNet
 from simulator.world.faults import FaultyFlash, PowerCut
 from simulator.world.hardware import CabinetWorld, SimClock, SimHardware, SimWDT
@@ -136,7 +136,7 @@ class SimCabinet:
         self.net = SimNet(source_ip, stats, device_id)
         self.world = CabinetWorld(device_id, clock, self.net, log=self.log)
         self.world.on_power = self._power
-        inner = Flash(str(flash_dir)) if flash_dir is not None else MemoryFlash()
+        inner = Flash(str(flash_dir)) if flash_dir is not None else MemoryFlash(ESP32_VFS_BYTES)
         inner.write("config.json", json.dumps(config).encode())
         self.flash = FaultyFlash(inner, on_cut=self._power_cut)
         self.world.on_flash_cut = self.flash.cut_after

@@ -11,6 +11,7 @@ zeros (the outbox's spare blocks) are kept as their length, so they cost no RAM 
 from __future__ import annotations
 
 _ENOSPC = 28
+ESP32_VFS_BYTES = 2 * 1024 * 1024   # ESP32_GENERIC's "vfs" partition (docs/twin.md)
 _BLOCK = 4096
 _INLINE = 128
 

@@ -218,3 +218,8 @@ def test_flash_is_littlefs_with_the_esp32_geometry_and_a_fault_fills_it(vdev_fac
             break
         time.sleep(0.2)
     assert "written" in r.stdout, r.stdout + r.stderr
+    # The flash is kept: a new vdev process on the same folder (a board powered up again).
+    v.stop()
+    v2 = vdev_factory()
+    r = mpremote(v2.path, "exec", "print(len(open('big', 'rb').read()))")
+    assert r.stdout.strip() == "20000", r.stdout + r.stderr

@@ -24,24 +24,26 @@ import json
 from array import array
 from binascii import crc32
 
+from aedgate.compat import const
+
 _DIR = "ob"
 _OPEN = "obo"               # the open segment alone: appends search a one-name folder
 _STATE = "obs"              # "done" and "spare"
 _DONE = "done"
 _SPARE = "spare"
 _MAGIC = b"\xae\xd1"
-_HEAD = 12
-_SEG_BYTES = 4096           # one littlefs block
-_SPARE_BYTES = 8192
-_ENOSPC = 28
-_RAM_MAX = 64               # events held in RAM while the flash is full (heap is small)
+_HEAD = const(12)
+_SEG_BYTES = const(4096)    # one littlefs block
+_SPARE_BYTES = const(8192)
+_ENOSPC = const(28)
+_RAM_MAX = const(64)        # events held in RAM while the flash is full (heap is small)
 # Routine events may be dropped to make room when the outbox is full; alarms and mission events
 # never are (the registry must learn of those, however long the outage).
 ROUTINE = ("door_opened", "door_closed", "battery_ok", "temp_ok", "mains_restored")
-_LIVE = 1                   # flag: on flash, not yet acknowledged
-_ROUTINE = 2                # flag: may be dropped when full
-_ROT = 0xFFFF               # offset of a record lost to rot
-_ROUTINE_BIT = 0x8000       # in a record's length field: a routine event
+_LIVE = const(1)            # flag: on flash, not yet acknowledged
+_ROUTINE = const(2)         # flag: may be dropped when full
+_ROT = const(0xFFFF)        # offset of a record lost to rot
+_ROUTINE_BIT = const(0x8000)  # in a record's length field: a routine event
 
 
 def _u(b, i, n):

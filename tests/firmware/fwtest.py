@@ -64,6 +64,9 @@ class FullFlash:
             self.top.room += len(old)
         self.inner.remove(name)
 
+    def move(self, name, dest):
+        self.inner.move(name, dest.inner)
+
     def sub(self, name):
         return FullFlash(self.inner.sub(name), top=self.top)
 

@@ -116,15 +116,18 @@ def read_password(path: str | None, env: str = PASSWORD_ENV) -> str | None:
     return value if value else None
 
 
-def add_broker_arguments(p: argparse.ArgumentParser, account: str, shards: bool = False) -> None:
-    """The connection options every host tool takes (the same names everywhere)."""
+def add_broker_arguments(p: argparse.ArgumentParser, account: str, shards: bool = False,
+                         url_option: bool = True) -> None:
+    """The connection options every host tool takes (the same names everywhere). A tool whose
+    --broker sits in a group of its own passes url_option=False and adds it itself."""
     g = p.add_argument_group(
         "broker connection",
         "The password is read from --password-file or $%s, never from the command line. "
         "$%s and $%s stand in for --user and --ca." % (PASSWORD_ENV, USER_ENV, CA_ENV))
-    g.add_argument("--broker", required=True, metavar="URL",
-                   help="mqtt://host:1883 or mqtts://host:8883%s"
-                        % (" (comma-separated: one per broker shard)" if shards else ""))
+    if url_option:
+        g.add_argument("--broker", required=True, metavar="URL",
+                       help="mqtt://host:1883 or mqtts://host:8883%s"
+                            % (" (comma-separated: one per broker shard)" if shards else ""))
     g.add_argument("--ca", metavar="FILE", help="CA certificate (PEM) that signed an mqtts:// broker's "
                                                 "certificate (default: the system's CAs)")
     g.add_argument("--user", "--username", dest="user", metavar="NAME",

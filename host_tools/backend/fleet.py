@@ -26,8 +26,9 @@ class FleetState:
     # -- feeding -------------------------------------------------------------------------
     def add(self, topic: str, payload: bytes | None, retain: bool = False, dup: bool = False,
             shard: int = 0) -> FleetMessage | None:
-        """Take one MQTT message. Returns the FleetMessage when it is new and valid; None for a
-        foreign topic, an invalid body or a redelivered event (each counted)."""
+        """Take one MQTT message. Returns the FleetMessage when it is valid (with
+        `duplicate=True` for a redelivered event); None for a foreign topic or an invalid body
+        (each counted)."""
         self.counters["messages"] += 1
         where = parse_topic(topic)
         if where is None or payload is None:
@@ -41,8 +42,7 @@ class FleetState:
             self.invalid.append((did, kind, str(e)))
             return None
         msg = FleetMessage(did, kind, body, retain, dup, shard, time.time(), topic)
-        if not self.take(msg):
-            return None
+        msg.duplicate = not self.take(msg)
         return msg
 
     def take(self, msg: FleetMessage) -> bool:

@@ -29,6 +29,7 @@ class FleetMessage:
     shard: int = 0
     received: float = 0.0  # time.time() on arrival
     topic: str = ""
+    duplicate: bool = False  # an event whose (device, seq) this process has already seen
     _ack: object = field(default=None, repr=False)
 
     def ack(self) -> None:

@@ -48,8 +48,11 @@ class FleetSubscriber:
         self._pending_subs = 0
 
     def listen(self, fn: Callable[[FleetMessage], None]) -> None:
-        """fn(msg) for every new, valid message (redelivered events and invalid bodies are
-        counted in fleet.counters, not passed on — but still acknowledged)."""
+        """fn(msg) for every valid message. Redelivered events are counted (fleet.ledger) and
+        not passed on — except with manual_ack, where the listener gets them too (marked
+        msg.duplicate) and acks them after its own commit: the first copy may not be committed
+        yet, and acking the second before it would lose the event in a crash. Invalid bodies
+        are counted (fleet.counters["invalid"]) and acknowledged, never passed on."""
         self._listeners.append(fn)
 
     def start(self, timeout: float = 10.0) -> "FleetSubscriber":
@@ -89,9 +92,9 @@ class FleetSubscriber:
         ack = (lambda c=client, mid=m.mid, q=m.qos: c.ack(mid, q)) if self.manual_ack and m.qos else None
         with self.lock:
             msg = self.fleet.add(m.topic, m.payload, m.retain, bool(m.dup), shard)
-            if msg is None:
+            if msg is None or (msg.duplicate and not self.manual_ack):
                 if ack:
-                    ack()  # nothing to commit: a duplicate, a foreign topic, an invalid body
+                    ack()  # nothing to store: a foreign topic or an invalid body
                 return
             msg._ack = ack
             for fn in self._listeners:

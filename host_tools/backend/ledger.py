@@ -136,6 +136,29 @@ class EventLedger:
             total += max(0, miss - d.dropped)
         return total
 
+    def account(self, created: dict[str, int], waiting: dict | None = None) -> dict:
+        """Reconcile with what the cabinets say they created (device -> highest seq, e.g. from
+        their own counters) and what still waits in their outboxes (device -> seqs): every seq
+        1..created that never arrived and is not waiting is missing; the missing a cabinet's own
+        distinct events_dropped reports do not explain are `gaps` (loss). Per cabinet, so one
+        cabinet's drops never hide another's loss."""
+        waiting = waiting or {}
+        missing = still = gaps = 0
+        for did, top in created.items():
+            d = self._dev.get(did)
+            queued = set(waiting.get(did, ()))
+            lost = 0
+            for seq in range(1, top + 1):
+                if d is not None and (d.low <= seq <= d.floor or seq in d.above or seq in d.below):
+                    continue
+                if seq in queued:
+                    still += 1
+                else:
+                    lost += 1
+            missing += lost
+            gaps += max(0, lost - (d.dropped if d else 0))
+        return {"missing_seqs": missing, "still_in_outboxes": still, "gaps": gaps}
+
     def summary(self) -> dict:
         return {"received": self.received, "unique": self.unique(), "duplicates": self.duplicates,
                 "missing": self.missing_count(), "dropped_reported": self.dropped_reported,

@@ -19,6 +19,7 @@ every accepted connect.
 from __future__ import annotations
 
 import threading
+import time
 from typing import Callable, Iterable
 
 from host_tools.backend.connection import BrokerOptions, _stop, connect
@@ -31,16 +32,18 @@ class FleetSubscriber:
                  devices: Iterable[str] = ("+",), kinds: Iterable[str] = KINDS,
                  validate: bool = True, manual_ack: bool = False, keep_events: int = 200,
                  base: int | None = None, state: FleetState | None = None,
-                 nodelay: bool = False):
+                 nodelay: bool = False, topics: Iterable[str] | None = None):
         self.shards = list(shards)
         self.client_id = client_id
         self.durable = durable
-        self.topics = ["aed/v1/%s/%s" % (d, k) for d in devices for k in kinds]
+        self.topics = (list(topics) if topics is not None
+                       else ["aed/v1/%s/%s" % (d, k) for d in devices for k in kinds])
         self.manual_ack = manual_ack
         self.nodelay = nodelay
         self.fleet = state or FleetState(keep_events, validate, base)
         self.lock = threading.RLock()
         self._listeners: list[Callable[[FleetMessage], None]] = []
+        self._raw: list[Callable] = []
         self.clients: list = []
         self.refused: dict[str, int] = {}   # topic -> SUBACK failures (ACL says no)
         self.connects = 0
@@ -54,6 +57,11 @@ class FleetSubscriber:
         yet, and acking the second before it would lose the event in a crash. Invalid bodies
         are counted (fleet.counters["invalid"]) and acknowledged, never passed on."""
         self._listeners.append(fn)
+
+    def listen_raw(self, fn: Callable) -> None:
+        """fn(topic, payload, retain, shard, t_arrival) for every message as it arrives, before
+        any parsing (for latency probes and tests that look at the bytes)."""
+        self._raw.append(fn)
 
     def start(self, timeout: float = 10.0) -> "FleetSubscriber":
         """Connect every shard (BrokerError/BrokerAuthError on the first that fails) and wait
@@ -89,6 +97,11 @@ class FleetSubscriber:
             self._suback.notify_all()
 
     def _on_message(self, client, m, shard: int) -> None:
+        if self._raw:
+            now = time.time()
+            with self.lock:
+                for fn in self._raw:
+                    fn(m.topic, m.payload, m.retain, shard, now)
         ack = (lambda c=client, mid=m.mid, q=m.qos: c.ack(mid, q)) if self.manual_ack and m.qos else None
         with self.lock:
             msg = self.fleet.add(m.topic, m.payload, m.retain, bool(m.dup), shard)

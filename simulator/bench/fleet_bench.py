@@ -144,6 +144,7 @@ async def _fleet_phase(args, shards, work: Path, meter: CpuMeter, sub_pid: int, 
     meter.mark("ramp")
     t0 = time.time()
     deadline = t0 + args.ramp_timeout
+    ramp_done = False
     while time.time() < deadline:
         await asyncio.sleep(0.5)
         workers.poll()
@@ -151,12 +152,18 @@ async def _fleet_phase(args, shards, work: Path, meter: CpuMeter, sub_pid: int, 
         if workers.fatal:
             raise SystemExit("aedsim bench: " + "; ".join(workers.fatal))
         if len(workers.latest) == spec.workers and all(s["all_online_t"] for s in snaps):
+            ramp_done = True
             break
         if snaps and int(time.time() - t0) % 5 == 0:
             say("  ramp: %d/%d online" % (sum(s["online"] for s in snaps), spec.cabinets))
     t_online = time.time()
     meter.mark("steady")
-    say("  all online after %.1f s; steady for %d s" % (t_online - t0, args.steady))
+    if ramp_done:
+        say("  all online after %.1f s; steady for %d s" % (t_online - t0, args.steady))
+    else:
+        say("  RAMP TIMED OUT after %d s: %d/%d online; steady for %d s anyway" % (
+            args.ramp_timeout, sum(s["online"] for s in workers.latest.values()), spec.cabinets,
+            args.steady))
     rss_peak = {}
     end = t_online + args.steady
     unlocks = asyncio.create_task(asyncio.to_thread(
@@ -173,6 +180,7 @@ async def _fleet_phase(args, shards, work: Path, meter: CpuMeter, sub_pid: int, 
     await workers.stop()
     result = summary(spec, workers.latest, workers.history)
     result["t"] = {"start": t0, "online": t_online, "steady_end": t_steady_end}
+    result["ramp_timed_out"] = not ramp_done
     result["rss_peak_mib"] = {g: round(v / 1024, 1) for g, v in rss_peak.items()}
     result["unlock"] = await unlocks if unlocks else {"measured": False}
     return result
@@ -180,17 +188,15 @@ async def _fleet_phase(args, shards, work: Path, meter: CpuMeter, sub_pid: int, 
 
 def _unlocks(spec: RunSpec, fleet_key: bytes, count: int, over_s: float, seed) -> dict:
     """`count` missions to random cabinets, spread over `over_s` seconds while the fleet runs:
-    dispatch's own tool (host_tools/commands/unlock.py) publishes each token and times it to the ack."""
+    dispatch's own code (host_tools/commands/unlock.py on host_tools.backend's CommandSender)
+    publishes each token and times it to the ack."""
     import random
-    try:
-        from host_tools.commands import unlock as dispatch_tool
-    except ImportError:
-        return {"measured": False, "why": "host_tools/commands/unlock.py is not there"}
-    from simulator.fleet.runner import device_id, parse_broker, shard_of
+    from host_tools.backend import BrokerOptions, CommandSender
+    from host_tools.commands import unlock as dispatch_tool
+    from simulator.fleet.runner import device_id, shard_of
     rng = random.Random(seed)
-    brokers = [parse_broker(u) for u in spec.brokers]
-    ds = [dispatch_tool.Dispatch(h, p, client_id="bench-dispatch-%d" % i)
-          for i, (h, p) in enumerate(brokers)]
+    ds = [CommandSender(BrokerOptions(u), "bench-dispatch-%d-%d" % (os.getpid(), i)).start()
+          for i, u in enumerate(spec.brokers)]
     lat, results = [], {}
     try:
         for i in range(count):
@@ -230,7 +236,10 @@ def _paho_phase(args, shard_url: str, say) -> dict:
             res = {"clients": n, "connected": 0, "errors": ["no answer within time"]}
         res["ok"] = res.get("connected") == n and not res.get("errors")
         res["cpu_pct"] = round(100 * res.get("cpu_s", 0) / max(1e-9, res.get("wall_s", 1)), 1)
-        res["kib_per_client"] = round(res.get("rss_kib", 0) / max(1, res.get("created", 1)), 1)
+        # Like aedsim's kib_per_cabinet: the process's RSS growth above its own baseline (taken
+        # after imports, before the first client), per device — not the whole process / n.
+        res["kib_per_client"] = round((res.get("rss_kib", 0) - res.get("rss_base_kib", 0))
+                                      / max(1, res.get("created", 1)), 1)
         res["elapsed_s"] = round(time.time() - t0, 1)
         steps.append(res)
         say("  paho x%d: %d connected, %d thread errors, max fd %s, %.0f%% CPU, %.0f KiB/client"
@@ -322,6 +331,15 @@ def _ratios(fleet: dict, paho: dict, args) -> dict:
            "devices_per_process_ratio": round(per_proc / best["clients"], 1) if best else None}
     if best:
         out["kib_per_device"] = "%.1f vs %.1f" % (fleet["kib_per_cabinet"], best["kib_per_client"])
+        out["kib_per_device_measure"] = ("both: process RSS growth above the process's own "
+                                         "baseline, divided by its devices")
+    last = (paho.get("steps") or [{}])[-1]
+    if last and not last.get("ok"):
+        out["paho_limit"] = ("paho stopped at %d clients: %s" % (
+            last.get("clients", 0), "; ".join((last.get("thread_error_sample") or [])[:1]
+                                               + (last.get("errors") or [])[:1]) or "not all connected"))
+    out["note"] = ("the real difference is paho's threaded loop: select() cannot watch a "
+                   "descriptor >= 1024, so one process holds at most ~1000 paho clients")
     return out
 
 
@@ -360,9 +378,9 @@ def print_table(r: dict) -> None:
     t.add_row("latency p50 / p99 (ramp)", "%s / %s ms" % (lr["p50_ms"], lr["p99_ms"]), "")
     t.add_row("memory per device", "%s KiB" % f["kib_per_cabinet"], "%s KiB" % best.get("kib_per_client", "-"))
     be = f["backend"]
-    missing = f["events"] - f["outbox_total"] - be["events"]
+    missing = f["events"] - f["outbox_total"] - be["events_unique"]
     t.add_row("events at backend / created; gaps, dups",
-              "%d / %d%s; %d, %d" % (be["events"], f["events"],
+              "%d / %d%s; %d, %d" % (be["events_unique"], f["events"],
                                      " [red](%d missing)[/red]" % missing if missing > 0 else "",
                                      be["gaps"], be["duplicates"]), "")
     ws = f["per_worker"]
@@ -408,13 +426,39 @@ def register(sub) -> None:
     b.set_defaults(func=run)
 
 
+def verdict(r: dict) -> list[str]:
+    """What the run failed to show; empty when the fleet ramped in time and every event and
+    unlock arrived. `aedsim bench` exits 1 when this is not empty."""
+    f = r["fleet"]
+    be = f["backend"]
+    out = []
+    if f.get("ramp_timed_out"):
+        out.append("ramp timed out: not every cabinet online within --ramp-timeout")
+    if f["online"] < f["cabinets"]:
+        out.append("%d of %d cabinets online at the end" % (f["online"], f["cabinets"]))
+    if f["errors"]:
+        out.append("%s errors in the fleet" % f["errors"])
+    missing = f["events"] - f["outbox_total"] - be["events_unique"]
+    if missing > 0:
+        out.append("%d events created never reached the backend" % missing)
+    if be["gaps"]:
+        out.append("%d seq gaps at the backend not explained by events_dropped" % be["gaps"])
+    u = r.get("unlock") or {}
+    if u.get("measured") and u["results"].get("accepted", 0) != u["sent"]:
+        out.append("unlocks: %s of %d accepted" % (u["results"], u["sent"]))
+    return out
+
+
 def run(args) -> int:
     r = asyncio.run(bench(args))
+    r["failed"] = verdict(r)
     print_table(r)
     if args.json:
         Path(args.json).write_text(json.dumps(r, indent=2) + "\n")
     print(json.dumps(r))
-    return 0
+    for why in r["failed"]:
+        print("aedsim bench: FAILED: %s" % why, file=sys.stderr)
+    return 1 if r["failed"] else 0
 
 
 if __name__ == "__main__":

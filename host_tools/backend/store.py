@@ -96,11 +96,12 @@ CREATE TABLE IF NOT EXISTS missions (
     relocked_ts INTEGER,
     PRIMARY KEY (mission, device)
 ) WITHOUT ROWID;
-CREATE TABLE IF NOT EXISTS ingest_log (
-    t         REAL NOT NULL,
-    messages  INTEGER NOT NULL,
-    events_new INTEGER NOT NULL,
-    commit_ms REAL NOT NULL
+CREATE TABLE IF NOT EXISTS ingest_log (   -- one row per ~1 s of ingest (throughput figures)
+    t          REAL NOT NULL,                -- end of the interval (unix time)
+    seconds    REAL NOT NULL,                -- its length
+    messages   INTEGER NOT NULL,             -- messages committed in it
+    events_new INTEGER NOT NULL,             -- of which new events
+    commit_ms  REAL NOT NULL                 -- time spent in write() + COMMIT
 );
 """
 
@@ -210,8 +211,9 @@ class RegistryStore:
             (m.device, int(online), b["ts"], since, b.get("fw"), b.get("reset_cause"),
              b.get("boot_ts"), m.received, m.received))
 
-    def log_batch(self, messages: int, new: int, commit_ms: float) -> None:
-        self.db.execute("INSERT INTO ingest_log VALUES (?,?,?,?)", (time.time(), messages, new, commit_ms))
+    def log_interval(self, seconds: float, messages: int, new: int, commit_ms: float) -> None:
+        self.db.execute("INSERT INTO ingest_log VALUES (?,?,?,?,?)",
+                        (time.time(), seconds, messages, new, commit_ms))
 
     def close(self) -> None:
         self.db.close()
@@ -248,30 +250,33 @@ class Ingest:
                 try:
                     first = self.q.get(timeout=0.2)
                 except queue.Empty:
-                    continue
-                batch = [first]
-                while len(batch) < self.max_batch:
-                    try:
-                        batch.append(self.q.get_nowait())
-                    except queue.Empty:
-                        break
-                t0 = time.perf_counter()
-                new = self.store.write(batch)
-                dt = time.perf_counter() - t0
-                for m in batch:  # committed: now the broker may forget them
-                    m.ack()
-                c = self.counters
-                c["messages"] += len(batch)
-                c["events_new"] += new
-                c["batches"] += 1
-                c["commit_s"] += dt
-                acc[0] += len(batch)
-                acc[1] += new
-                acc[2] += dt
-                if time.monotonic() - last_log >= self._log_every:
-                    self.store.log_batch(acc[0], acc[1], acc[2] * 1000)
-                    acc = [0, 0, 0.0]
-                    last_log = time.monotonic()
+                    first = None
+                if first is not None:
+                    batch = [first]
+                    while len(batch) < self.max_batch:
+                        try:
+                            batch.append(self.q.get_nowait())
+                        except queue.Empty:
+                            break
+                    t0 = time.perf_counter()
+                    new = self.store.write(batch)
+                    dt = time.perf_counter() - t0
+                    for m in batch:  # committed: now the broker may forget them
+                        m.ack()
+                    c = self.counters
+                    c["messages"] += len(batch)
+                    c["events_new"] += new
+                    c["batches"] += 1
+                    c["commit_s"] += dt
+                    acc[0] += len(batch)
+                    acc[1] += new
+                    acc[2] += dt
+                now = time.monotonic()
+                if now - last_log >= self._log_every:
+                    if acc[0]:
+                        self.store.log_interval(now - last_log, acc[0], acc[1], acc[2] * 1000)
+                        acc = [0, 0, 0.0]
+                    last_log = now
         except BaseException as e:  # noqa: BLE001  (reported by the CLI; nothing was acked)
             self.error = e
 

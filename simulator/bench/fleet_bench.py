@@ -132,7 +132,16 @@ def _r(x):
 
 
 # -- the run -------------------------------------------------------------------------------------
-async def _fleet_phase(args, shards, work: Path, meter: CpuMeter, sub_pid: int, say) -> dict:
+async def _kill_registry(reg, args, say) -> None:
+    await asyncio.sleep(args.registry_kill_at)
+    reg.kill9()
+    say("  registry: SIGKILL at +%g s (%d events stored); restarting in %g s"
+        % (args.registry_kill_at, reg.kills[-1]["events_stored_at_kill"], args.registry_down))
+    await asyncio.sleep(args.registry_down)
+    await asyncio.to_thread(reg.start)
+
+
+async def _fleet_phase(args, shards, work: Path, meter: CpuMeter, sub_pid: int, say, reg=None) -> dict:
     fleet_key = os.urandom(32)
     spec = RunSpec(cabinets=args.cabinets, brokers=[s.url for s in shards], workers=args.workers,
                    ramp=args.ramp, heartbeat=args.heartbeat, profile=args.profile, seed=args.seed,
@@ -141,8 +150,12 @@ async def _fleet_phase(args, shards, work: Path, meter: CpuMeter, sub_pid: int, 
     workers = Workers(spec).start()
     meter.groups = {"simulator": [p.pid for p in workers.procs],
                     "brokers": [s.proc.pid for s in shards], "backend": [sub_pid]}
+    if reg is not None:
+        meter.groups["registry"] = reg.pids  # the same list: a restarted registry is counted too
     meter.mark("ramp")
     t0 = time.time()
+    killer = (asyncio.create_task(_kill_registry(reg, args, say))
+              if reg is not None and args.registry_kill_at is not None else None)
     deadline = t0 + args.ramp_timeout
     ramp_done = False
     while time.time() < deadline:
@@ -176,6 +189,8 @@ async def _fleet_phase(args, shards, work: Path, meter: CpuMeter, sub_pid: int, 
             rss_peak[g] = max(rss_peak.get(g, 0), sum(_proc_rss(p) for p in pids))
     meter.end()
     t_steady_end = time.time()
+    if killer is not None:
+        await killer
     from simulator.fleet.view import summary
     await workers.stop()
     result = summary(spec, workers.latest, workers.history)
@@ -267,6 +282,11 @@ async def bench(args) -> dict:
     if not sub_conn.poll(20):
         raise SystemExit("aedsim bench: the backend subscriber did not start")
     sub_conn.recv()
+    reg = None
+    if args.registry:
+        from simulator.bench.registry_run import RegistryRun
+        reg = RegistryRun([s.url for s in shards], work).start()
+        say("registry: aedgate registry ingest -> %s" % reg.db)
     meter = CpuMeter()
     out: dict = {"machine": {"cpus": os.cpu_count(), "kernel": platform.release(),
                              "python": platform.python_version(),
@@ -278,7 +298,7 @@ async def bench(args) -> dict:
     try:
         say("fleet: %d cabinets, %d workers, %d shards, ramp %s/s, heartbeat %d s"
             % (args.cabinets, args.workers, args.shards, args.ramp, args.heartbeat))
-        fleet = await _fleet_phase(args, shards, work, meter, sub.pid, say)
+        fleet = await _fleet_phase(args, shards, work, meter, sub.pid, say, reg)
         sub_conn.send("stop")
         sub_conn.poll(60)
         backend = json.loads((work / "recv.json").read_text())
@@ -294,6 +314,15 @@ async def bench(args) -> dict:
                             "steady": _latency(sent, rt, rk, t["online"], t["steady_end"])}
         fleet["backend"] = backend
         fleet["backend"]["received"] = len(rt)
+        if reg is not None:
+            say("registry: waiting until it holds the %d events the backend saw" % backend["events_unique"])
+            drained = reg.wait_drained(backend["events_unique"])
+            time.sleep(3)  # anything counted twice would show now
+            reg.stop()
+            out["registry"] = reg.result(backend["events_unique"], (t["start"], t["online"]), drained)
+            ramp_s = max(1e-9, t["online"] - t["start"])
+            out["registry"]["offered_msgs_per_s_during_ramp"] = round(
+                sum(1 for x in rt if t["start"] <= x <= t["online"]) / ramp_s)
         fleet["cpu"] = meter.phases
         out["fleet"] = fleet
         if args.paho_steps:
@@ -315,6 +344,8 @@ async def bench(args) -> dict:
         out["unlock"] = fleet.pop("unlock")
         out["bottleneck"] = _bottleneck(fleet)
     finally:
+        if reg is not None:
+            reg.stop()
         for s in shards:
             s.stop()
         if sub.is_alive():
@@ -421,6 +452,13 @@ def register(sub) -> None:
     b.add_argument("--paho-interval", type=float, default=10, metavar="S",
                    help="each paho device publishes every S seconds")
     b.add_argument("--paho-seconds", type=float, default=20, metavar="S")
+    b.add_argument("--registry", action="store_true",
+                   help="also run `aedgate registry ingest` (SQLite) on the shards and check it "
+                        "stored every event the backend saw, once; report its ingest rate")
+    b.add_argument("--registry-kill-at", type=float, metavar="S",
+                   help="SIGKILL the registry S seconds into the ramp, restart it (--registry)")
+    b.add_argument("--registry-down", type=float, default=2.0, metavar="S",
+                   help="seconds the killed registry stays down (default 2)")
     b.add_argument("--keep", action="store_true", help="keep the work folder (traces, broker logs)")
     b.add_argument("--json", metavar="FILE", help="write the results here too")
     b.set_defaults(func=run)
@@ -446,6 +484,13 @@ def verdict(r: dict) -> list[str]:
     u = r.get("unlock") or {}
     if u.get("measured") and u["results"].get("accepted", 0) != u["sent"]:
         out.append("unlocks: %s of %d accepted" % (u["results"], u["sent"]))
+    g = r.get("registry")
+    if g is not None:
+        if g["lost"] or g["extra"] or g["missing_seqs"]:
+            out.append("registry: %d events lost, %d extra, %d seqs missing" % (
+                g["lost"], g["extra"], g["missing_seqs"]))
+        if g["drained_s_after_fleet_stop"] is None:
+            out.append("registry: never caught up with the backend")
     return out
 
 

@@ -49,6 +49,7 @@ class FleetSubscriber:
         self.connects = 0
         self._suback = threading.Condition(self.lock)
         self._pending_subs = 0
+        self._subscribed: set = set()  # clients that subscribed in this process
 
     def listen(self, fn: Callable[[FleetMessage], None]) -> None:
         """fn(msg) for every valid message. Redelivered events are counted (fleet.ledger) and
@@ -84,7 +85,13 @@ class FleetSubscriber:
     def _subscribe(self, client, session_present: bool) -> None:
         with self.lock:
             self.connects += 1
+            if session_present and client in self._subscribed:
+                # The broker kept our session and the subscriptions this process made in it:
+                # subscribing again would only make it resend every retained status and state
+                # (two per cabinet) on each reconnect.
+                return
             self._pending_subs += 1
+        self._subscribed.add(client)
         client.on_subscribe = self._on_subscribe
         client.subscribe([(t, 1) for t in self.topics])
 

@@ -452,6 +452,12 @@ def register(sub) -> None:
     b.add_argument("--paho-interval", type=float, default=10, metavar="S",
                    help="each paho device publishes every S seconds")
     b.add_argument("--paho-seconds", type=float, default=20, metavar="S")
+    b.add_argument("--target-ramp", type=float, metavar="PER_S",
+                   help="connect rate to reach (default 90%% of --ramp; 0: no target)")
+    b.add_argument("--target-unlock-p99-ms", type=float, default=100, metavar="MS",
+                   help="unlock p99 under load (default 100; 0: no target)")
+    b.add_argument("--target-kib", type=float, default=64, metavar="KIB",
+                   help="simulator memory per cabinet (default 64; 0: no target)")
     b.add_argument("--registry", action="store_true",
                    help="also run `aedgate registry ingest` (SQLite) on the shards and check it "
                         "stored every event the backend saw, once; report its ingest rate")
@@ -465,8 +471,9 @@ def register(sub) -> None:
 
 
 def verdict(r: dict) -> list[str]:
-    """What the run failed to show; empty when the fleet ramped in time and every event and
-    unlock arrived. `aedsim bench` exits 1 when this is not empty."""
+    """What the run failed to show; empty when the fleet ramped in time, every event and
+    unlock arrived and the targets (r["targets"]: connect rate, unlock p99, memory per
+    cabinet) were met. `aedsim bench` exits 1 when this is not empty."""
     f = r["fleet"]
     be = f["backend"]
     out = []
@@ -484,6 +491,13 @@ def verdict(r: dict) -> list[str]:
     u = r.get("unlock") or {}
     if u.get("measured") and u["results"].get("accepted", 0) != u["sent"]:
         out.append("unlocks: %s of %d accepted" % (u["results"], u["sent"]))
+    tg = r.get("targets") or {}
+    if tg.get("connect_per_s") and (f.get("connect_rate_per_s") or 0) < tg["connect_per_s"]:
+        out.append("connect ramp %s/s below the target %g/s" % (f.get("connect_rate_per_s"), tg["connect_per_s"]))
+    if tg.get("unlock_p99_ms") and u.get("measured") and (u.get("p99_ms") or 0) > tg["unlock_p99_ms"]:
+        out.append("unlock p99 %s ms above the target %g ms" % (u.get("p99_ms"), tg["unlock_p99_ms"]))
+    if tg.get("kib_per_cabinet") and (f.get("kib_per_cabinet") or 0) > tg["kib_per_cabinet"]:
+        out.append("%s KiB per cabinet above the target %g KiB" % (f.get("kib_per_cabinet"), tg["kib_per_cabinet"]))
     g = r.get("registry")
     if g is not None:
         if g["lost"] or g["extra"] or g["missing_seqs"]:
@@ -496,6 +510,8 @@ def verdict(r: dict) -> list[str]:
 
 def run(args) -> int:
     r = asyncio.run(bench(args))
+    r["targets"] = {"connect_per_s": args.ramp * 0.9 if args.target_ramp is None else args.target_ramp,
+                    "unlock_p99_ms": args.target_unlock_p99_ms, "kib_per_cabinet": args.target_kib}
     r["failed"] = verdict(r)
     print_table(r)
     if args.json:

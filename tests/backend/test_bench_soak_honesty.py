@@ -48,7 +48,8 @@ def test_bench_exits_nonzero_when_its_ramp_times_out(tmp_path):
 
 def test_bench_passes_and_measures_paho_memory_like_aedsim(tmp_path):
     r, res = _bench(tmp_path, "--cabinets", "20", "--ramp", "100", "--ramp-timeout", "60", "--steady", "3",
-                    "--unlocks", "3", "--paho-steps", "20", "--paho-seconds", "3")
+                    "--unlocks", "3", "--paho-steps", "20", "--paho-seconds", "3", "--target-ramp", "0",
+                    "--target-unlock-p99-ms", "1000", "--target-kib", "0")  # 20 cabinets: fixed costs dominate
     assert r.returncode == 0, r.stderr[-2000:]
     assert res["failed"] == [] and res["unlock"]["results"] == {"accepted": 3}
     best = res["paho_per_device"]["best"]
@@ -57,3 +58,8 @@ def test_bench_passes_and_measures_paho_memory_like_aedsim(tmp_path):
     assert best["kib_per_client"] == round((best["rss_kib"] - best["rss_base_kib"]) / best["created"], 1)
     assert "select()" in res["ratios"]["note"]
     assert res["fleet"]["backend"]["events_unique"] == res["fleet"]["events"] - res["fleet"]["outbox_total"]
+
+    # a missed target is a failure too (the exit code follows verdict())
+    from simulator.bench.fleet_bench import verdict
+    assert verdict(dict(res, targets={"kib_per_cabinet": 0.5}))[0].endswith("above the target 0.5 KiB")
+    assert "below the target" in verdict(dict(res, targets={"connect_per_s": 1e9}))[0]

@@ -370,7 +370,8 @@ def _ratios(fleet: dict, paho: dict, args) -> dict:
             last.get("clients", 0), "; ".join((last.get("thread_error_sample") or [])[:1]
                                                + (last.get("errors") or [])[:1]) or "not all connected"))
     out["note"] = ("the real difference is paho's threaded loop: select() cannot watch a "
-                   "descriptor >= 1024, so one process holds at most ~1000 paho clients")
+                   "descriptor >= 1024, and each client holds 3 (its socket and a wake-up "
+                   "socketpair), so one process holds at most ~338 paho clients")
     return out
 
 

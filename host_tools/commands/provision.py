@@ -11,6 +11,12 @@ What it does, in order:
     says so;
  5. verifies: every file's sha256 again, `aedgate.VERSION` imported from the new files, the
     config's checksum; then resets the board so the cabinet app starts.
+
+A board whose MicroPython was built with the firmware frozen in (firmware/manifest.py) runs
+`aedgate` from flash memory: copies in "/" come first on sys.path ('', '.frozen', '/lib') and
+would shadow it. `--config-only` copies config.json and the CA only (and boot.py/main.py when the
+board has none: they are never frozen), and removes copies that would shadow the frozen
+modules; the full mode refuses such a board.
 """
 from __future__ import annotations
 
@@ -31,7 +37,7 @@ from host_tools.cli import CliError
 from host_tools.device import Device, DeviceError
 from host_tools.commands.keys import check_device, load_fleet_key
 
-FIRMWARE = Path(__file__).resolve().parents[2] / "firmware"
+from host_tools.firmware import FIRMWARE
 MARKER = "provisioning"
 CONFIG = "config.json"
 # Written by provision; any other key already in the board's config.json (for example expiry
@@ -81,6 +87,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--pin", action="append", default=[], metavar="NAME=N",
                    help="GPIO for a board input/output (door, lock, lock_sense, siren, led, "
                         "battery_adc, mains, temp, button); N or 'none'; repeatable")
+    p.add_argument("--config-only", action="store_true",
+                   help="copy config.json and the CA only, for a board with the firmware frozen into "
+                        "its MicroPython build (see docs/technician.md)")
     p.add_argument("--mpy", action="store_true",
                    help="ship precompiled .mpy files (mpy-cross): less flash, less RAM, faster boot")
     p.add_argument("--timeout", type=float, default=10.0, metavar="S", help="wait this long for the board")
@@ -112,7 +121,20 @@ def parse_pins(items: list[str]) -> dict[str, int | None]:
             pins[name] = int(num)
         except ValueError:
             raise CliError("--pin %r: N must be a GPIO number or 'none'" % item) from None
+        reason = from_fw._pin_problem(name, pins[name])
+        if reason:
+            raise CliError("--pin %s=%d: GPIO%d %s" % (name, pins[name], pins[name], _PIN_REASONS[reason]))
     return pins
+
+
+# Why the firmware's config check (aedgate/config.py _pin_problem) refuses a pin: docs/config.md.
+_PIN_REASONS = {
+    "invalid_pin": "does not exist on an ESP32 module (machine.Pin refuses it: 0-19, 21-23, 25-27, 32-39)",
+    "flash_bus": "is on the module's SPI flash bus (6-11); driving it stops the board",
+    "input_only": "is input only (34-39: no output driver, no pull-up)",
+    "strapping_pin": "is a strapping pin (0, 2, 5, 12, 15): its level at reset selects the boot mode, "
+                     "and 5/15 are pulled high until the firmware runs",
+}
 
 
 def _firmware_config():
@@ -217,6 +239,50 @@ def _say(msg: str) -> None:
     print(msg, flush=True)
 
 
+# Imports aedgate with sys.path = ['.frozen'] only: its version when the board's MicroPython has
+# it frozen in, None otherwise. Modules are dropped before and after so nothing is mixed up.
+_FROZEN_PROBE = """import sys
+def _drop():
+    for m in [k for k in sys.modules if k == 'aedgate' or k.startswith('aedgate.') or k == 'board']:
+        del sys.modules[m]
+_p = sys.path[:]
+_drop()
+sys.path[:] = ['.frozen']
+try:
+    import aedgate
+    _v = aedgate.VERSION
+except ImportError:
+    _v = None
+sys.path[:] = _p
+_drop()
+print(repr(_v))"""
+
+
+def frozen_version(dev: Device) -> str | None:
+    v = dev.eval_code(_FROZEN_PROBE)
+    return v if isinstance(v, str) else None
+
+
+def check_frozen(frozen: str | None, config_only: bool) -> None:
+    """The full mode must not shadow a frozen firmware with copies in "/"."""
+    if frozen is not None and not config_only:
+        raise CliError("this board's MicroPython has aedgate %s frozen in: copying the modules would shadow it "
+                       "(sys.path '', '.frozen', '/lib'); use --config-only" % frozen)
+
+
+def shadowing(files: list[tuple[str, bytes]]) -> list[str]:
+    """Board paths (both .py and .mpy) of the modules firmware/manifest.py freezes."""
+    out = []
+    for path, _ in files:
+        if path in NOT_COMPILED:
+            continue
+        out.append(path)
+        other = _other_variant(path)
+        if other:
+            out.append(other)
+    return out
+
+
 def ca_der(path: str) -> bytes:
     """The CA certificate as DER: MicroPython's mbedTLS takes DER (PEM is refused on the unix
     port 1.29), so a PEM file is converted here, on the host."""
@@ -238,17 +304,22 @@ def provision(args: argparse.Namespace) -> dict[str, Any]:
     t0 = time.monotonic()
     check_device(args.device_id)
     load_fleet_key(args.fleet_key)  # fail on a bad key file before touching the board
+    parse_pins(args.pin)            # and on a pin the chip refuses
     with tempfile.TemporaryDirectory(prefix="aedgate-mpy-") as tmp:
         version, files = firmware_files(args.mpy, Path(tmp))
     ca = None
     if args.ca:
         ca = ca_der(args.ca)
     _say("connecting to %s …" % args.port)
-    with Device(args.port, timeout=args.timeout) as dev:
+    hint = ("the .mpy files do not fit either: remove files (mpremote rm) or use a board with a larger "
+            "filesystem" if args.mpy else "remove files (mpremote rm) or use --mpy to ship smaller files")
+    with Device(args.port, timeout=args.timeout, full_hint=hint) as dev:
         marker = dev.read_file(MARKER)
         if marker is not None:
             _say("note: a previous provisioning of this board did not finish (%s); finishing it now"
                  % marker.decode("utf-8", "replace").strip())
+        frozen = frozen_version(dev)
+        check_frozen(frozen, args.config_only)
         existing_raw = dev.read_file(CONFIG)
         existing = None
         if existing_raw:
@@ -259,8 +330,16 @@ def provision(args: argparse.Namespace) -> dict[str, Any]:
             if not isinstance(existing, dict):
                 existing = None
         cfg = build_config(args, existing)
+        if args.config_only:
+            # copies that would shadow the frozen modules go (a board without them keeps its own)
+            stale = shadowing(files) if frozen is not None else []
+            entry = [(p, b) for p, b in files if p in NOT_COMPILED]
+            present = dev.sha256([p for p, _ in entry])
+            # boot.py and main.py are never frozen (firmware/manifest.py): copied only if absent
+            files = [(p, b) for p, b in entry if present.get(p) is None]
+        else:
+            stale = [v for v in (_other_variant(p) for p, _ in files) if v]
         payload = files + [(CONFIG, config_bytes(cfg))] + ([("ca.der", ca)] if ca is not None else [])
-        stale = [v for v in (_other_variant(p) for p, _ in files) if v]
         want = {p: hashlib.sha256(b).hexdigest() for p, b in payload}
         have = dev.sha256(list(want) + stale)
         todo = [(p, b) for p, b in payload if have.get(p) != want[p]]
@@ -272,7 +351,8 @@ def provision(args: argparse.Namespace) -> dict[str, Any]:
         try:
             for path in stale:  # first: a .py left beside its new .mpy would shadow it, and it takes room
                 dev.remove(path)
-                _say("removed %s (replaced by %s)" % (path, _other_variant(path)))
+                _say("removed %s (%s)" % (path, "it shadowed the frozen module" if args.config_only
+                                          else "replaced by %s" % _other_variant(path)))
             width = len(str(len(payload)))
             for i, (path, data) in enumerate(payload, 1):
                 label = "[%*d/%d] %-24s %7s" % (width, i, len(payload), path, _size(len(data)))
@@ -290,8 +370,13 @@ def provision(args: argparse.Namespace) -> dict[str, Any]:
             if bad:
                 raise DeviceError("verification failed: %s differ on the board after copying" % ", ".join(bad))
             fw = dev.eval_code("import sys\nfor m in [k for k in sys.modules if k.startswith('aedgate')]:\n"
-                               " del sys.modules[m]\nimport aedgate\nprint(repr(aedgate.VERSION))")
-            if fw != version:
+                               " del sys.modules[m]\ntry:\n import aedgate\n v = aedgate.VERSION\n"
+                               "except ImportError:\n v = None\nprint(repr(v))")
+            if args.config_only:
+                if fw is None:
+                    raise DeviceError("verification failed: --config-only, but the board has no aedgate "
+                                      "(neither frozen nor on its filesystem)")
+            elif fw != version:
                 raise DeviceError("verification failed: the board reports firmware %r, expected %r" % (fw, version))
             if changing or marker is not None:
                 dev.remove(MARKER)

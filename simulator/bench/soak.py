@@ -178,7 +178,7 @@ async def soak(args) -> dict:
     await asyncio.sleep(2.0)
     end_rss = rss_kib() / 1024
     generated = {did: c.app.outbox.seq for did, c in fleet.cabinets.items() if c.app}
-    waiting = {did: set(c.app.outbox._pending) for did, c in fleet.cabinets.items() if c.app}
+    waiting = {did: set(c.app.outbox.pending()) for did, c in fleet.cabinets.items() if c.app}
     tally = registry.tally(generated, waiting)
     result = {
         "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "kernel": platform.release()},

@@ -16,18 +16,34 @@ How it is put together:
   raw REPL, as with every `mpremote` command — runs boot.py only, hides the banner and puts the
   new interpreter into the raw REPL before the host sees `raw REPL; CTRL-B to exit`. After a
   friendly-REPL soft reboot or `machine.reset()`, boot.py and main.py run, as on the ESP32.
-- The flash is a host directory (`--flash-dir`), mounted as "/" inside the interpreter through a
-  small VFS object (shims/_vdevflash.py) with an ESP32-sized capacity (`--flash-size`), so
-  `Flash("/")`, `mpremote ls/cp` and imports all see it, and a full flash raises ENOSPC.
+- The flash is the ESP32's "vfs" partition: a littlefs image (`<--flash-dir>/vfs.img`, 2 MiB =
+  512 blocks of 4096 bytes by default, `--flash-size`) mounted as "/" by MicroPython's own
+  `vfs.VfsLfs2` over a block device with the board's geometry (shims/_vdevflash.py). It is kept
+  between runs and survives power cuts as flash does; `Flash("/")`, `mpremote ls/cp` and imports
+  all see it; the host reads it with simulator/vdev/flashimage.py. The world key `flash`
+  ("full" | "ok") fills it, so the firmware meets ENOSPC.
 - The cabinet's physical world lives here: door, mains, button, backup battery (ADC), DS18B20
   temperature, Wi-Fi, power, a lock whose sense switch follows the lock output unless jammed.
   Change it by publishing JSON to `aedsim/world/<device_id>` on the broker (the one in
   `--broker`, else the one the device's config.json names), or by writing the same JSON, one
   object per line, to this process's stdin. Keys: door open|closed, mains bool, battery_mv int,
-  temp_c number|null, power off|on, wifi down|up, button press, lock jammed|ok.
-- Resets: `machine.reset()` (what `mpremote reset` runs) restarts with reset cause SOFT_RESET
-  (ESP32's esp_restart), a machine.WDT that is not fed restarts with WDT_RESET, power on gives
-  PWRON_RESET; a Ctrl-D soft reboot keeps the previous cause, as on the ESP32.
+  temp_c number|null, power off|on, wifi down|up, button press|hold|release, lock jammed|ok,
+  sntp down|up, dns ok|slow|dead (getaddrinfo blocks 1.5 s / 7 s then fails, as lwIP's
+  resolver does), temp_sensor swap (a DS18B20 with a new ROM code), adc_noise_mv number
+  (sigma at the pin).
+- Resets, as v1.23-v1.28 report them (ports/esp32/modmachine.c mp_machine_reset_cause):
+  `machine.reset()` (what `mpremote reset` runs) and a crash restart with HARD_RESET, a
+  machine.WDT that is not fed restarts with WDT_RESET, power on gives PWRON_RESET, and after any
+  soft reboot (Ctrl-D, raw-REPL entry) reset_cause() says SOFT_RESET until the next hard reset.
+- The clock (see shims/time.py): 2000-01-01 at power-on, kept across soft and hard resets, set
+  through machine.RTC().datetime(), drifting (`--clock-drift-ppm`). An SNTP responder on
+  loopback answers the `ntptime` shim for any host name; the world key `sntp: down` silences it.
+- The watchdog lives here, not in the interpreter: armed once, it outlives soft reboots and is
+  cleared only by a hard reset or power-off; machine.Timer dies with the interpreter.
+- Pins at reset: after a hard reset or power-on every GPIO is an input with the chip's strapping
+  pulls until boot.py drives it (GPIO0, 5 and 15 pulled up, 2 and 12 down): a lock wired to GPIO5
+  sees a high level. GPIO0 held low during a reset (button `hold`) starts the ROM's download
+  mode: no MicroPython until the next power cycle.
 
 Limits: a Wi-Fi "down" makes the station report disconnected and new connections wait for it,
 but TCP connections already open stay up (they are the host's sockets).
@@ -43,15 +59,18 @@ import os
 import select
 import shutil
 import signal
+import struct
 import sys
 import termios
 import tempfile
 import threading
+import time
 import tty
 from pathlib import Path
 from typing import Any, Callable
 
-ROOT = Path(__file__).resolve().parents[2]
+from host_tools.firmware import FIRMWARE
+from simulator.vdev.flashimage import IMAGE_NAME, FlashImage
 VDEVFS = Path(__file__).resolve().parent / "shims"
 
 PWRON_RESET, HARD_RESET, WDT_RESET, DEEPSLEEP_RESET, SOFT_RESET = 1, 2, 3, 4, 5
@@ -60,7 +79,13 @@ _RAW_BANNER = b"raw REPL; CTRL-B to exit"
 _FRIENDLY_BANNER = b'Type "help()" for more information.'
 _OUT_LIMIT = 256 * 1024  # bytes kept for a host that is not reading (then the oldest go)
 _TRACE = open(os.environ["AEDSIM_VDEV_TRACE"], "a") if os.environ.get("AEDSIM_VDEV_TRACE") else None
-WORLD_KEYS = ("door", "mains", "battery_mv", "temp_c", "power", "wifi", "button", "lock")
+WORLD_KEYS = ("door", "mains", "battery_mv", "temp_c", "power", "wifi", "button", "lock", "flash", "sntp",
+              "dns", "temp_sensor", "adc_noise_mv")
+DNS_FAULTS = ("ok", "slow", "dead")  # the resolver socket.getaddrinfo meets (shims/socket.py)
+# Levels of the strapping pins between a chip reset and the firmware driving them (ESP32 Series
+# Datasheet, "Strapping Pins": internal weak pull-up on GPIO0, 5, 15, pull-down on 2, 12).
+STRAP_LEVELS = {0: 1, 2: 0, 5: 1, 12: 0, 15: 1}
+NTP_1900_TO_1970 = 2208988800
 
 
 def find_micropython() -> str:
@@ -73,7 +98,7 @@ def find_micropython() -> str:
 
 def board_default_pins() -> dict[str, int | None]:
     """The reference wiring from firmware/board.py (read, not imported: it imports machine)."""
-    tree = ast.parse((ROOT / "firmware" / "board.py").read_text())
+    tree = ast.parse((FIRMWARE / "board.py").read_text())
     for node in tree.body:
         if isinstance(node, ast.Assign) and any(getattr(t, "id", None) == "PINS" for t in node.targets):
             return ast.literal_eval(node.value)
@@ -92,7 +117,13 @@ class PinWorld:
         self.wifi = True
         self.button = False
         self.lock_jammed = False
-        self.outputs: dict[int, int] = {}
+        self.flash_full = False
+        self.button_held = False
+        self.sntp = True
+        self.outputs: dict[int, int] = dict(STRAP_LEVELS)
+        self.dns = "ok"
+        self.temp_rom: str | None = None  # None: the default DS18B20; "swap" gives a new one
+        self.adc_noise_mv = 12            # ADC noise at the pin, sigma (shims/machine.py)
 
     def snapshot(self, cfg: dict[str, Any], ap: tuple[str | None, str | None]) -> dict[str, Any]:
         pins = board_default_pins()
@@ -114,10 +145,11 @@ class PinWorld:
         put("lock_sense", 0 if (released and not self.lock_jammed) else 1)
         adc: dict[str, int] = {}
         if pins.get("battery_adc") is not None:
-            div = float(cfg.get("battery_divider", 5.0)) * float(cfg.get("battery_cal", 1.0))
+            div = float(cfg.get("battery_divider", 6.0)) * float(cfg.get("battery_cal", 1.0))
             adc[str(pins["battery_adc"])] = int(self.battery_mv * 1000 / div)
         return {"pins": levels, "adc": adc, "temp_c": self.temp_c, "wifi": self.wifi,
-                "ap": list(ap)}
+                "ap": list(ap), "flash_full": self.flash_full, "dns": self.dns, "temp_rom": self.temp_rom,
+                "adc_noise_mv": self.adc_noise_mv}
 
     def apply(self, change: dict[str, Any]) -> list[str]:
         """Apply a world-control message; returns error strings (never raises)."""
@@ -149,13 +181,34 @@ class PinWorld:
                 if ok:
                     self.wifi = value == "up"
             elif key == "button":
-                ok = value in ("press", "release")
+                ok = value in ("press", "release", "hold")
                 if ok:
-                    self.button = value == "press"
+                    self.button = value != "release"
+                    self.button_held = value == "hold"
+            elif key == "sntp":
+                ok = value in ("up", "down")
+                if ok:
+                    self.sntp = value == "up"
             elif key == "lock":
                 ok = value in ("jammed", "ok")
                 if ok:
                     self.lock_jammed = value == "jammed"
+            elif key == "flash":
+                ok = value in ("full", "ok")
+                if ok:
+                    self.flash_full = value == "full"
+            elif key == "temp_sensor":
+                ok = value == "swap"
+                if ok:
+                    self.temp_rom = "28" + os.urandom(6).hex() + "00"
+            elif key == "adc_noise_mv":
+                ok = isinstance(value, (int, float)) and not isinstance(value, bool) and 0 <= value <= 500
+                if ok:
+                    self.adc_noise_mv = value
+            elif key == "dns":
+                ok = value in DNS_FAULTS
+                if ok:
+                    self.dns = value
             else:
                 errors.append("unknown world key %r (known: %s)" % (key, ", ".join(WORLD_KEYS)))
                 continue
@@ -171,7 +224,8 @@ class VirtualDevice:
     def __init__(self, flash_dir: str | os.PathLike[str] | None = None, device_id: str = "vdev-0001",
                  broker: str | None = None, flash_size: int = 2 * 1024 * 1024,
                  wifi_ssid: str | None = None, wifi_password: str | None = None,
-                 heap: str | None = None, log: Callable[[str], None] | None = None) -> None:
+                 heap: str | None = None, log: Callable[[str], None] | None = None,
+                 clock_drift_ppm: float = 20.0) -> None:
         self._tmp = None
         if flash_dir is None:
             self._tmp = tempfile.TemporaryDirectory(prefix="vdev-flash-")
@@ -181,6 +235,7 @@ class VirtualDevice:
         self.device_id = device_id
         self.broker = broker
         self.flash_size = flash_size
+        self.flash = FlashImage(self.flash_dir / IMAGE_NAME, flash_size)
         self.ap = (wifi_ssid, wifi_password)
         self.heap = heap
         self.log = log or (lambda s: print("vdev: " + s, file=sys.stderr, flush=True))
@@ -205,6 +260,7 @@ class VirtualDevice:
         self._ctl: asyncio.StreamWriter | None = None
         self._wdt_ms = 0
         self._wdt_deadline = 0.0
+        self._sta: list | None = None  # the Wi-Fi station as the shim last reported it
         self._power_on = asyncio.Event()
         self._stopping = False
         self._tasks: list[asyncio.Task] = []
@@ -212,17 +268,29 @@ class VirtualDevice:
         self._mqtt_target: tuple | None = None
         self._button_timer: asyncio.TimerHandle | None = None
         self.boots = 0
+        self.clock_drift_ppm = clock_drift_ppm
+        self.clock = (time.time(), 0.0)  # host seconds, device seconds since 2000: power-on
+        self.download_mode = False
 
     # -- lifecycle ---------------------------------------------------------------------------
     async def start(self) -> "VirtualDevice":
         self.loop = asyncio.get_running_loop()
         self._mp = find_micropython()
+        if not self.flash.path.exists():
+            self.flash.format()  # as inisetup.py on a new board, before anything can race it
+        elif self.flash.path.stat().st_size != self.flash_size // 4096 * 4096:
+            raise ValueError("the flash image %s is %d bytes, not the %d of --flash-size: remove it "
+                             "to start with a blank flash" % (self.flash.path, self.flash.path.stat().st_size,
+                                                              self.flash_size))
         self._outer_m, self._outer_s = os.openpty()
         tty.setraw(self._outer_s)
         os.set_blocking(self._outer_m, False)
         self.path = os.ttyname(self._outer_s)
         self._server = await asyncio.start_server(self._on_ctl, "127.0.0.1", 0)
         self._ctl_port = self._server.sockets[0].getsockname()[1]
+        self._sntp, _ = await self.loop.create_datagram_endpoint(
+            lambda: _SntpResponder(self), local_addr=("127.0.0.1", 0))
+        self.sntp_port = self._sntp.get_extra_info("sockname")[1]
         self.loop.add_reader(self._outer_m, self._on_host)
         self._power_on.set()
         self._tasks.append(asyncio.create_task(self._supervise()))
@@ -239,6 +307,7 @@ class VirtualDevice:
         self.loop.remove_reader(self._outer_m)
         self.loop.remove_writer(self._outer_m)
         self._server.close()
+        self._sntp.close()
         if self._mqtt is not None:
             self._mqtt.loop_stop()
             self._mqtt.disconnect()
@@ -257,7 +326,7 @@ class VirtualDevice:
 
     def _read_config(self) -> dict[str, Any]:
         try:
-            cfg = json.loads((self.flash_dir / "config.json").read_text())
+            cfg = json.loads(self.flash.read("config.json") or b"")
             return cfg if isinstance(cfg, dict) else {}
         except (OSError, ValueError):
             return {}
@@ -271,23 +340,30 @@ class VirtualDevice:
                 if self._stopping:
                     return
                 mode, self.reset_cause = "hard", PWRON_RESET
+                self.clock = (time.time(), 0.0)  # the RTC restarts at 2000-01-01 on power-on
             self.cfg = self._read_config()
             self._mqtt_follow()
+            if mode == "hard":
+                self._sta = None  # a chip reset restarts Wi-Fi; a soft reboot does not
+                self._chip_reset()
+                if self.download_mode:
+                    continue
             await self._spawn(run_main=mode != "raw", raw=mode == "raw")
             await self.proc.wait()
             self._accepting = False
-            self._wdt_ms = 0
             self._close_inner()
             if self._stopping:
                 return
             kind, self._pending_reset = self._pending_reset, None
+            if kind in ("hard", "wdt", "off", "deepsleep"):  # a chip reset ends the watchdog; a soft reboot does not
+                self._wdt_ms = 0
             if kind == "off":
                 continue
             if kind == "deepsleep":
                 await asyncio.sleep(self._deepsleep_ms / 1000)
                 mode, self.reset_cause = "hard", DEEPSLEEP_RESET
             elif kind in ("hard", "wdt"):
-                self.reset_cause = SOFT_RESET if kind == "hard" else WDT_RESET
+                self.reset_cause = HARD_RESET if kind == "hard" else WDT_RESET
                 self._to_host(b"\r\nets Jun  8 2016 00:22:57\r\n\r\nrst:0x%s,boot:0x13 (SPI_FAST_FLASH_BOOT)\r\n"
                               % (b"c (SW_CPU_RESET)" if kind == "hard" else b"7 (TG0WDT_SYS_RESET)"))
                 self.log("reset: %s" % ("machine.reset()" if kind == "hard" else "watchdog timeout"))
@@ -295,6 +371,25 @@ class VirtualDevice:
             else:  # Ctrl-D, sys.exit at the REPL, machine.soft_reset(): a soft reboot
                 self._to_host(b"MPY: soft reboot\r\n")
                 mode = "raw" if self._raw and kind is None else "soft"
+                self.reset_cause = SOFT_RESET  # main.c machine_deinit(): until the next hard reset
+
+    def _chip_reset(self) -> None:
+        """A chip reset: every GPIO is an input with its strapping pull until boot.py drives it;
+        GPIO0 held low starts the ROM's download mode instead of MicroPython."""
+        self.world.outputs = dict(STRAP_LEVELS)
+        pins = self._pins()
+        for name in ("lock", "siren"):
+            level = STRAP_LEVELS.get(pins.get(name))
+            if level:
+                self.log("%s output on (GPIO%d is pulled up at reset)" % (name, pins[name]))
+        self._send_snapshot()
+        self.download_mode = pins.get("button") == 0 and self.world.button_held
+        if self.download_mode:
+            self._to_host(b"rst:0x1 (POWERON_RESET),boot:0x3 (DOWNLOAD_BOOT(UART0/UART1/SDIO_REI_REO_V2))\r\n"
+                          b"waiting for download\r\n")
+            self.log("GPIO0 held low at reset: download mode (power-cycle with the button released)")
+            self.world.power = False
+            self._power_on.clear()
 
     async def _spawn(self, run_main: bool, raw: bool) -> None:
         m, s = os.openpty()
@@ -305,9 +400,13 @@ class VirtualDevice:
         attrs[6][termios.VINTR] = b"\x03"
         termios.tcsetattr(s, termios.TCSANOW, attrs)
         os.set_blocking(m, False)  # (never s: it shares its file status with the child's stdin)
-        env = dict(os.environ, VDEV_CTL=str(self._ctl_port), VDEV_FLASH=str(self.flash_dir),
+        env = dict(os.environ, VDEV_CTL=str(self._ctl_port), VDEV_FLASH=str(self.flash.path),
                    VDEV_FLASH_SIZE=str(self.flash_size), VDEV_RUN_MAIN="1" if run_main else "0",
-                   VDEV_RESET_CAUSE=str(self.reset_cause), VDEV_UID=self.uid)
+                   VDEV_RESET_CAUSE=str(self.reset_cause), VDEV_UID=self.uid,
+                   VDEV_CLOCK="%r,%r,%r" % (self.clock[0], self.clock[1], self.clock_drift_ppm),
+                   VDEV_SNTP=str(self.sntp_port))
+        if self._sta:
+            env["VDEV_STA"] = json.dumps(self._sta)
         args = [self._mp]
         if self.heap:
             args += ["-X", "heapsize=" + self.heap]
@@ -532,11 +631,15 @@ class VirtualDevice:
             asyncio.ensure_future(self._kill())
         elif "intr" in msg:  # a Ctrl-C the interpreter could not take just now: again, soon
             self.loop.call_later(0.002, self._write_dev, b"\x03")
+        elif "sta" in msg:  # the Wi-Fi station's state: it outlives a soft reboot
+            self._sta = msg["sta"]
         elif "wdt" in msg:
             self._wdt_ms = int(msg["wdt"])
             self._wdt_deadline = self.loop.time() + self._wdt_ms / 1000
         elif "feed" in msg and self._wdt_ms:
             self._wdt_deadline = self.loop.time() + self._wdt_ms / 1000
+        elif "rtc" in msg:
+            self.clock = (float(msg["rtc"][0]), float(msg["rtc"][1]))
 
     def _pins(self) -> dict[str, Any]:
         pins = board_default_pins()
@@ -570,7 +673,7 @@ class VirtualDevice:
         else:
             was_on = self.world.power
             errors = self.world.apply(change)
-            if change.get("button") == "press":
+            if change.get("button") == "press" and self.world.button:
                 if self._button_timer:
                     self._button_timer.cancel()
                 self._button_timer = self.loop.call_later(0.3, self.world_change, {"button": "release"})
@@ -620,6 +723,26 @@ class VirtualDevice:
         self.log("world control: aedsim/world/{%s} on mqtt://%s:%d" % (",".join(ids), target[0], target[1]))
 
 
+class _SntpResponder(asyncio.DatagramProtocol):
+    """SNTP server (RFC 4330) for the `ntptime` shim: the host's time, stratum 1, unless the
+    world says `sntp: down` (then no answer: the board's ntptime times out)."""
+
+    def __init__(self, dev: VirtualDevice) -> None:
+        self.dev = dev
+
+    def connection_made(self, transport) -> None:
+        self.transport = transport
+
+    def datagram_received(self, data: bytes, addr) -> None:
+        if len(data) < 48 or not self.dev.world.sntp or not self.dev.world.power:
+            return
+        now = time.time() + NTP_1900_TO_1970
+        sec, frac = int(now), int((now % 1) * 2 ** 32)
+        reply = struct.pack("!BBbb4xI4s", 0x24, 1, 6, -20, 0, b"LOCL") + struct.pack("!II", sec, frac) \
+            + data[40:48] + struct.pack("!IIII", sec, frac, sec, frac)
+        self.transport.sendto(reply, addr)
+
+
 def parse_size(text: str) -> int:
     text = text.strip().lower()
     mult = 1
@@ -632,8 +755,13 @@ def parse_size(text: str) -> int:
 async def run(args) -> int:
     dev = VirtualDevice(args.flash_dir, args.device_id, broker=args.broker,
                         flash_size=parse_size(args.flash_size), wifi_ssid=args.wifi_ssid,
-                        wifi_password=args.wifi_password, heap=args.heap)
-    await dev.start()
+                        wifi_password=args.wifi_password, heap=args.heap,
+                        clock_drift_ppm=args.clock_drift_ppm)
+    try:
+        await dev.start()
+    except ValueError as e:
+        print("aedsim vdev: %s" % e, file=sys.stderr)
+        return 2
     print(dev.path, flush=True)
     dev.log("flash %s, device id %s; world control: JSON lines on stdin or aedsim/world/<id>"
             % (dev.flash_dir, dev.device_id))
@@ -668,3 +796,5 @@ def add_arguments(p) -> None:
     p.add_argument("--wifi-ssid", metavar="S", help="only this SSID associates (default: any)")
     p.add_argument("--wifi-password", metavar="P", help="and only with this password")
     p.add_argument("--heap", metavar="SIZE", help="MicroPython heap size, e.g. 256k (default: the port's)")
+    p.add_argument("--clock-drift-ppm", type=float, default=20.0, metavar="PPM",
+                   help="how fast the board's clock runs against real time (default 20 ppm, a crystal's)")

@@ -9,8 +9,9 @@ broker shards, or a virtual serial device.
 
 Besides the fixed keys (door, mains, battery_mv, temp_c, power, wifi, button) the simulator
 takes fault-injection keys: `flash_cut` (cut the power at the n-th flash write from now: a torn
-write), `clock_jump_s` (move the simulated clock; it is shared by a worker's cabinets), `sensor`
-("hang" | "ok": a temperature sensor that stops answering).
+write), `clock_jump_s` (move this cabinet's clock, as a bad RTC or SNTP answer would), `sntp`
+("down" | "up": the SNTP server stops answering), `sensor` ("hang" | "ok": a temperature sensor
+that stops answering).
 """
 from __future__ import annotations
 

@@ -7,7 +7,11 @@ real gap.
 
 `unexplained(device) = missing(device) - dropped(device)`, floored at 0 per device, so one
 cabinet's reported drops never hide another's loss. Events still in a cabinet's outbox look
-missing until they arrive: compare after the fleet has drained (the soak does)."""
+missing until they arrive: compare after the fleet has drained (the soak does).
+
+One limit of the protocol: an `events_dropped` count also includes routine events dropped on a
+full flash before they got a seq (docs/reliability.md); those leave no gap, so on such a cabinet
+the count exceeds its gaps and `unexplained` is a lower bound."""
 from __future__ import annotations
 
 

@@ -9,7 +9,23 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 KINDS = ("status", "state", "event", "ack")
-SCHEMA_DIR = Path(__file__).resolve().parents[2] / "docs" / "schemas"
+
+
+def _schema_dir() -> Path:
+    """docs/schemas of a source checkout, or the copy `pip install` put beside the host tools
+    (package `aedgate_schemas`, the same files as data)."""
+    checkout = Path(__file__).resolve().parents[2] / "docs" / "schemas"
+    if (checkout / "event.schema.json").is_file():
+        return checkout
+    import importlib.util
+    spec = importlib.util.find_spec("aedgate_schemas")
+    for where in (spec.submodule_search_locations or []) if spec else []:
+        if (Path(where) / "event.schema.json").is_file():
+            return Path(where)
+    raise FileNotFoundError("the aedgate message schemas are missing: reinstall aedgate")
+
+
+SCHEMA_DIR = _schema_dir()
 
 
 class SchemaError(ValueError):

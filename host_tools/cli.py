@@ -5,8 +5,8 @@ import importlib
 import sys
 
 # Modules that provide sub-commands, in the order `--help` lists them.
-_COMMAND_MODULES = ["keys", "token", "unlock", "monitor", "service", "provision", "selftest",
-                    "console", "broker"]
+_COMMAND_MODULES = ["keys", "token", "unlock", "monitor", "registry", "service", "provision",
+                    "selftest", "console", "broker"]
 
 
 class CliError(Exception):

@@ -1,12 +1,10 @@
-"""What a person watching a fleet sees: a table of cabinets and a stream of events, built from
-what arrives over MQTT (retained status and state, events, acks). Used by `aedgate monitor`
-against any broker, and by the simulator's demo and live view."""
+"""What a person watching a fleet sees: a table of cabinets and a stream of events, rendered
+from a host_tools.backend.FleetState (what arrives over MQTT: retained status and state, events,
+acks). Used by `aedgate monitor` against any broker, and by the simulator's demo and live view."""
 from __future__ import annotations
 
-import json
 import time
-from collections import deque
-from typing import Callable, Protocol
+from typing import Protocol
 
 from rich.console import Group
 from rich.table import Table
@@ -22,54 +20,6 @@ class FleetView(Protocol):
     event_count: int
 
     def online(self) -> int: ...
-
-
-class FleetRecord:
-    """What a backend knows of the fleet from MQTT alone: the latest retained status and state
-    per cabinet, recent events and acks, and per-cabinet `seq` bookkeeping (gaps, duplicates).
-    Feed it every message with `add()`; listeners hear of each event and ack."""
-
-    def __init__(self, keep_events: int = 200):
-        self.status: dict[str, dict] = {}
-        self.state: dict[str, dict] = {}
-        self.events: deque = deque(maxlen=keep_events)
-        self.event_count = 0
-        self.last_seq: dict[str, int] = {}
-        self.gaps = 0
-        self.duplicates = 0
-        self.listeners: list[Callable[[str, str, dict], None]] = []
-
-    def add(self, topic: str, payload: bytes | None) -> None:
-        parts = topic.split("/")
-        if len(parts) != 4 or payload is None:
-            return
-        did, kind = parts[2], parts[3]
-        try:
-            obj = json.loads(payload)
-        except ValueError:
-            return
-        if kind == "status":
-            self.status[did] = obj
-        elif kind == "state":
-            self.state[did] = obj
-        elif kind in ("event", "ack"):
-            if kind == "event":
-                self._count(did, obj.get("seq", 0))
-            self.events.append((time.time(), did, kind, obj))
-            for fn in self.listeners:
-                fn(did, kind, obj)
-
-    def _count(self, did: str, seq: int) -> None:
-        self.event_count += 1
-        last = self.last_seq.get(did)
-        if last is not None and seq <= last:
-            self.duplicates += 1
-        elif last is not None and seq > last + 1:
-            self.gaps += seq - last - 1
-        self.last_seq[did] = max(seq, last or 0)
-
-    def online(self) -> int:
-        return sum(1 for s in self.status.values() if s.get("online"))
 
 
 _ALARM_STYLE = "bold red"

@@ -60,34 +60,23 @@ def micropython():
 
 
 class Backend:
-    """A paho-mqtt client as the registry backend would run it: collects every message."""
+    """The registry backend as the project ships it (host_tools.backend.FleetSubscriber), also
+    keeping every message's bytes for tests: `messages` holds (topic, payload, retain, t)."""
 
     def __init__(self, url, topics=("aed/v1/#",), client_id=None, clean_session=True):
-        import paho.mqtt.client as mqtt
-        host, port = url.split("//")[1].split(":")
+        from host_tools.backend import BrokerOptions, FleetSubscriber
         self.messages = []
         self.cond = threading.Condition()
-        self.topics = topics
-        self._connects = 0
-        self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, clean_session=clean_session,
-                                  client_id=client_id or "backend-%d" % os.getpid())
-        self.client.on_message = self._on_message
-        self.client.on_connect = self._on_connect
-        self.client.reconnect_delay_set(0.1, 1)
-        self.client.connect(host, int(port))
-        for t in topics:
-            self.client.subscribe(t, qos=1)
-        self.client.loop_start()
+        self.feed = FleetSubscriber([BrokerOptions(url)], client_id or "backend-%d-%d" % (os.getpid(), id(self)),
+                                    durable=not clean_session, topics=topics)
+        self.fleet = self.feed.fleet
+        self.feed.listen_raw(self._on_raw)
+        self.feed.start()
+        self.client = self.feed.clients[0]
 
-    def _on_connect(self, client, userdata, flags, reason, properties=None):
-        self._connects += 1
-        if self._connects > 1:  # reconnected (a broker restart): subscribe again
-            for t in self.topics:
-                client.subscribe(t, qos=1)
-
-    def _on_message(self, client, userdata, msg):
+    def _on_raw(self, topic, payload, retain, shard, t):
         with self.cond:
-            self.messages.append((msg.topic, msg.payload, msg.retain, time.monotonic()))
+            self.messages.append((topic, payload, retain, time.monotonic()))
             self.cond.notify_all()
 
     def wait_for(self, pred, timeout=10.0):
@@ -114,8 +103,7 @@ class Backend:
         return self.client.publish(topic, payload, qos=qos, retain=retain).wait_for_publish(5)
 
     def close(self):
-        self.client.loop_stop()
-        self.client.disconnect()
+        self.feed.close()
 
 
 @pytest.fixture

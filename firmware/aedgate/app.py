@@ -30,6 +30,10 @@ class App:
         self.flash = flash
         self.clock = hw.clock
         self.log = getattr(hw, "log", None) or print
+        # What the app counts of itself, for whoever hosts it (the simulator reads these; log
+        # lines are for people and may change wording).
+        self.counters = {"events": 0, "sessions": 0, "mqtt_errors": 0, "no_network": 0,
+                         "link_lost": 0, "commands_ignored": 0}
         self.cfg, errors = config.load(flash, hw.unique_id)
         self.device_id = self.cfg["device_id"]
         self.gate = Gate(flash, self.cfg, self.device_id)
@@ -111,6 +115,8 @@ class App:
         ev["v"] = 1
         ev["ts"] = self.now()
         self.outbox.add(ev)  # on a full flash a routine event is dropped (no seq), and counted
+        if "seq" in ev:
+            self.counters["events"] += 1  # events numbered (what a backend can receive)
         self.log("event %s seq=%s" % (ev["type"], ev.get("seq", "dropped")))
         if self.outbox.dropped and ("seq" in ev or ev["type"] != "events_dropped"):
             count, self.outbox.dropped = self.outbox.dropped, 0
@@ -289,10 +295,12 @@ class App:
         if retain:
             # Commands are never retained by a correct backend; a retained copy is stale by
             # definition and must never actuate anything.
+            self.counters["commands_ignored"] += 1
             self.log("cmd %s: retained copy ignored" % name)
             return
         handler = self.commands.get(name)
         if handler is None:
+            self.counters["commands_ignored"] += 1
             self.log("cmd %s: unknown command" % name)
             return
         handler(payload, dup)
@@ -329,6 +337,8 @@ class App:
                 await client.connect(clean_session=False)
                 await self._connected(client)
             except Exception as e:  # OSError, MQTTError, timeouts: all end in a reconnect
+                # no Wi-Fi is not a broker error: counted apart
+                self.counters["mqtt_errors" if self.hw.net.isconnected() else "no_network"] += 1
                 self.log("mqtt: %s %s" % (type(e).__name__, e))
             if self.online:
                 attempt = 0  # we were up: the next outage starts its backoff afresh
@@ -359,6 +369,7 @@ class App:
             await client.publish(self.topic + "status", self._status(True), 1, True)
             self.mqtt = client
             self.online = True
+            self.counters["sessions"] += 1
             self.log("online: %s:%d" % (self.cfg["broker_host"], self.cfg["broker_port"]))
             self.cabinet.changed = True
             await self._publish_all(client)
@@ -369,6 +380,7 @@ class App:
         try:
             await client.run()
         except Exception as e:
+            self.counters["link_lost"] += 1
             self.log("mqtt link lost: %s %s" % (type(e).__name__, e))
         self._link_lost = True
         self.wake.set()

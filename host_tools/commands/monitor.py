@@ -1,55 +1,26 @@
 """`aedgate monitor`: watch cabinets over MQTT as the registry sees them — a live table from the
-retained status and state, and the stream of events and acks."""
+retained status and state, and the stream of events and acks (host_tools.backend underneath)."""
 from __future__ import annotations
 
 import argparse
 import sys
-import threading
 import time
 
+from host_tools.backend import (BrokerError, BrokerOptions, FleetSubscriber, add_broker_arguments,
+                                unique_client_id)
 from host_tools.cli import CliError
-from host_tools.fleetview import FleetRecord, describe, screen
-from host_tools.commands.unlock import parse_broker
+from host_tools.fleetview import describe, screen
 
 _EPILOG = """\
 examples:
   aedgate monitor --broker mqtt://127.0.0.1:1883
   aedgate monitor --broker mqtt://127.0.0.1:1883 --device cab-0001 --device cab-0002
   aedgate monitor --broker mqtt://127.0.0.1:1883 --plain --duration 60 > events.log
+  AEDGATE_BROKER_PASSWORD=... aedgate monitor --broker mqtts://broker.example:8883 --ca ca.pem --user registry
 
-Exit status: 0 after --duration or Ctrl-C, 3 when the broker cannot be reached."""
-
-
-class Monitor(FleetRecord):
-    """A paho-mqtt subscriber collecting what the fleet view renders."""
-
-    def __init__(self, host: str, port: int, devices: list[str], username: str | None = None,
-                 password: str | None = None, on_event=None):
-        import paho.mqtt.client as mqtt
-        super().__init__()
-        self.lock = threading.Lock()  # paho's thread adds, the screen reads
-        if on_event:
-            self.listeners.append(on_event)
-        self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="aedgate-monitor-%d" % id(self))
-        if username:
-            self.client.username_pw_set(username, password)
-        self.client.on_message = self._on_message
-        self.client.on_connect = lambda c, u, f, rc, p=None: [
-            c.subscribe("aed/v1/%s/%s" % (d, kind), qos=1) for d in devices
-            for kind in ("status", "state", "event", "ack")]
-        try:
-            self.client.connect(host, port, keepalive=30)
-        except OSError as e:
-            raise CliError("cannot reach broker %s:%d: %s" % (host, port, e.strerror or e), 3)
-        self.client.loop_start()
-
-    def _on_message(self, client, userdata, msg) -> None:
-        with self.lock:
-            self.add(msg.topic, msg.payload)
-
-    def close(self) -> None:
-        self.client.loop_stop()
-        self.client.disconnect()
+Messages that break docs/schemas are counted, not shown; the footer says how many.
+Exit status: 0 after --duration or Ctrl-C, 3 when the broker cannot be reached, 4 when it
+refuses the credentials."""
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -59,41 +30,47 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                     "door, lock, battery, mains, temperature, expiry and alarms, with the latest "
                     "events underneath. Retained status and state fill the table at once.",
         epilog=_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--broker", required=True, metavar="URL", help="mqtt://host:port")
+    add_broker_arguments(p, "registry", shards=True)
     p.add_argument("--device", action="append", metavar="ID",
                    help="only this cabinet (repeatable); default: every cabinet (+)")
     p.add_argument("--rows", type=int, default=30, metavar="N", help="table rows (default 30)")
     p.add_argument("--plain", action="store_true", help="print one line per event instead of a live table")
     p.add_argument("--duration", type=float, metavar="S", help="stop after S seconds")
-    p.add_argument("--username", help="broker user name (a registry account)")
-    p.add_argument("--password", help="broker password")
     p.set_defaults(func=_cmd)
 
 
 def _cmd(args: argparse.Namespace) -> int:
-    host, port = parse_broker(args.broker)
-    devices = args.device or ["+"]
+    try:
+        shards = BrokerOptions.from_args(args)
+    except ValueError as e:
+        raise CliError(str(e)) from None
     plain = args.plain or not sys.stdout.isatty()
-    printer = None
+    feed = FleetSubscriber(shards, unique_client_id("monitor", shards[0].user),
+                           devices=args.device or ["+"])
     if plain:
-        def printer(did, kind, ev):
-            print("%s %-10s %s" % (time.strftime("%H:%M:%S"), did, describe(kind, ev)), flush=True)
-    mon = Monitor(host, port, devices, args.username, args.password, on_event=printer)
+        feed.fleet.listeners.append(lambda did, kind, ev: print(
+            "%s %-10s %s" % (time.strftime("%H:%M:%S"), did, describe(kind, ev)), flush=True))
+    try:
+        feed.start()
+    except BrokerError as e:
+        raise CliError(str(e), e.code) from None
     end = time.monotonic() + args.duration if args.duration else None
+    fleet = feed.fleet
     try:
         if plain:
             while end is None or time.monotonic() < end:
                 time.sleep(0.2)
         else:
             from rich.live import Live
-            with Live(screen(mon, limit=args.rows), refresh_per_second=4) as live:
+            with Live(screen(fleet, limit=args.rows), refresh_per_second=4) as live:
                 while end is None or time.monotonic() < end:
                     time.sleep(0.25)
-                    with mon.lock:
-                        live.update(screen(mon, "%d/%d online · %d events · Ctrl-C to stop" % (
-                            mon.online(), len(mon.status), mon.event_count), limit=args.rows))
+                    with feed.lock:
+                        live.update(screen(fleet, "%d/%d online · %d events · %d invalid · Ctrl-C to stop" % (
+                            fleet.online(), len(fleet.status), fleet.event_count,
+                            fleet.counters["invalid"]), limit=args.rows))
     except KeyboardInterrupt:
         pass
     finally:
-        mon.close()
+        feed.close()
     return 0

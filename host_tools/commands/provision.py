@@ -43,7 +43,10 @@ CONFIG = "config.json"
 # Written by provision; any other key already in the board's config.json (for example expiry
 # dates set later by a signed service command) is kept.
 MANAGED = ("device_id", "broker_host", "broker_port", "broker_tls", "broker_ca", "wifi_ssid",
-           "wifi_password", "keys", "pins")
+           "wifi_password", "keys", "pins", "broker_user", "broker_password")
+# The cabinet's own broker password (docs/broker.md: one account per device) comes from a file
+# or this variable, never from the command line.
+DEVICE_PASSWORD_ENV = "AEDGATE_DEVICE_BROKER_PASSWORD"
 NOT_COMPILED = ("boot.py", "main.py")  # the board runs these by name
 
 _EPILOG = """\
@@ -51,7 +54,10 @@ examples:
   aedgate provision --port /dev/ttyUSB0 --device-id cab-0001 --broker mqtt://10.0.0.5:1883 \\
       --fleet-key fleet.key --wifi-ssid GymWiFi --wifi-password '...'
   aedgate provision ... --pin door=27 --pin lock_sense=26 --mpy
-  aedgate provision ... --broker mqtts://registry.example:8883 --tls --ca registry-ca.pem
+  aedgate provision ... --broker mqtts://registry.example:8883 --tls --ca registry-ca.pem \
+      --broker-user cab-0001 --broker-password-file cab-0001.pw
+      (the cabinet's own broker account, made with `aedgate broker add-device`; the password
+      can also come from $AEDGATE_DEVICE_BROKER_PASSWORD)
 
 Exit status: 0 provisioned and verified, 2 usage or device errors (one line says which)."""
 
@@ -72,6 +78,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--tls", action="store_true", help="connect to the broker over TLS (needs --ca)")
     p.add_argument("--ca", metavar="FILE", help="CA certificate (PEM or DER) the board verifies the broker with; "
                                                "stored on the board as ca.der")
+    p.add_argument("--broker-user", metavar="NAME",
+                   help="the cabinet's broker user name (default with a password: the device id, "
+                        "as the shipped ACL expects)")
+    p.add_argument("--broker-password-file", metavar="FILE",
+                   help="file whose first line is the cabinet's broker password (or $%s)"
+                        % DEVICE_PASSWORD_ENV)
     p.add_argument("--pin", action="append", default=[], metavar="NAME=N",
                    help="GPIO for a board input/output (door, lock, lock_sense, siren, led, "
                         "battery_adc, mains, temp, button); N or 'none'; repeatable")
@@ -147,6 +159,7 @@ def build_config(args: argparse.Namespace, existing: dict[str, Any] | None) -> d
                 "keys": [{"kid": "", "key": key.hex()}]})
     if tls:
         cfg["broker_ca"] = "ca.der"
+    cfg.update(broker_credentials(args, device_id))
     pins = dict(cfg.get("pins") or {})
     pins.update(parse_pins(args.pin))
     cfg["pins"] = pins
@@ -155,6 +168,22 @@ def build_config(args: argparse.Namespace, existing: dict[str, Any] | None) -> d
         raise CliError("config would be refused by the firmware: %s"
                        % ", ".join("%s (%s)" % e for e in errors))
     return cfg
+
+
+def broker_credentials(args: argparse.Namespace, device_id: str) -> dict[str, str]:
+    """broker_user/broker_password for config.json, when given (else the board keeps its own)."""
+    from host_tools.backend.connection import read_password
+    try:
+        password = read_password(getattr(args, "broker_password_file", None), DEVICE_PASSWORD_ENV)
+    except ValueError as e:
+        raise CliError(str(e)) from None
+    user = getattr(args, "broker_user", None)
+    if password is None:
+        if user:
+            raise CliError("--broker-user needs the cabinet's password too (--broker-password-file "
+                           "or $%s)" % DEVICE_PASSWORD_ENV)
+        return {}
+    return {"broker_user": user or device_id, "broker_password": password}
 
 
 def config_bytes(cfg: dict[str, Any]) -> bytes:

@@ -14,18 +14,18 @@ from __future__ import annotations
 import argparse
 import json
 
-import cbor2
-
 from host_tools.cli import CliError
 from host_tools.commands.keys import check_device, load_fleet_key
 
 _EPILOG = """\
 examples:
   aedgate service --broker mqtt://10.0.0.5:1883 --fleet-key fleet.key --device cab-0001 --aed-checked
+  AEDGATE_BROKER_PASSWORD=... aedgate service --broker mqtts://broker.example:8883 --ca ca.pem \
+      --user dispatch --fleet-key fleet.key --device cab-0001 --aed-checked
   aedgate service --port /dev/ttyUSB0 --fleet-key fleet.key --device cab-0001 --pads-expiry 2028-03-31
 
-Exit status: 0 accepted, 1 rejected by the cabinet, 3 no answer within --timeout, 2 usage or
-device errors."""
+Exit status: 0 accepted, 1 rejected by the cabinet, 2 usage or device errors, 3 no answer
+within --timeout or broker unreachable, 4 the broker refused the credentials."""
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -36,7 +36,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         epilog=_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     where = p.add_mutually_exclusive_group(required=True)
     where.add_argument("--port", help="deliver over USB serial at the cabinet")
-    where.add_argument("--broker", metavar="URL", help="deliver over MQTT, e.g. mqtt://host:1883")
+    where.add_argument("--broker", metavar="URL",
+                       help="deliver over MQTT: mqtt://host:1883 or mqtts://host:8883")
+    from host_tools.backend import add_broker_arguments
+    add_broker_arguments(p, "dispatch", url_option=False)
     p.add_argument("--fleet-key", required=True, metavar="FILE", help="fleet master key file (64 hex)")
     p.add_argument("--device", required=True, metavar="ID", help="cabinet id, e.g. cab-0001")
     what = p.add_mutually_exclusive_group(required=True)
@@ -54,13 +57,6 @@ def _action(args: argparse.Namespace) -> tuple[str, str | None]:
     if args.pads_expiry:
         return "set_pads_expiry", args.pads_expiry
     return "set_aed_battery_expiry", args.aed_battery_expiry
-
-
-def _cti(raw: bytes) -> str:
-    msg = cbor2.loads(raw)
-    while isinstance(msg, cbor2.CBORTag):
-        msg = msg.value
-    return cbor2.loads(msg[2])[7].hex()
 
 
 # The board's own id, from the config it runs (config.json, else the last good copy).
@@ -93,21 +89,15 @@ def over_serial(port: str, raw: bytes, timeout: float = 10.0, device_id: str | N
     raise DeviceError("the board gave no result line: %r" % out.strip()[-80:])
 
 
-def over_mqtt(url: str, device_id: str, raw: bytes, timeout: float = 10.0) -> dict | None:
-    import os
-
-    from host_tools.commands.unlock import Dispatch, parse_broker
-    host, port = parse_broker(url)
-    d = Dispatch(host, port, client_id="aedgate-service-%d" % os.getpid())
+def over_mqtt(args: argparse.Namespace, device_id: str, raw: bytes, timeout: float = 10.0) -> dict | None:
+    """Publish on aed/v1/<id>/cmd/service through host_tools.backend and wait for the ack that
+    names this command's cti (or a rejection naming none)."""
+    from host_tools.commands.unlock import sender_from_args
+    d = sender_from_args(args, "service")
     try:
-        d.watch(device_id)
-        cti = _cti(raw)
-        t0 = d.send(device_id, "service", raw)
-        ack = d.wait(lambda t, o: t == "aed/v1/%s/ack" % device_id and o.get("cmd") == "service"
-                     and o.get("cti") in (cti, None), t0, timeout)
+        return d.wait(d.send(device_id, "service", raw), timeout)
     finally:
         d.close()
-    return None if ack is None else ack[2]
 
 
 def _cmd(args: argparse.Namespace) -> int:
@@ -122,7 +112,7 @@ def _cmd(args: argparse.Namespace) -> int:
     if args.port:
         result = over_serial(args.port, raw, args.timeout, device_id)
     else:
-        result = over_mqtt(args.broker, device_id, raw, args.timeout)
+        result = over_mqtt(args, device_id, raw, args.timeout)
         if result is None:
             print("%s: no answer within %gs (offline? the command waits at the broker only while "
                   "the cabinet's session lasts)" % (device_id, args.timeout))

@@ -1,9 +1,9 @@
 """The two other processes of `aedsim bench`:
 
-- `subscriber`: a separate backend (paho-mqtt, one client per broker shard, QoS 1) that records
-  when each message arrives, for end-to-end latency: the simulator records when it wrote each
-  PUBLISH payload, keyed by crc32(device id, payload); the backend recomputes that key from what
-  it receives. It also checks every event's `seq` per device (gaps, duplicates).
+- `subscriber`: a separate backend (host_tools.backend: one paho client per broker shard, QoS 1)
+  that records when each message arrives, for end-to-end latency: the simulator records when it
+  wrote each PUBLISH payload, keyed by crc32(device id, payload); the backend recomputes that
+  key from what it receives. Its ledger checks every event's `seq` per device (gaps, duplicates).
 - `paho_devices`: the common way of simulating devices, one paho client per device with its own
   threaded network loop (`loop_start()`), to compare against.
 """
@@ -23,83 +23,60 @@ def _pid_host_port(url: str) -> tuple[str, int]:
 
 
 def subscriber(urls: list[str], out: str, conn) -> None:
-    """Runs until told "stop" on `conn`; writes <out>.t/.k (receive time, key) and <out>.json."""
-    import paho.mqtt.client as mqtt
+    """Runs until told "stop" on `conn`; writes <out>.t/.k (receive time, key) and <out>.json.
+    The backend is the project's library (host_tools.backend.FleetSubscriber: one paho client
+    per shard, in this process of its own, far from the fleet's descriptors); its raw hook
+    records arrival times, its ledger counts events exactly (dedup by (device, seq))."""
+    from host_tools.backend import BrokerOptions, FleetSubscriber
     from simulator.world.net import trace_key
 
-    lock = threading.Lock()
     rt, rk = array("d"), array("Q")
     paho_lat = array("d")
-    last_seq: dict[str, int] = {}
-    counts = {"messages": 0, "events": 0, "gaps": 0, "duplicates": 0, "online": 0, "offline": 0}
-    online: dict[str, bool] = {}
     keys: dict[str, int] = {}
+    counts = {"messages": 0}
 
-    def on_message(client, userdata, msg):
-        now = time.time()
-        topic = msg.topic
-        parts = topic.split("/")
-        if len(parts) != 4:
+    def on_raw(topic, payload, retain, shard, now):
+        counts["messages"] += 1
+        did = topic.split("/")[2] if topic.count("/") == 3 else ""
+        if did.startswith("paho-"):
+            try:
+                paho_lat.append(now - json.loads(payload)["t_send"])
+            except (ValueError, KeyError):
+                pass
             return
-        did, kind = parts[2], parts[3]
-        payload = msg.payload
-        with lock:
-            counts["messages"] += 1
-            if did.startswith("paho-"):
-                try:
-                    paho_lat.append(now - json.loads(payload)["t_send"])
-                except (ValueError, KeyError):
-                    pass
-                return
-            k = keys.get(did)
-            if k is None:
-                k = keys[did] = zlib.crc32(did.encode())
-            rt.append(now)
-            rk.append(trace_key(payload, k))
-            if kind == "event":
-                counts["events"] += 1
-                try:
-                    seq = json.loads(payload)["seq"]
-                except (ValueError, KeyError):
-                    return
-                last = last_seq.get(did)
-                if last is not None and seq <= last:
-                    counts["duplicates"] += 1
-                elif last is not None and seq > last + 1:
-                    counts["gaps"] += seq - last - 1
-                if last is None or seq > last:
-                    last_seq[did] = seq
-            elif kind == "status":
-                online[did] = b'"online": true' in payload or b'"online":true' in payload
+        k = keys.get(did)
+        if k is None:
+            k = keys[did] = zlib.crc32(did.encode())
+        rt.append(now)
+        rk.append(trace_key(payload, k))
 
-    clients = []
-    for i, url in enumerate(urls):
-        host, port = _pid_host_port(url)
-        c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="bench-backend-%d-%d" % (os.getpid(), i))
-        c.on_message = on_message
-        c.connect(host, port, keepalive=60)
-        c.subscribe([("aed/v1/+/status", 1), ("aed/v1/+/state", 1), ("aed/v1/+/event", 1),
-                     ("aed/v1/+/ack", 1)])
-        c.loop_start()
-        clients.append(c)
+    # No schema check here: the paho-per-device comparison publishes state-like bodies that
+    # are not cabinets' (they carry t_send), and checking costs CPU the latency figures share.
+    feed = FleetSubscriber([BrokerOptions(u) for u in urls], "bench-backend-%d" % os.getpid(),
+                           validate=False, keep_events=0, base=1)
+    feed.listen_raw(on_raw)
+    feed.start(timeout=30)
     conn.send("ready")
     while not conn.poll(0.5):
         pass
     conn.recv()
-    for c in clients:
-        c.loop_stop()
-        c.disconnect()
-    with lock:
+    feed.close()
+    with feed.lock:
+        fleet = feed.fleet
+        led = fleet.ledger
         with open(out + ".t", "wb") as f:
             rt.tofile(f)
         with open(out + ".k", "wb") as f:
             rk.tofile(f)
-        counts["online"] = sum(1 for v in online.values() if v)
-        counts["offline"] = sum(1 for v in online.values() if not v)
-        counts["devices_with_events"] = len(last_seq)
-        counts["paho_latency_s"] = list(paho_lat)
+        online = {d: bool(s.get("online")) for d, s in fleet.status.items() if not d.startswith("paho-")}
+        result = {"messages": counts["messages"], "events": led.received,
+                  "events_unique": led.unique(), "duplicates": led.duplicates,
+                  "missing": led.missing_count(), "dropped_reported": led.dropped_reported,
+                  "gaps": led.unexplained(), "online": sum(online.values()),
+                  "offline": sum(1 for v in online.values() if not v),
+                  "devices_with_events": len(led.devices()), "paho_latency_s": list(paho_lat)}
         with open(out + ".json", "w") as f:
-            json.dump(counts, f)
+            json.dump(result, f)
     conn.send("done")
 
 
@@ -121,6 +98,8 @@ def paho_devices(url: str, count: int, interval_s: float, run_s: float, connect_
         old_hook(args)
     threading.excepthook = hook
     clients = []
+    with open("/proc/self/status") as f:  # the baseline, as aedsim's workers take theirs
+        rss_base = next(int(l.split()[1]) for l in f if l.startswith("VmRSS:"))
     t0 = time.time()
     cpu0 = sum(os.times()[:2])
     for i in range(count):
@@ -159,7 +138,7 @@ def paho_devices(url: str, count: int, interval_s: float, run_s: float, connect_
               "connect_s": round(t_connected, 2), "errors": errors[:5],
               "thread_errors": len(thread_errors), "thread_error_sample": thread_errors[:3],
               "threads": threading.active_count(), "sent": sent, "cpu_s": round(cpu, 2),
-              "wall_s": round(time.time() - t0, 2), "rss_kib": rss,
+              "wall_s": round(time.time() - t0, 2), "rss_kib": rss, "rss_base_kib": rss_base,
               "max_fd": max((int(x) for x in os.listdir("/proc/self/fd")), default=0)}
     for _, c in clients:
         try:

@@ -132,7 +132,16 @@ def _r(x):
 
 
 # -- the run -------------------------------------------------------------------------------------
-async def _fleet_phase(args, shards, work: Path, meter: CpuMeter, sub_pid: int, say) -> dict:
+async def _kill_registry(reg, args, say) -> None:
+    await asyncio.sleep(args.registry_kill_at)
+    reg.kill9()
+    say("  registry: SIGKILL at +%g s (%d events stored); restarting in %g s"
+        % (args.registry_kill_at, reg.kills[-1]["events_stored_at_kill"], args.registry_down))
+    await asyncio.sleep(args.registry_down)
+    await asyncio.to_thread(reg.start)
+
+
+async def _fleet_phase(args, shards, work: Path, meter: CpuMeter, sub_pid: int, say, reg=None) -> dict:
     fleet_key = os.urandom(32)
     spec = RunSpec(cabinets=args.cabinets, brokers=[s.url for s in shards], workers=args.workers,
                    ramp=args.ramp, heartbeat=args.heartbeat, profile=args.profile, seed=args.seed,
@@ -141,9 +150,14 @@ async def _fleet_phase(args, shards, work: Path, meter: CpuMeter, sub_pid: int, 
     workers = Workers(spec).start()
     meter.groups = {"simulator": [p.pid for p in workers.procs],
                     "brokers": [s.proc.pid for s in shards], "backend": [sub_pid]}
+    if reg is not None:
+        meter.groups["registry"] = reg.pids  # the same list: a restarted registry is counted too
     meter.mark("ramp")
     t0 = time.time()
+    killer = (asyncio.create_task(_kill_registry(reg, args, say))
+              if reg is not None and args.registry_kill_at is not None else None)
     deadline = t0 + args.ramp_timeout
+    ramp_done = False
     while time.time() < deadline:
         await asyncio.sleep(0.5)
         workers.poll()
@@ -151,12 +165,18 @@ async def _fleet_phase(args, shards, work: Path, meter: CpuMeter, sub_pid: int, 
         if workers.fatal:
             raise SystemExit("aedsim bench: " + "; ".join(workers.fatal))
         if len(workers.latest) == spec.workers and all(s["all_online_t"] for s in snaps):
+            ramp_done = True
             break
         if snaps and int(time.time() - t0) % 5 == 0:
             say("  ramp: %d/%d online" % (sum(s["online"] for s in snaps), spec.cabinets))
     t_online = time.time()
     meter.mark("steady")
-    say("  all online after %.1f s; steady for %d s" % (t_online - t0, args.steady))
+    if ramp_done:
+        say("  all online after %.1f s; steady for %d s" % (t_online - t0, args.steady))
+    else:
+        say("  RAMP TIMED OUT after %d s: %d/%d online; steady for %d s anyway" % (
+            args.ramp_timeout, sum(s["online"] for s in workers.latest.values()), spec.cabinets,
+            args.steady))
     rss_peak = {}
     end = t_online + args.steady
     unlocks = asyncio.create_task(asyncio.to_thread(
@@ -169,10 +189,13 @@ async def _fleet_phase(args, shards, work: Path, meter: CpuMeter, sub_pid: int, 
             rss_peak[g] = max(rss_peak.get(g, 0), sum(_proc_rss(p) for p in pids))
     meter.end()
     t_steady_end = time.time()
+    if killer is not None:
+        await killer
     from simulator.fleet.view import summary
     await workers.stop()
     result = summary(spec, workers.latest, workers.history)
     result["t"] = {"start": t0, "online": t_online, "steady_end": t_steady_end}
+    result["ramp_timed_out"] = not ramp_done
     result["rss_peak_mib"] = {g: round(v / 1024, 1) for g, v in rss_peak.items()}
     result["unlock"] = await unlocks if unlocks else {"measured": False}
     return result
@@ -180,17 +203,15 @@ async def _fleet_phase(args, shards, work: Path, meter: CpuMeter, sub_pid: int, 
 
 def _unlocks(spec: RunSpec, fleet_key: bytes, count: int, over_s: float, seed) -> dict:
     """`count` missions to random cabinets, spread over `over_s` seconds while the fleet runs:
-    dispatch's own tool (host_tools/commands/unlock.py) publishes each token and times it to the ack."""
+    dispatch's own code (host_tools/commands/unlock.py on host_tools.backend's CommandSender)
+    publishes each token and times it to the ack."""
     import random
-    try:
-        from host_tools.commands import unlock as dispatch_tool
-    except ImportError:
-        return {"measured": False, "why": "host_tools/commands/unlock.py is not there"}
-    from simulator.fleet.runner import device_id, parse_broker, shard_of
+    from host_tools.backend import BrokerOptions, CommandSender
+    from host_tools.commands import unlock as dispatch_tool
+    from simulator.fleet.runner import device_id, shard_of
     rng = random.Random(seed)
-    brokers = [parse_broker(u) for u in spec.brokers]
-    ds = [dispatch_tool.Dispatch(h, p, client_id="bench-dispatch-%d" % i)
-          for i, (h, p) in enumerate(brokers)]
+    ds = [CommandSender(BrokerOptions(u), "bench-dispatch-%d-%d" % (os.getpid(), i)).start()
+          for i, u in enumerate(spec.brokers)]
     lat, results = [], {}
     try:
         for i in range(count):
@@ -230,7 +251,10 @@ def _paho_phase(args, shard_url: str, say) -> dict:
             res = {"clients": n, "connected": 0, "errors": ["no answer within time"]}
         res["ok"] = res.get("connected") == n and not res.get("errors")
         res["cpu_pct"] = round(100 * res.get("cpu_s", 0) / max(1e-9, res.get("wall_s", 1)), 1)
-        res["kib_per_client"] = round(res.get("rss_kib", 0) / max(1, res.get("created", 1)), 1)
+        # Like aedsim's kib_per_cabinet: the process's RSS growth above its own baseline (taken
+        # after imports, before the first client), per device — not the whole process / n.
+        res["kib_per_client"] = round((res.get("rss_kib", 0) - res.get("rss_base_kib", 0))
+                                      / max(1, res.get("created", 1)), 1)
         res["elapsed_s"] = round(time.time() - t0, 1)
         steps.append(res)
         say("  paho x%d: %d connected, %d thread errors, max fd %s, %.0f%% CPU, %.0f KiB/client"
@@ -258,6 +282,11 @@ async def bench(args) -> dict:
     if not sub_conn.poll(20):
         raise SystemExit("aedsim bench: the backend subscriber did not start")
     sub_conn.recv()
+    reg = None
+    if args.registry:
+        from simulator.bench.registry_run import RegistryRun
+        reg = RegistryRun([s.url for s in shards], work).start()
+        say("registry: aedgate registry ingest -> %s" % reg.db)
     meter = CpuMeter()
     out: dict = {"machine": {"cpus": os.cpu_count(), "kernel": platform.release(),
                              "python": platform.python_version(),
@@ -269,7 +298,7 @@ async def bench(args) -> dict:
     try:
         say("fleet: %d cabinets, %d workers, %d shards, ramp %s/s, heartbeat %d s"
             % (args.cabinets, args.workers, args.shards, args.ramp, args.heartbeat))
-        fleet = await _fleet_phase(args, shards, work, meter, sub.pid, say)
+        fleet = await _fleet_phase(args, shards, work, meter, sub.pid, say, reg)
         sub_conn.send("stop")
         sub_conn.poll(60)
         backend = json.loads((work / "recv.json").read_text())
@@ -285,6 +314,15 @@ async def bench(args) -> dict:
                             "steady": _latency(sent, rt, rk, t["online"], t["steady_end"])}
         fleet["backend"] = backend
         fleet["backend"]["received"] = len(rt)
+        if reg is not None:
+            say("registry: waiting until it holds the %d events the backend saw" % backend["events_unique"])
+            drained = reg.wait_drained(backend["events_unique"])
+            time.sleep(3)  # anything counted twice would show now
+            reg.stop()
+            out["registry"] = reg.result(backend["events_unique"], (t["start"], t["online"]), drained)
+            ramp_s = max(1e-9, t["online"] - t["start"])
+            out["registry"]["offered_msgs_per_s_during_ramp"] = round(
+                sum(1 for x in rt if t["start"] <= x <= t["online"]) / ramp_s)
         fleet["cpu"] = meter.phases
         out["fleet"] = fleet
         if args.paho_steps:
@@ -306,6 +344,8 @@ async def bench(args) -> dict:
         out["unlock"] = fleet.pop("unlock")
         out["bottleneck"] = _bottleneck(fleet)
     finally:
+        if reg is not None:
+            reg.stop()
         for s in shards:
             s.stop()
         if sub.is_alive():
@@ -322,6 +362,16 @@ def _ratios(fleet: dict, paho: dict, args) -> dict:
            "devices_per_process_ratio": round(per_proc / best["clients"], 1) if best else None}
     if best:
         out["kib_per_device"] = "%.1f vs %.1f" % (fleet["kib_per_cabinet"], best["kib_per_client"])
+        out["kib_per_device_measure"] = ("both: process RSS growth above the process's own "
+                                         "baseline, divided by its devices")
+    last = (paho.get("steps") or [{}])[-1]
+    if last and not last.get("ok"):
+        out["paho_limit"] = ("paho stopped at %d clients: %s" % (
+            last.get("clients", 0), "; ".join((last.get("thread_error_sample") or [])[:1]
+                                               + (last.get("errors") or [])[:1]) or "not all connected"))
+    out["note"] = ("the real difference is paho's threaded loop: select() cannot watch a "
+                   "descriptor >= 1024, and each client holds 3 (its socket and a wake-up "
+                   "socketpair), so one process holds at most ~338 paho clients")
     return out
 
 
@@ -360,9 +410,9 @@ def print_table(r: dict) -> None:
     t.add_row("latency p50 / p99 (ramp)", "%s / %s ms" % (lr["p50_ms"], lr["p99_ms"]), "")
     t.add_row("memory per device", "%s KiB" % f["kib_per_cabinet"], "%s KiB" % best.get("kib_per_client", "-"))
     be = f["backend"]
-    missing = f["events"] - f["outbox_total"] - be["events"]
+    missing = f["events"] - f["outbox_total"] - be["events_unique"]
     t.add_row("events at backend / created; gaps, dups",
-              "%d / %d%s; %d, %d" % (be["events"], f["events"],
+              "%d / %d%s; %d, %d" % (be["events_unique"], f["events"],
                                      " [red](%d missing)[/red]" % missing if missing > 0 else "",
                                      be["gaps"], be["duplicates"]), "")
     ws = f["per_worker"]
@@ -403,18 +453,74 @@ def register(sub) -> None:
     b.add_argument("--paho-interval", type=float, default=10, metavar="S",
                    help="each paho device publishes every S seconds")
     b.add_argument("--paho-seconds", type=float, default=20, metavar="S")
+    b.add_argument("--target-ramp", type=float, metavar="PER_S",
+                   help="connect rate to reach (default 90%% of --ramp; 0: no target)")
+    b.add_argument("--target-unlock-p99-ms", type=float, default=100, metavar="MS",
+                   help="unlock p99 under load (default 100; 0: no target)")
+    b.add_argument("--target-kib", type=float, default=64, metavar="KIB",
+                   help="simulator memory per cabinet (default 64; 0: no target)")
+    b.add_argument("--registry", action="store_true",
+                   help="also run `aedgate registry ingest` (SQLite) on the shards and check it "
+                        "stored every event the backend saw, once; report its ingest rate")
+    b.add_argument("--registry-kill-at", type=float, metavar="S",
+                   help="SIGKILL the registry S seconds into the ramp, restart it (--registry)")
+    b.add_argument("--registry-down", type=float, default=2.0, metavar="S",
+                   help="seconds the killed registry stays down (default 2)")
     b.add_argument("--keep", action="store_true", help="keep the work folder (traces, broker logs)")
     b.add_argument("--json", metavar="FILE", help="write the results here too")
     b.set_defaults(func=run)
 
 
+def verdict(r: dict) -> list[str]:
+    """What the run failed to show; empty when the fleet ramped in time, every event and
+    unlock arrived and the targets (r["targets"]: connect rate, unlock p99, memory per
+    cabinet) were met. `aedsim bench` exits 1 when this is not empty."""
+    f = r["fleet"]
+    be = f["backend"]
+    out = []
+    if f.get("ramp_timed_out"):
+        out.append("ramp timed out: not every cabinet online within --ramp-timeout")
+    if f["online"] < f["cabinets"]:
+        out.append("%d of %d cabinets online at the end" % (f["online"], f["cabinets"]))
+    if f["errors"]:
+        out.append("%s errors in the fleet" % f["errors"])
+    missing = f["events"] - f["outbox_total"] - be["events_unique"]
+    if missing > 0:
+        out.append("%d events created never reached the backend" % missing)
+    if be["gaps"]:
+        out.append("%d seq gaps at the backend not explained by events_dropped" % be["gaps"])
+    u = r.get("unlock") or {}
+    if u.get("measured") and u["results"].get("accepted", 0) != u["sent"]:
+        out.append("unlocks: %s of %d accepted" % (u["results"], u["sent"]))
+    tg = r.get("targets") or {}
+    if tg.get("connect_per_s") and (f.get("connect_rate_per_s") or 0) < tg["connect_per_s"]:
+        out.append("connect ramp %s/s below the target %g/s" % (f.get("connect_rate_per_s"), tg["connect_per_s"]))
+    if tg.get("unlock_p99_ms") and u.get("measured") and (u.get("p99_ms") or 0) > tg["unlock_p99_ms"]:
+        out.append("unlock p99 %s ms above the target %g ms" % (u.get("p99_ms"), tg["unlock_p99_ms"]))
+    if tg.get("kib_per_cabinet") and (f.get("kib_per_cabinet") or 0) > tg["kib_per_cabinet"]:
+        out.append("%s KiB per cabinet above the target %g KiB" % (f.get("kib_per_cabinet"), tg["kib_per_cabinet"]))
+    g = r.get("registry")
+    if g is not None:
+        if g["lost"] or g["extra"] or g["missing_seqs"]:
+            out.append("registry: %d events lost, %d extra, %d seqs missing" % (
+                g["lost"], g["extra"], g["missing_seqs"]))
+        if g["drained_s_after_fleet_stop"] is None:
+            out.append("registry: never caught up with the backend")
+    return out
+
+
 def run(args) -> int:
     r = asyncio.run(bench(args))
+    r["targets"] = {"connect_per_s": args.ramp * 0.9 if args.target_ramp is None else args.target_ramp,
+                    "unlock_p99_ms": args.target_unlock_p99_ms, "kib_per_cabinet": args.target_kib}
+    r["failed"] = verdict(r)
     print_table(r)
     if args.json:
         Path(args.json).write_text(json.dumps(r, indent=2) + "\n")
     print(json.dumps(r))
-    return 0
+    for why in r["failed"]:
+        print("aedsim bench: FAILED: %s" % why, file=sys.stderr)
+    return 1 if r["failed"] else 0
 
 
 if __name__ == "__main__":

@@ -17,6 +17,7 @@ import argparse
 import asyncio
 import json
 import platform
+import os
 import statistics
 import tempfile
 import threading
@@ -24,7 +25,6 @@ import time
 from pathlib import Path
 
 import simulator  # noqa: F401
-from host_tools.commands.unlock import nodelay
 from simulator.fleet.runner import Fleet
 from simulator.brokers.mosquitto import Mosquitto
 
@@ -41,29 +41,23 @@ def percentiles(xs: list[float]) -> dict:
 
 
 class Backend:
-    """paho-mqtt in its own thread, recording the arrival time of every message."""
+    """The project's backend library (host_tools.backend.FleetSubscriber, paho in its own
+    thread, TCP_NODELAY), recording the arrival time of every message on one monotonic clock."""
 
     def __init__(self, url: str, topics: list[str]):
-        import paho.mqtt.client as mqtt
-        host, port = url.split("//")[1].split(":")
+        from host_tools.backend import BrokerOptions, FleetSubscriber
         self.arrivals: dict[str, list[tuple[float, dict]]] = {}
         self.lock = threading.Lock()
-        self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="latency-backend")
-        self.client.on_message = self._on_message
-        self.client.connect(host, int(port))
-        nodelay(self.client)
-        for t in topics:
-            self.client.subscribe(t, qos=1)
-        self.client.loop_start()
+        self.feed = FleetSubscriber([BrokerOptions(url)], "latency-backend-%d" % os.getpid(),
+                                    topics=topics, nodelay=True, keep_events=0)
+        self.feed.listen(self._on_message)
+        self.feed.start()
+        self.client = self.feed.clients[0]
 
-    def _on_message(self, client, userdata, msg) -> None:
+    def _on_message(self, msg) -> None:
         t = time.monotonic()
-        try:
-            obj = json.loads(msg.payload)
-        except ValueError:
-            return
         with self.lock:
-            self.arrivals.setdefault(msg.topic, []).append((t, obj))
+            self.arrivals.setdefault(msg.topic, []).append((t, msg.body))
 
     def find(self, topic: str, pred, since: float) -> float | None:
         with self.lock:
@@ -73,8 +67,7 @@ class Backend:
         return None
 
     def close(self) -> None:
-        self.client.loop_stop()
-        self.client.disconnect()
+        self.feed.close()
 
 
 async def _wait_online(fleet: Fleet, timeout: float = 30) -> None:

@@ -2,8 +2,9 @@
 
 N simulated cabinets (the real firmware) live through H simulated hours on an accelerated clock
 with random Wi-Fi outages, power cuts (also in the middle of flash writes) and door openings,
-and the broker is killed (SIGKILL) and restarted half-way. A registry backend (paho-mqtt, a
-persistent session at QoS 1, on a broker with persistence) counts what arrives. Reported:
+and the broker is killed (SIGKILL) and restarted half-way. A registry backend (host_tools.backend,
+a persistent session at QoS 1, on a broker with persistence) counts what arrives, exactly: each
+(cabinet, seq) once, each distinct events_dropped report once, per cabinet. Reported:
 events generated vs received, seq gaps (goal 0), duplicates, simulator memory at start and end,
 and the reconnect storm after the broker restart (time until every cabinet is back, peak
 connect rate).
@@ -20,7 +21,6 @@ import platform
 import random
 import signal
 import tempfile
-import threading
 import time
 from pathlib import Path
 
@@ -30,57 +30,32 @@ from simulator.brokers.mosquitto import Mosquitto, max_nofile
 from simulator.fleet.workers import rss_kib
 
 
-class _Backend:
-    """The registry's paho-mqtt client: a persistent session at QoS 1, every event's (device, seq)."""
-
-    def __init__(self, url: str):
-        import paho.mqtt.client as mqtt
-        host, port = url.split("//")[1].split(":")
-        self.lock = threading.Lock()
-        self.seen: dict[str, set[int]] = {}
-        self.received = 0
-        self.duplicates = 0
-        self.dropped_reported = 0
-        self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="soak-registry",
-                                  clean_session=False)
-        self.client.on_message = self._on_message
-        self.client.on_connect = lambda c, u, f, rc, p=None: c.subscribe("aed/v1/+/event", qos=1)
-        self.client.reconnect_delay_set(0.2, 2)
-        self.client.max_queued_messages_set(0)
-        self.client.connect(host, int(port))
-        self.client.loop_start()
-
-    def _on_message(self, client, userdata, msg) -> None:
-        did = msg.topic.split("/")[2]
-        ev = json.loads(msg.payload)
-        with self.lock:
-            self.received += 1
-            seqs = self.seen.setdefault(did, set())
-            if ev["seq"] in seqs:
-                self.duplicates += 1
-            seqs.add(ev["seq"])
-            if ev.get("type") == "events_dropped":
-                self.dropped_reported += ev.get("count", 0)
-
-    def tally(self) -> dict:
-        with self.lock:
-            return {"seen": {d: sorted(s) for d, s in self.seen.items()}, "received": self.received,
-                    "duplicates": self.duplicates, "dropped_reported": self.dropped_reported}
-
-    def close(self) -> None:
-        self.client.loop_stop()
-        self.client.disconnect()
-
-
 def _registry_main(url: str, conn) -> None:
-    backend = _Backend(url)
+    """The registry: host_tools.backend's FleetSubscriber with a durable session at QoS 1 and
+    its exact ledger (dedup by (device, seq); each distinct events_dropped counted once)."""
+    from host_tools.backend import BrokerOptions, FleetSubscriber
+    feed = FleetSubscriber([BrokerOptions(url)], "soak-registry", durable=True, kinds=("event",),
+                           base=1, keep_events=0)
+    feed.start(timeout=30)
     conn.send("ready")
     while True:
         cmd = conn.recv()
-        if cmd == "tally":
-            conn.send(backend.tally())
+        if isinstance(cmd, tuple) and cmd[0] == "tally":
+            generated, waiting = cmd[1], cmd[2]
+            with feed.lock:
+                led = feed.fleet.ledger
+                conn.send({"received": led.received, "unique": led.unique(),
+                           "duplicates": led.duplicates, "dropped_reported": led.dropped_reported,
+                           "invalid": feed.fleet.counters["invalid"],
+                           **led.account(generated, waiting)})
+        elif cmd == "tally":
+            with feed.lock:
+                led = feed.fleet.ledger
+                conn.send({"received": led.received, "unique": led.unique(),
+                           "duplicates": led.duplicates, "dropped_reported": led.dropped_reported,
+                           "invalid": feed.fleet.counters["invalid"]})
         else:
-            backend.close()
+            feed.close()
             return
 
 
@@ -99,15 +74,18 @@ class Registry:
         child.close()
         if not self._conn.poll(30) or self._conn.recv() != "ready":
             self._proc.kill()
-            raise RuntimeError("the soak's registry (paho) did not connect to %s" % url)
+            raise RuntimeError("the soak's registry (host_tools.backend) did not connect to %s" % url)
 
-    def tally(self) -> dict:
-        """What arrived so far: seen (device -> set of seqs), received, duplicates,
-        dropped_reported."""
-        self._conn.send("tally")
-        t = self._conn.recv()
-        t["seen"] = {d: set(s) for d, s in t["seen"].items()}
-        return t
+    def tally(self, generated: dict | None = None, waiting: dict | None = None) -> dict:
+        """What arrived so far: received, unique, duplicates, dropped_reported (each distinct
+        events_dropped once). With `generated` (device -> highest seq created) and `waiting`
+        (device -> seqs still in its outbox): missing_seqs, still_in_outboxes and gaps — the
+        missing seqs no events_dropped of the same cabinet explains."""
+        if generated is None:
+            self._conn.send("tally")
+        else:
+            self._conn.send(("tally", generated, {d: list(w) for d, w in (waiting or {}).items()}))
+        return self._conn.recv()
 
     def close(self) -> None:
         try:
@@ -201,23 +179,18 @@ async def soak(args) -> dict:
     end_rss = rss_kib() / 1024
     generated = {did: c.app.outbox.seq for did, c in fleet.cabinets.items() if c.app}
     waiting = {did: set(c.app.outbox.pending()) for did, c in fleet.cabinets.items() if c.app}
-    tally = registry.tally()
-    seen = tally["seen"]
-    missing = {did: set(range(1, g + 1)) - seen.get(did, set()) for did, g in generated.items()}
-    gaps = sum(len(m - waiting.get(did, set())) for did, m in missing.items())
-    still_queued = sum(len(m & waiting.get(did, set())) for did, m in missing.items())
-    received_unique = sum(len(s) for s in seen.values())
+    tally = registry.tally(generated, waiting)
     result = {
         "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "kernel": platform.release()},
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
         "cabinets": args.cabinets, "simulated_hours": args.hours, "speed": args.speed,
         "real_seconds": round(time.monotonic() - t0, 1), "seed": args.seed,
         "disturbances": counts, "flash_cuts_mid_write": sum(c.flash.cuts for c in fleet.cabinets.values()),
-        "events_generated": sum(generated.values()), "events_received_unique": received_unique,
+        "events_generated": sum(generated.values()), "events_received_unique": tally["unique"],
         "messages_received": tally["received"], "duplicates": tally["duplicates"],
-        "still_in_outboxes": still_queued, "missing_seqs": gaps,
-        "dropped_reported": tally["dropped_reported"],
-        "gaps": gaps - tally["dropped_reported"], "drained": drained, "not_drained": len(stuck),
+        "still_in_outboxes": tally["still_in_outboxes"], "missing_seqs": tally["missing_seqs"],
+        "dropped_reported": tally["dropped_reported"], "invalid_messages": tally["invalid"],
+        "gaps": tally["gaps"], "drained": drained, "not_drained": len(stuck),
         "rss_mib_start": start["rss_mib"], "rss_mib_end": round(end_rss, 1),
         "ramp_s": start["ramp_s"], "broker_restart": storm,
         "resets": _sum_resets(fleet),

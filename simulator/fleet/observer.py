@@ -1,16 +1,18 @@
 """A backend's view of the fleet, built only from what arrives over MQTT (status, state, events):
-what the live table shows, and what tests and benchmarks measure against."""
+what the live table shows. The bookkeeping is host_tools.backend's FleetState; the transport is
+the firmware's own asyncio MQTT client, because it runs on the simulator's event loop next to
+thousands of cabinet sockets, where paho's select() loop cannot (descriptors >= 1024)."""
 from __future__ import annotations
 
 import asyncio
 import random
 
 from aedgate.mqtt import MQTTClient
-from host_tools.fleetview import FleetRecord
+from host_tools.backend import FleetState
 from simulator.fleet.runner import LoopbackNet, parse_broker
 
 
-class Observer(FleetRecord):
+class Observer(FleetState):
     def __init__(self, broker_url: str, keep_events: int = 200):
         super().__init__(keep_events)
         self.host, self.port = parse_broker(broker_url)

@@ -18,7 +18,7 @@ from aedgate.mqtt import MQTTClient, MQTTError
 from aedgate.storage import Flash
 
 from simulator.world.flash import ESP32_VFS_BYTES, MemoryFlash
-from simulator.world.net import WIFI_DOWN, NetStats, SimNet
+from simulator.world.net import NetStats, SimNet
 from simulator.world.faults import FaultyFlash, PowerCut
 from simulator.world.hardware import CabinetWorld, SimClock, SimHardware, SimWDT
 
@@ -82,42 +82,44 @@ class LoopbackNet:
 
 
 class FleetCounters:
-    """What the fleet's cabinets said about themselves, counted from their log lines (the
-    firmware reports through `hw.log`), for the live view and the run summary."""
+    """The fleet's totals of what its cabinets' firmware counts of itself (App.counters) — no
+    log wording involved. SimCabinet calls sync() each time its app reports through `hw.log`,
+    which the app does right after every counted thing, so the totals stay current without
+    summing thousands of cabinets; the line itself is kept only to show a person (`recent`)."""
 
     __slots__ = ("events", "online", "mqtt_errors", "wifi_down", "link_lost", "crashes", "commands",
                  "recent", "last_online_t")
+    # App.counters key -> attribute here
+    KEYS = (("events", "events"), ("sessions", "online"), ("mqtt_errors", "mqtt_errors"),
+            ("no_network", "wifi_down"), ("link_lost", "link_lost"), ("commands_ignored", "commands"))
 
     def __init__(self) -> None:
         self.events = 0       # events created (outbox adds)
         self.online = 0       # sessions that came up (CONNACK + subscribe + birth)
-        self.mqtt_errors = 0  # connect/session failures
-        self.wifi_down = 0    # connect attempts while the simulated Wi-Fi was down: expected
+        self.mqtt_errors = 0  # connect/session failures with the network up
+        self.wifi_down = 0    # connect attempts without Wi-Fi (an injected outage): expected
         self.link_lost = 0
         self.crashes = 0
-        self.commands = 0     # command log lines (unknown/ignored commands included)
+        self.commands = 0     # commands ignored (retained copies, unknown names)
         self.recent: deque = deque(maxlen=20)  # last few error lines, for a person
         self.last_online_t = 0.0  # wall clock of the latest session start
 
-    def note(self, device_id: str, msg: str) -> None:
-        if msg.startswith("event "):
-            self.events += 1
-        elif msg.startswith("online:"):
-            self.online += 1
-            self.last_online_t = time.time()
-        elif msg.startswith("mqtt link lost"):
-            self.link_lost += 1
-        elif msg.startswith("mqtt:"):
-            if msg.endswith(WIFI_DOWN):  # SimNet's own refusal during an injected outage
-                self.wifi_down += 1
-                return
-            self.mqtt_errors += 1
-            self.recent.append("%s: %s" % (device_id, msg))
-        elif msg.startswith("firmware crashed"):
-            self.crashes += 1
-            self.recent.append("%s: %s" % (device_id, msg))
-        elif msg.startswith("cmd "):
-            self.commands += 1
+    def sync(self, device_id: str, seen: dict, counters: dict, line: str) -> None:
+        """Add what `counters` (one app's) gained since `seen` (updated in place)."""
+        for key, attr in self.KEYS:
+            n = counters[key]
+            d = n - seen.get(key, 0)
+            if d:
+                seen[key] = n
+                setattr(self, attr, getattr(self, attr) + d)
+                if key == "sessions":
+                    self.last_online_t = time.time()
+                elif key == "mqtt_errors":
+                    self.recent.append("%s: %s" % (device_id, line))
+
+    def crashed(self, device_id: str, line: str) -> None:
+        self.crashes += 1
+        self.recent.append("%s: %s" % (device_id, line))
 
 
 def quiet_power_cuts(loop: asyncio.AbstractEventLoop) -> None:
@@ -140,7 +142,7 @@ class SimCabinet:
     Resets like a board: a crash (panic), the watchdog, a power cut (also mid-flash-write,
     through FaultyFlash) all stop the app with its outputs off, and it boots again."""
 
-    __slots__ = ("device_id", "net", "world", "flash", "app", "task", "crashes", "resets",
+    __slots__ = ("device_id", "net", "world", "flash", "app", "task", "crashes", "resets", "_seen",
                  "watchdog", "_wdt", "_fleet", "_log")
 
     def __init__(self, device_id: str, flash_dir: Path | None, clock: SimClock, config: dict,
@@ -150,6 +152,7 @@ class SimCabinet:
         self.device_id = device_id
         self._fleet = fleet
         self._log = log
+        self._seen: dict = {}  # the app's counters already added to the fleet's totals
         self.net = SimNet(source_ip, stats, device_id)
         self.world = CabinetWorld(device_id, clock, self.net, log=self.log)
         self.world.on_power = self._power
@@ -167,8 +170,8 @@ class SimCabinet:
         self._wdt: SimWDT | None = None
 
     def log(self, msg: str) -> None:
-        if self._fleet is not None:
-            self._fleet.counters.note(self.device_id, msg)
+        if self._fleet is not None and self.app is not None:
+            self._fleet.counters.sync(self.device_id, self._seen, self.app.counters, msg)
         if self._log:
             self._log("%s: %s" % (self.device_id, msg))
 
@@ -178,8 +181,11 @@ class SimCabinet:
             self.world.board_clock.power_on()  # the ESP32's clock restarts at 2000-01-01
         self.flash.powered = True
         self._wdt = SimWDT(lambda: self._reset("watchdog", "watchdog reset")) if self.watchdog else None
+        self._seen = {}  # a new app counts from zero
         try:
             self.app = App(SimHardware(self.world, reset_cause, self._wdt), self.flash)
+            if self._fleet is not None:  # what it counted while booting (its boot event)
+                self._fleet.counters.sync(self.device_id, self._seen, self.app.counters, "")
         except PowerCut:
             return  # cut while booting (its boot event was being written): _power_cut took over
         self.task = asyncio.create_task(self._run())
@@ -194,7 +200,10 @@ class SimCabinet:
         except Exception as e:  # a firmware crash: a real board resets (panic)
             self.crashes += 1
             self._halt()
-            self.log("firmware crashed: %s %r; resetting" % (type(e).__name__, e))
+            line = "firmware crashed: %s %r; resetting" % (type(e).__name__, e)
+            if self._fleet is not None:
+                self._fleet.counters.crashed(self.device_id, line)
+            self.log(line)
             await asyncio.sleep(1)
             # main.py catches it and calls machine.reset(); a real panic resets the chip too: both
             # boot with HARD_RESET ("hard") on v1.23-v1.28 (docs/twin.md, reset causes)

@@ -88,11 +88,15 @@ def test_sim_watchdog_fires_only_after_timeout_without_food():
     asyncio.run(main())
 
 
-def test_counters_tell_an_injected_wifi_outage_from_an_error():
+def test_counters_add_what_each_app_counted_whatever_its_log_says():
+    # The totals come from App.counters (the firmware's own), not from log wording.
     c = FleetCounters()
-    c.note("cab-0001", "mqtt: OSError [Errno 113] wifi down")  # the workload took the Wi-Fi
-    c.note("cab-0002", "mqtt: MQTTError timeout")
-    c.note("cab-0003", "mqtt: OSError [Errno 111] Connection refused")
-    assert (c.wifi_down, c.mqtt_errors) == (1, 2)
-    assert list(c.recent) == ["cab-0002: mqtt: MQTTError timeout",
-                              "cab-0003: mqtt: OSError [Errno 111] Connection refused"]
+    zero = {"events": 0, "sessions": 0, "mqtt_errors": 0, "no_network": 0, "link_lost": 0,
+            "commands_ignored": 0}
+    seen1, seen2 = {}, {}
+    c.sync("cab-0001", seen1, dict(zero, no_network=1), "anything at all")  # Wi-Fi was down
+    c.sync("cab-0002", seen2, dict(zero, mqtt_errors=1), "mqtt: MQTTError timeout")
+    c.sync("cab-0002", seen2, dict(zero, mqtt_errors=2, events=3), "event boot seq=3")
+    c.sync("cab-0002", seen2, dict(zero, mqtt_errors=2, events=3), "said twice, counted once")
+    assert (c.wifi_down, c.mqtt_errors, c.events) == (1, 2, 3)
+    assert list(c.recent) == ["cab-0002: mqtt: MQTTError timeout", "cab-0002: event boot seq=3"]

@@ -43,6 +43,10 @@ def test_installed_copy_is_used_and_carries_the_firmware(installed, tmp_path):
         assert (fw / src).is_file(), src
     assert (installed / "simulator" / "vdev" / "shims" / "machine.py").is_file()
     assert list((installed / "simulator" / "world" / "scenarios").glob("*.json"))
+    # the backend library checks messages with the schemas shipped beside it
+    r = run(installed, tmp_path, "-c", "from host_tools.backend.messages import SCHEMA_DIR, validate; "
+            "validate('status', {'v': 1, 'ts': 1770000000, 'online': False}); print(SCHEMA_DIR)")
+    assert r.returncode == 0 and r.stdout.strip().startswith(str(installed)), r.stdout + r.stderr
     for cli in ("host_tools.cli", "simulator.cli"):
         h = run(installed, tmp_path, "-m", cli, "--help")
         assert h.returncode == 0 and "usage:" in h.stdout, h.stderr

@@ -48,21 +48,17 @@ def summary(out):
 
 
 def retained(port, topic, timeout=5.0):
-    """The retained message a newcomer gets on `topic` (its own client id: ids must not clash)."""
-    import paho.mqtt.client as mqtt
-    got = []
-    c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="late-%d" % os.getpid())
-    c.on_message = lambda c, u, m: got.append(m)
-    c.connect("127.0.0.1", port)
-    c.subscribe(topic, qos=1)
-    c.loop_start()
-    deadline = time.monotonic() + timeout
-    while not got and time.monotonic() < deadline:
-        time.sleep(0.05)
-    c.loop_stop()
-    c.disconnect()
-    assert got and got[0].retain, "no retained message on %s" % topic
-    return json.loads(got[0].payload)
+    """The retained message a newcomer gets on `topic` (the project's backend library)."""
+    from tests.fixtures import Backend
+    be = Backend("mqtt://127.0.0.1:%d" % port, topics=(topic,))
+    try:
+        deadline = time.monotonic() + timeout
+        while not be.messages and time.monotonic() < deadline:
+            time.sleep(0.05)
+    finally:
+        be.close()
+    assert be.messages and be.messages[0][2], "no retained message on %s" % topic
+    return json.loads(be.messages[0][1])
 
 
 def one_line_error(r, text):

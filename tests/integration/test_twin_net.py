@@ -319,14 +319,15 @@ def test_wifi_station_outlives_a_soft_reboot(tmp_path):
     to connect in one command is still trying in the next, and connect() there would raise
     "Wifi Internal Error". The board's join() waits for the driver instead, and the driver
     joins by itself once the access point is back."""
-    import shutil
     from tests.integration.test_vdev import VDev, mpremote
     flash = tmp_path / "flash"
     flash.mkdir()
-    shutil.copy(FIRMWARE / "board.py", flash / "board.py")
-    shutil.copytree(FIRMWARE / "aedgate", flash / "aedgate")
     v = VDev(flash)
     try:
+        # the firmware onto the board's littlefs, as a technician would copy it
+        r = mpremote(v.path, "cp", "-r", str(FIRMWARE / "aedgate"), ":", "+", "cp", str(FIRMWARE / "board.py"), ":",
+                     timeout=120)
+        assert r.returncode == 0, r.stdout + r.stderr
         v.world('{"wifi": "down"}')
         ask = "import network\nw = network.WLAN(network.STA_IF)\nw.active(True)\nw.connect('aedsim', 'pw')\nprint('asked')"
         assert "asked" in mpremote(v.path, "exec", ask).stdout

@@ -297,7 +297,8 @@ def smallest(ok, lo: int, hi: int, step: int, grow: int = 0) -> int:
 
 
 def measure(micropython: str, load: str, mpy_cross: str | None, broker: Broker, workdir: Path,
-            unlocks: int, reconnects: int, step: int, log=print) -> dict:
+            unlocks: int, reconnects: int, step: int, log=print, grow: int = 16384,
+            life_from: int = 0) -> dict:
     fwdir = prepare(load, workdir, mpy_cross)
 
     passed: dict = {}
@@ -305,7 +306,8 @@ def measure(micropython: str, load: str, mpy_cross: str | None, broker: Broker, 
     def ok(what, **kw):
         def check(heapsize):
             r = run_once(micropython, heapsize, fwdir, broker, workdir, **kw)
-            log("  %s %s heapsize=%d: %s" % (load, what, heapsize, r.get("fail") or "ok"))
+            log("  %s %s heapsize=%d: %s" % (load, what, heapsize, "ok" if not r.get("fail") else
+                "%s (online %s times, %s unlocks)" % (r["fail"], r.get("online"), r.get("accepted"))))
             if not r.get("fail") and heapsize <= passed.get(what, (heapsize, None))[0]:
                 passed[what] = (heapsize, r)
             return not r.get("fail")
@@ -318,7 +320,8 @@ def measure(micropython: str, load: str, mpy_cross: str | None, broker: Broker, 
                                                        + free["heap_harness"]) + 32768, step)
     tls = smallest(ok("tls"), boot - step, boot + 65536, step)
     life = smallest(ok("lifecycle", unlocks=unlocks, reconnects=reconnects,
-                       timeout_s=60 + unlocks + 3 * reconnects), tls - step, tls, step, 4096)
+                       timeout_s=60 + unlocks + 3 * reconnects),
+                    life_from or tls - step, life_from + grow if life_from else tls, step, grow)
     end = passed["lifecycle"][1]
     return {"load": load, "aedgate_from": free["aedgate_from"], "heap_base": free["heap_base"],
             "heap_harness": free["heap_harness"], "heap_code": free["heap_code"],
@@ -355,6 +358,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--unlocks", type=int, default=100)
     p.add_argument("--reconnects", type=int, default=50)
     p.add_argument("--step", type=int, default=512, help="bisection resolution in bytes")
+    p.add_argument("--grow", type=int, default=16384, help="the lifecycle's search raises the "
+                   "heapsize by this much from the TLS figure until a run passes, then bisects")
+    p.add_argument("--life-from", type=int, default=0, metavar="BYTES",
+                   help="start the lifecycle's search here (a heapsize known to fail)")
     p.add_argument("--json", default="heap.json", metavar="FILE")
     a = p.parse_args(argv)
     ver = subprocess.run([a.micropython, "-c", "import sys; print(sys.implementation.version, "
@@ -365,8 +372,8 @@ def main(argv: list[str] | None = None) -> int:
         work = Path(tmp)
         with Broker(work) as broker:
             for load in a.load.split(","):
-                rows.append(measure(a.micropython, load, a.mpy_cross, broker, work,
-                                    a.unlocks, a.reconnects, a.step))
+                rows.append(measure(a.micropython, load, a.mpy_cross, broker, work, a.unlocks,
+                                    a.reconnects, a.step, grow=a.grow, life_from=a.life_from))
                 print(table(rows[-1:]), flush=True)
     print(table(rows))
     Path(a.json).write_text(json.dumps({"micropython": a.micropython, "version_bits": ver,

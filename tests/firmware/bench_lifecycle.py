@@ -108,6 +108,9 @@ def log(msg):
         print("log:", msg)
     # A MemoryError anywhere (the app catches and logs them, then retries) fails the run.
     if "MemoryError" in msg or "ENOMEM" in msg or "Errno 12" in msg or "ALLOC" in msg:
+        if st["fail"] is None and setup.get("verbose"):
+            import micropython
+            micropython.mem_info()  # where it failed: used, free, largest free block
         st["fail"] = msg
     elif msg.startswith("unlock accepted"):
         st["accepted"] += 1
@@ -160,6 +163,9 @@ async def main():
     while st["fail"] is None:
         if app.online and not was:
             st["online"] += 1
+            if setup.get("verbose"):
+                from asyncio import core
+                print("online %d: heap %d, io map %d" % (st["online"], heap(), len(core._io_queue.map)))
         was = app.online
         if not booted and quiet(app):
             await sleep_ms(200)  # let the state message go

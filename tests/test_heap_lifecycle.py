@@ -11,11 +11,11 @@ How the cap is derived (docs/benchmarks.md, "RAM on the ESP32's word size"; re-r
 - LIFE_64: the same search on this 64-bit port: 260,608 bytes (252,928 failed), so the measured
   64/32 ratio for this lifecycle is 1.255 (the steady heap's ratio, code and state, is 1.50:
   the lifecycle's need is set by fragmentation, which scales less with the word size);
-- CAP = LIFE_32 x 1.255 x 1.15: a 15 % margin over the measured need. The need is noisy (GC
-  timing moves with the random backoffs; a bisection passed at 173 KB after failing at 169 KB,
-  having passed at 203 KB) and the run-to-run spread seen was within ~5 %; a change that costs
-  ~15 % more RAM in this lifecycle fails here. Run with a cap 30 % lower it fails (MemoryError
-  after some dozens of unlocks).
+- CAP = LIFE_32 x 1.255 x 1.15 = 299,008 bytes (292 KB): a 15 % margin over the measured need.
+  The need moves between runs (GC timing follows the random reconnect backoffs): 252,928 failed
+  in the search and passed in a later run, a spread of ~3 %. A change that costs ~15 % more RAM
+  in this lifecycle fails here; with the cap 30 % lower (209,305) it failed with a MemoryError in
+  the MQTT reader at unlock 42.
 """
 import json
 import tempfile

@@ -16,6 +16,7 @@ binary with firmware/manifest.py):
 
     python -m simulator.bench.heap [--micropython BIN] [--mpy-cross BIN] [--load mpy,frozen]
                                    [--json FILE] [--unlocks 100] [--reconnects 50]
+                                   [--step 256] [--life-step 4096] [--grow 16384] [--life-from N]
 
 Prints a table and writes JSON. The heapsize passed is the whole GC heap, so the figures include
 the interpreter's own few hundred bytes, the harness (fwtest, the script) and, unless frozen, the
@@ -298,7 +299,7 @@ def smallest(ok, lo: int, hi: int, step: int, grow: int = 0) -> int:
 
 def measure(micropython: str, load: str, mpy_cross: str | None, broker: Broker, workdir: Path,
             unlocks: int, reconnects: int, step: int, log=print, grow: int = 16384,
-            life_from: int = 0) -> dict:
+            life_from: int = 0, life_step: int = 4096) -> dict:
     fwdir = prepare(load, workdir, mpy_cross)
 
     passed: dict = {}
@@ -321,7 +322,7 @@ def measure(micropython: str, load: str, mpy_cross: str | None, broker: Broker, 
     tls = smallest(ok("tls"), boot - step, boot + 65536, step)
     life = smallest(ok("lifecycle", unlocks=unlocks, reconnects=reconnects,
                        timeout_s=60 + unlocks + 3 * reconnects),
-                    life_from or tls - step, life_from + grow if life_from else tls, step, grow)
+                    life_from or tls - step, life_from + grow if life_from else tls, life_step, grow)
     end = passed["lifecycle"][1]
     return {"load": load, "aedgate_from": free["aedgate_from"], "heap_base": free["heap_base"],
             "heap_harness": free["heap_harness"], "heap_code": free["heap_code"],
@@ -329,7 +330,7 @@ def measure(micropython: str, load: str, mpy_cross: str | None, broker: Broker, 
             "tls_min_heapsize": tls, "lifecycle_min_heapsize": life,
             "running_after_lifecycle": end.get("heap_running_end"),
             "lifecycle_s": end.get("unlock_s", 0) + end.get("reconnect_s", 0),
-            "unlocks": unlocks, "reconnects": reconnects, "step": step}
+            "unlocks": unlocks, "reconnects": reconnects, "step": step, "life_step": life_step}
 
 
 def table(rows: list[dict]) -> str:
@@ -357,7 +358,9 @@ def main(argv: list[str] | None = None) -> int:
                    "built with FROZEN_MANIFEST including firmware/manifest.py)")
     p.add_argument("--unlocks", type=int, default=100)
     p.add_argument("--reconnects", type=int, default=50)
-    p.add_argument("--step", type=int, default=512, help="bisection resolution in bytes")
+    p.add_argument("--step", type=int, default=256, help="bisection resolution for boot and TLS, bytes")
+    p.add_argument("--life-step", type=int, default=4096,
+                   help="bisection resolution for the lifecycle (one run takes ~55 s), bytes")
     p.add_argument("--grow", type=int, default=16384, help="the lifecycle's search raises the "
                    "heapsize by this much from the TLS figure until a run passes, then bisects")
     p.add_argument("--life-from", type=int, default=0, metavar="BYTES",
@@ -373,7 +376,8 @@ def main(argv: list[str] | None = None) -> int:
         with Broker(work) as broker:
             for load in a.load.split(","):
                 rows.append(measure(a.micropython, load, a.mpy_cross, broker, work, a.unlocks,
-                                    a.reconnects, a.step, grow=a.grow, life_from=a.life_from))
+                                    a.reconnects, a.step, grow=a.grow, life_from=a.life_from,
+                                    life_step=a.life_step))
                 print(table(rows[-1:]), flush=True)
     print(table(rows))
     Path(a.json).write_text(json.dumps({"micropython": a.micropython, "version_bits": ver,

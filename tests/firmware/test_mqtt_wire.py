@@ -22,6 +22,19 @@ class Bytes:
         return self.data[self.pos - n:self.pos]
 
 
+def decode_len(buf, pos=0):
+    """(value, position after the varint) from bytes: the broker's side of encode_len()."""
+    n = 0
+    for i in range(4):
+        if pos + i >= len(buf):
+            raise MQTTError("closed")
+        b = buf[pos + i]
+        n |= (b & 0x7F) << (7 * i)
+        if not b & 0x80:
+            return n, pos + i + 1
+    raise MQTTError("malformed")
+
+
 def read(data, max_payload=2048):
     return asyncio.run(w.read_packet(Bytes(data), max_payload))
 
@@ -40,8 +53,12 @@ def test_remaining_length_boundaries():
              (268435455, b"\xff\xff\xff\x7f")]
     for n, enc in known:
         assert w.encode_len(n) == enc, n
-        assert w.decode_len(enc + b"!") == (n, len(enc)), n
-        assert asyncio.run(w.read_len(Bytes(enc))) == n, n
+        assert decode_len(enc + b"!") == (n, len(enc)), n
+        if 3 <= n <= 20000:  # a QoS 0 PUBLISH of that length is read to its last byte
+            data = b"\x30" + enc + b"\x00\x01t" + b"p" * (n - 3) + b"\xd0\x00"
+            rd = Bytes(data)
+            assert asyncio.run(w.read_packet(rd, 0)) == (w.PUBLISH, "t", None, 0, False, False, 0)
+            assert rd.pos == len(data) - 2, n
     for bad in (-1, 268435456):
         try:
             w.encode_len(bad)
@@ -51,7 +68,7 @@ def test_remaining_length_boundaries():
 
 
 def test_five_byte_varint_rejected():
-    assert reason(w.decode_len, b"\xff\xff\xff\xff\x7f") == "malformed"
+    assert reason(decode_len, b"\xff\xff\xff\xff\x7f") == "malformed"
     rd = Bytes(b"\x30\xff\xff\xff\xff\x01" + b"x" * 100)
     assert reason(asyncio.run, w.read_packet(rd, 2048)) == "malformed"
     assert rd.pos == 5  # gave up after the 4th length byte, read nothing of the body
@@ -182,6 +199,16 @@ class Pipe:
         data, self.buf = self.buf[:n], self.buf[n:]
         return data
 
+    async def read(self, n):
+        # What MicroPython's Stream offers too: whatever is there, up to n, once there is some.
+        while not self.buf:
+            if self.closed:
+                return b""
+            self.ev.clear()
+            await self.ev.wait()
+        data, self.buf = self.buf[:n], self.buf[n:]
+        return data
+
 
 class Link:
     """The broker's end of one fake connection: `answer(link, packet)` sees each packet the
@@ -198,9 +225,13 @@ class Link:
         self.pending += data
 
     async def drain(self):
+        # Packets written by other tasks since the last drain go out with it, each on its own.
         data, self.pending = self.pending, b""
-        self.sent.append(data)
-        self.answer(self, data)
+        while data:
+            n, pos = decode_len(data, 1)
+            pkt, data = data[:pos + n], data[pos + n:]
+            self.sent.append(pkt)
+            self.answer(self, pkt)
 
     def close(self):
         self.closed = self.rx.closed = True
@@ -223,7 +254,7 @@ def broker(link, pkt, rc=0, ack=True):
     if kind == 0x10:
         link.rx.feed(bytes((0x20, 2, 0, rc)))
     elif kind & 0xF6 == 0x32 and ack:
-        n, pos = w.decode_len(pkt, 1)
+        n, pos = decode_len(pkt, 1)
         at = pos + 2 + ((pkt[pos] << 8) | pkt[pos + 1])
         link.rx.feed(b"\x40\x02" + pkt[at:at + 2])
     elif kind == 0x82:
@@ -280,17 +311,28 @@ async def publish_times_out(c):
     assert 150 <= ticks_diff(ticks_ms(), t0) < 1000
 
 
-def test_client_puback_timeout_then_retry():
+def test_client_silent_broker_closes_the_link_then_retry():
+    # A broker that answers nothing for timeout_ms while a PUBACK is awaited is dead: the
+    # publish fails with "timeout", the link is closed (run() says why), and the caller gets
+    # through again on a new link.
     async def main():
         acking = [False]
         c = MQTTClient("cab-1", FakeNet(lambda l, p: broker(l, p, ack=acking[0])), "h",
                        timeout_ms=200)
         await c.connect()
         task = asyncio.create_task(c.run())
+        await sleep_ms(0)
         await publish_times_out(c)
-        assert c.connected and not c._acks
+        assert not c.connected and not c._acks
+        try:
+            await task
+            raise AssertionError("run() survived a silent broker")
+        except MQTTError as e:
+            assert e.args[0] == "timeout"
         acking[0] = True
-        await c.publish("t", b"x", qos=1)  # the caller may retry on the same link
+        await c.connect()
+        task = asyncio.create_task(c.run())
+        await c.publish("t", b"x", qos=1)
         c.close()
         assert await task is None
         try:
@@ -298,6 +340,54 @@ def test_client_puback_timeout_then_retry():
             raise AssertionError("publish on a closed client")
         except MQTTError as e:
             assert e.args[0] == "closed"
+
+    asyncio.run(main())
+
+
+def test_client_broker_answering_others_keeps_the_link():
+    # One PUBACK that never comes while the broker answers everything else: that publish
+    # times out, the link stays (the broker is not silent).
+    async def main():
+        def answer(link, pkt):
+            if b"lost" not in pkt:
+                broker(link, pkt)
+        c = MQTTClient("cab-1", FakeNet(answer), "h", timeout_ms=300)
+        await c.connect()
+        task = asyncio.create_task(c.run())
+        async def lost():
+            try:
+                await c.publish("t", b"lost", qos=1)
+            except MQTTError as e:
+                return e.args[0]
+        lost = asyncio.create_task(lost())
+        for _ in range(8):
+            await c.publish("t", b"fine", qos=1)
+            await sleep_ms(50)
+        assert await lost == "timeout"
+        assert c.connected
+        await c.publish("t", b"fine", qos=1)
+        c.close()
+        assert await task is None
+
+    asyncio.run(main())
+
+
+def test_client_idle_silent_broker_found_by_ping_within_timeout():
+    # keepalive=1, timeout_ms=200: a PINGREQ after ~1 s of quiet; no PINGRESP within 200 ms
+    # closes the link (before keepalive*1.5, which used to be the only bound).
+    async def main():
+        net = FakeNet(lambda l, p: broker(l, p) if p[0] == 0x10 else None)  # CONNACK, then mute
+        c = MQTTClient("cab-1", net, "h", keepalive=1, timeout_ms=200)
+        await c.connect()
+        t0 = ticks_ms()
+        try:
+            await c.run()
+            raise AssertionError("run() returned")
+        except MQTTError as e:
+            assert e.args[0] == "timeout"
+        took = ticks_diff(ticks_ms(), t0)
+        assert 1100 <= took < 1450, took
+        assert b"\xc0\x00" in net.links[0].sent and net.links[0].closed
 
     asyncio.run(main())
 

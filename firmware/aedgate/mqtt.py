@@ -33,12 +33,6 @@ _YIELD_EVERY = const(16)  # writes the socket took at once: let other tasks run 
 _READ_CHUNK = const(256)  # MicroPython: bytes asked of the socket per read
 
 
-class _Ack(TaskSignal):
-    """An awaited PUBACK/SUBACK: its signal, result (None until it comes) and send time."""
-
-    __slots__ = ("result", "sent")
-
-
 def backoff_ms(attempt, base_ms=1000, cap_ms=300000):
     """Delay before reconnect attempt `attempt` (0, 1, ...): uniform in [base_ms//2, min(cap_ms,
     base_ms * 2**attempt)], so a fleet that lost its broker together does not come back in
@@ -69,7 +63,7 @@ class MQTTClient:
         self._reader = self._writer = None
         self._lock = None  # made at the first write the socket did not take at once
         self._pid = 0
-        self._acks = {}  # packet id -> _Ack awaited
+        self._acks = {}  # packet id -> [TaskSignal, result, ticks sent] of an ack awaited
         # [task, kicked, why] of the run() in progress, so close() can wake it and tell it why
         # (why None: closed on purpose, so run() returns instead of raising).
         self._runner = None
@@ -165,9 +159,8 @@ class MQTTClient:
         # Sends and waits for the ack of packet `pid`; returns the ack's result. The watch
         # gives up on it after timeout_ms (and on the link, when the broker was silent all that
         # time); a write that never finished closes the link.
-        ack = self._acks[pid] = _Ack()
-        ack.result = None
-        ack.sent = now = ticks_ms()
+        now = ticks_ms()
+        ack = self._acks[pid] = [TaskSignal(), None, now]  # signal, result, sent
         try:
             nap = self._nap
             if nap is not None and ticks_diff(nap, ticks_add(now, self.timeout_ms)) > 0:
@@ -175,10 +168,10 @@ class MQTTClient:
                 self._nap = None
                 self._watch.cancel()
             await self._send(head, payload)
-            await ack.wait()
+            await ack[0].wait()
         finally:
             self._acks.pop(pid, None)
-        r = ack.result
+        r = ack[1]
         if r == _CLOSED:
             raise MQTTError("closed")
         if r == _TIMEOUT:
@@ -219,6 +212,7 @@ class MQTTClient:
             raise MQTTError("closed")
         me = self._runner = [asyncio.current_task(), False, None]
         mine = self._reader
+        acks = b""  # PUBACKs owed
         try:
             while True:
                 r = self._reader
@@ -233,15 +227,20 @@ class MQTTClient:
                     if topic is not None and self.on_message:
                         self.on_message(topic, payload, retain, dup)
                     if qos:
-                        await self._send(_w.puback_packet(pid))
+                        acks += _w.puback_packet(pid)
                 elif kind == _w.PUBACK or kind == _w.SUBACK:
                     ack = self._acks.get(pkt[1])
-                    if ack is not None and ack.result is None:  # else late, or a stray
-                        ack.result = pkt[2] if kind == _w.SUBACK else 0
-                        ack.set()
+                    if ack is not None and ack[1] is None:  # else late, or a stray
+                        ack[1] = pkt[2] if kind == _w.SUBACK else 0
+                        ack[0].set()
                 elif kind == _w.CONNACK:
                     raise MQTTError("protocol")
                 # PINGRESP and UNSUBACK: receiving them was the point, nothing else to do
+                if acks and not (MICROPYTHON and r._pos < len(r._buf)):
+                    # Owed PUBACKs go out together once all that was read ahead is handled:
+                    # one write for a burst of messages, not one each.
+                    await self._send(acks)
+                    acks = b""
         except (asyncio.CancelledError, Exception):
             # close() from another task cancels us; the read may also fail first on the closed
             # stream (CPython's wait_for then drops the cancel). Either way close() says why.
@@ -267,25 +266,29 @@ class MQTTClient:
             while self.connected:
                 now = ticks_ms()
                 quiet = ticks_diff(now, self._last_rx)
-                # The oldest question the broker has not answered yet: a ping, or an ack.
-                asked = self._ping_at
+                # Questions the broker has not answered: acks past their time fail; if it also
+                # said nothing at all for that long, it is gone (silent, or the link is dead).
                 due = _FAR
+                silent = False
                 for ack in self._acks.values():
-                    if ack.result is not None:
-                        continue
-                    late = ticks_diff(now, ack.sent)
-                    if late >= limit:
-                        ack.result = _TIMEOUT
-                        ack.set()
-                    else:
+                    if ack[1] is None:
+                        late = ticks_diff(now, ack[2])
+                        if late < limit:
+                            due = min(due, limit - late)
+                        else:
+                            ack[1] = _TIMEOUT
+                            ack[0].set()
+                            silent = silent or quiet >= limit
+                ping = self._ping_at
+                if ping is not None:
+                    late = ticks_diff(now, ping)
+                    if late < limit:
                         due = min(due, limit - late)
-                    if asked is None or ticks_diff(asked, ack.sent) > 0:
-                        asked = ack.sent
-                if asked is not None:
-                    if ticks_diff(now, asked) >= limit and quiet >= limit:
-                        self.close("timeout")  # silent broker: run() raises MQTTError("timeout")
-                        return
-                    due = min(due, max(limit - min(ticks_diff(now, asked), quiet), 1))
+                    else:
+                        silent = silent or quiet >= limit
+                if silent:
+                    self.close("timeout")  # run() raises MQTTError("timeout")
+                    return
                 if ka:
                     dead = ka * 3 // 2
                     if quiet >= dead:
@@ -334,9 +337,9 @@ class MQTTClient:
             except OSError:
                 pass
         for ack in self._acks.values():
-            if ack.result is None:
-                ack.result = _CLOSED
-                ack.set()
+            if ack[1] is None:
+                ack[1] = _CLOSED
+                ack[0].set()
         t = self._watch
         self._watch = self._nap = None
         run = self._runner

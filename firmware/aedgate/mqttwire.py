@@ -111,12 +111,6 @@ def publish_header(topic, payload_len, qos=0, retain=False, dup=False, pid=0, pa
     return buf
 
 
-def publish_packet(topic, payload, qos=0, retain=False, dup=False, pid=0):
-    if isinstance(payload, str):
-        payload = payload.encode()
-    return publish_header(topic, len(payload), qos, retain, dup, pid, payload)
-
-
 def subscribe_packet(pid, topic, qos):
     return _packet(0x82, struct.pack("!H", pid) + _str(topic) + bytes((qos,)))
 
@@ -135,29 +129,20 @@ class Buffered:
         self._rd = rd
         self._size = size
         self._buf = b""
-        self._pos = 0
+        self._pos = 0  # bytes of _buf handed out; the rest was read ahead
 
     async def readexactly(self, n):
         buf = self._buf
         pos = self._pos
-        if len(buf) - pos >= n:
-            self._pos = pos + n
-            return buf[pos:pos + n]
-        out = buf[pos:]
-        self._buf = b""
-        self._pos = 0
-        while len(out) < n:
-            chunk = await self._rd.read(self._size)
-            if not chunk:
+        while len(buf) - pos < n:
+            more = await self._rd.read(self._size)
+            if not more:
                 raise EOFError
-            need = n - len(out)
-            if len(chunk) > need:
-                self._buf = chunk
-                self._pos = need
-                chunk = chunk[:need]
-            out += chunk
-        return out
-
+            buf = buf[pos:] + more
+            pos = 0
+        self._buf = buf
+        self._pos = pos + n
+        return buf[pos:pos + n]
 
 async def _read(rd, n):
     try:
@@ -171,17 +156,6 @@ async def _skip(rd, n):
         k = min(n, _SKIP_CHUNK)
         await _read(rd, k)
         n -= k
-
-
-def _topic(raw):
-    # Dropped (None) when not a valid MQTT topic name: empty, bad UTF-8, or a NUL inside.
-    try:
-        t = raw.decode()
-    except UnicodeError:
-        return None
-    if not t or "\x00" in t:
-        return None
-    return t
 
 
 async def read_packet(rd, max_payload):
@@ -241,11 +215,16 @@ async def _read_publish(rd, first, n, max_payload):
     head = 2 + tlen + (2 if qos else 0)
     if head > n:
         raise MQTTError("malformed")
+    topic = None  # dropped: not a valid MQTT topic name (empty, bad UTF-8, a NUL inside) or too long
     if tlen > TOPIC_CAP:
         await _skip(rd, tlen)
-        topic = None
-    else:
-        topic = _topic(await _read(rd, tlen)) if tlen else None
+    elif tlen:
+        try:
+            topic = (await _read(rd, tlen)).decode()
+        except UnicodeError:
+            pass
+        if topic and "\x00" in topic:
+            topic = None
     pid = 0
     if qos:
         b = await _read(rd, 2)

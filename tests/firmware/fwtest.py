@@ -3,6 +3,7 @@ import os
 
 from aedgate.compat import sleep_ms
 from aedgate.storage import Flash
+from aedgate.mqttwire import publish_header
 
 
 def temp_flash():
@@ -97,3 +98,10 @@ class Hardware:
         self.temp = Thermo(21.0)
         self.lines = []
         self.log = self.lines.append
+
+
+def publish_packet(topic, payload, qos=0, retain=False, dup=False, pid=0):
+    """A whole PUBLISH packet, as a broker sends one (the firmware only needs the header)."""
+    if isinstance(payload, str):
+        payload = payload.encode()
+    return bytes(publish_header(topic, len(payload), qos, retain, dup, pid, payload))

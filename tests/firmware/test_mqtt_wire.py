@@ -3,6 +3,7 @@
 from aedgate.compat import asyncio, ticks_ms, ticks_diff, sleep_ms
 from aedgate import mqttwire as w
 from aedgate.mqtt import MQTTClient, MQTTError, backoff_ms
+from fwtest import publish_packet
 
 
 class Bytes:
@@ -93,9 +94,9 @@ def test_connect_will_user_password():
 
 
 def test_publish_encode():
-    assert w.publish_packet("a/b", b"hi", 0, retain=True) == b"\x31\x07\x00\x03a/bhi"
-    assert w.publish_packet("a/b", "hi", 1, dup=True, pid=0x1234) == b"\x3a\x09\x00\x03a/b\x12\x34hi"
-    big = w.publish_packet("t", b"x" * 200)
+    assert publish_packet("a/b", b"hi", 0, retain=True) == b"\x31\x07\x00\x03a/bhi"
+    assert publish_packet("a/b", "hi", 1, dup=True, pid=0x1234) == b"\x3a\x09\x00\x03a/b\x12\x34hi"
+    big = publish_packet("t", b"x" * 200)
     assert big[:3] == b"\x30\xcb\x01"  # 203 bytes after the header: a 2-byte length
 
 
@@ -103,7 +104,7 @@ def test_publish_decode_flags():
     for qos in (0, 1):
         for retain in (False, True):
             for dup in (False, True):
-                pkt = w.publish_packet("cab/7", b"\x00\x01", qos, retain, dup, 9 if qos else 0)
+                pkt = publish_packet("cab/7", b"\x00\x01", qos, retain, dup, 9 if qos else 0)
                 assert read(pkt) == (w.PUBLISH, "cab/7", b"\x00\x01", qos, retain, dup,
                                      9 if qos else 0), (qos, retain, dup)
     assert read(b"\x30\x03\x00\x01t") == (w.PUBLISH, "t", b"", 0, False, False, 0)
@@ -124,7 +125,7 @@ def test_suback_failure_code():
 
 def test_truncated_packets():
     good = [b"\x20\x02\x00\x00", b"\x90\x03\x00\x07\x80", b"\x40\x02\x00\x01",
-            w.publish_packet("a/b", b"payload", 1, pid=3), w.publish_packet("t", b"y" * 300)]
+            publish_packet("a/b", b"payload", 1, pid=3), publish_packet("t", b"y" * 300)]
     for pkt in good:
         read(pkt)
         for cut in range(len(pkt)):
@@ -148,24 +149,24 @@ def test_wrong_packets():
 
 
 def test_oversize_payload_skipped_not_stored():
-    big = w.publish_packet("cab/cmd", b"z" * 10000, 1, pid=77)
+    big = publish_packet("cab/cmd", b"z" * 10000, 1, pid=77)
     rd = Bytes(big + b"\xd0\x00")
     pkt = asyncio.run(w.read_packet(rd, 2048))
     assert pkt == (w.PUBLISH, "cab/cmd", None, 1, False, False, 77)
     assert rd.biggest <= 2048
     assert asyncio.run(w.read_packet(rd, 2048)) == (w.PINGRESP,)  # still in step
-    ok = w.publish_packet("t", b"z" * 2048)
+    ok = publish_packet("t", b"z" * 2048)
     assert read(ok)[2] == b"z" * 2048  # exactly max_payload is delivered
 
 
 def test_bad_topics_dropped():
-    rd = Bytes(w.publish_packet("x" * 300, b"p"))
+    rd = Bytes(publish_packet("x" * 300, b"p"))
     assert asyncio.run(w.read_packet(rd, 16)) == (w.PUBLISH, None, b"p", 0, False, False, 0)
     assert rd.biggest <= 256
     assert read(b"\x30\x05\x00\x02\xff\xfep")[1] is None  # not UTF-8
     assert read(b"\x30\x05\x00\x02a\x00p")[1] is None  # NUL inside
     assert read(b"\x30\x03\x00\x00p")[1] is None  # empty
-    assert read(w.publish_packet("caf\u00e9", b""))[1] == "caf\u00e9"
+    assert read(publish_packet("caf\u00e9", b""))[1] == "caf\u00e9"
 
 
 def test_backoff_bounds_and_spread():
@@ -288,8 +289,8 @@ def test_client_publish_subscribe_and_receive():
         await c.publish("cab/1/status", b"shut")
         link = net.links[0]
         assert link.sent[-1] == b"\x30\x12\x00\x0ccab/1/statusshut"
-        link.rx.feed(w.publish_packet("cab/1/cmd", b"unlock", 1, retain=True, pid=5))
-        link.rx.feed(w.publish_packet("cab/1/cmd", b"u" * 65, 1, dup=True, pid=6))
+        link.rx.feed(publish_packet("cab/1/cmd", b"unlock", 1, retain=True, pid=5))
+        link.rx.feed(publish_packet("cab/1/cmd", b"u" * 65, 1, dup=True, pid=6))
         await sleep_ms(20)
         assert got == [("cab/1/cmd", b"unlock", True, False), ("cab/1/cmd", None, False, True)]
         assert b"\x40\x02\x00\x05" in link.sent and b"\x40\x02\x00\x06" in link.sent

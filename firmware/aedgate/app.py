@@ -245,13 +245,14 @@ class App:
                 self.alive("session", 90000)
                 await sleep_ms(60000)  # not configured: keep watching the cabinet locally
                 continue
-            # connect + subscribe + birth: three bounded waits of the client's timeout (10 s)
-            self.alive("session", 45000)
+            # connect + subscribe + birth: three bounded waits of the client's timeout
+            self.alive("session", 3000 * cfg["mqtt_timeout_s"] + 15000)
             client = None
             try:
                 client = MQTTClient(
                     self.device_id, self.hw.net, cfg["broker_host"], cfg["broker_port"],
-                    keepalive=cfg["keepalive_s"], user=cfg["broker_user"] or None,
+                    keepalive=cfg["keepalive_s"], timeout_ms=cfg["mqtt_timeout_s"] * 1000,
+                    user=cfg["broker_user"] or None,
                     password=cfg["broker_password"] or None,
                     will=(self.topic + "status", self._status(False), 1, True),
                     # A missing or bad CA file fails here, each attempt, and is logged below.

@@ -144,17 +144,10 @@ class Buffered:
         self._pos = pos + n
         return buf[pos:pos + n]
 
-async def _read(rd, n):
-    try:
-        return await rd.readexactly(n)
-    except EOFError:  # CPython's IncompleteReadError is one too
-        raise MQTTError("closed")
-
-
 async def _skip(rd, n):
     while n:
         k = min(n, _SKIP_CHUNK)
-        await _read(rd, k)
+        await rd.readexactly(k)
         n -= k
 
 
@@ -166,39 +159,42 @@ async def read_packet(rd, max_payload):
       (PUBLISH, topic, payload, qos, retain, dup, pid)
     where topic is None when it must be dropped and payload is None when it was longer than
     max_payload (skipped unread). Raises MQTTError only."""
-    b = await _read(rd, 2)  # every packet has at least its type and one length byte
-    first = b[0]
-    n = b[1]
-    if n & 0x80:  # more length bytes: at most 4 in all
-        n &= 0x7F
-        for shift in (7, 14, 21):
-            c = (await _read(rd, 1))[0]
-            n |= (c & 0x7F) << shift
-            if not c & 0x80:
-                break
-        else:
+    try:
+        b = await rd.readexactly(2)  # every packet has at least its type and one length byte
+        first = b[0]
+        n = b[1]
+        if n & 0x80:  # more length bytes: at most 4 in all
+            n &= 0x7F
+            for shift in (7, 14, 21):
+                c = (await rd.readexactly(1))[0]
+                n |= (c & 0x7F) << shift
+                if not c & 0x80:
+                    break
+            else:
+                raise MQTTError("malformed")
+        if first & 0xF0 == PUBLISH:
+            return await _read_publish(rd, first, n, max_payload)
+        want = _FIXED.get(first)
+        if want is None:
+            # QoS 2 handshakes, or packets only a client sends: a broker that sends them is broken.
+            raise MQTTError("protocol" if first & 0xF0 in (0x50, 0x60, 0x70) else "malformed")
+        if n != want:
             raise MQTTError("malformed")
-    if first & 0xF0 == PUBLISH:
-        return await _read_publish(rd, first, n, max_payload)
-    want = _FIXED.get(first)
-    if want is None:
-        # QoS 2 handshakes, or packets only a client sends: a broker that sends them is broken.
-        raise MQTTError("protocol" if first & 0xF0 in (0x50, 0x60, 0x70) else "malformed")
-    if n != want:
-        raise MQTTError("malformed")
-    if first == PINGRESP:
-        return (PINGRESP,)
-    body = await _read(rd, n)
-    if first == CONNACK:
-        if body[0] & 0xFE:
-            raise MQTTError("malformed")
-        return (CONNACK, bool(body[0] & 1), body[1])
-    pid = (body[0] << 8) | body[1]
-    if first == SUBACK:
-        if body[2] not in (0, 1, 2, 0x80):
-            raise MQTTError("malformed")
-        return (SUBACK, pid, body[2])
-    return (first, pid)
+        if first == PINGRESP:
+            return (PINGRESP,)
+        body = await rd.readexactly(n)
+        if first == CONNACK:
+            if body[0] & 0xFE:
+                raise MQTTError("malformed")
+            return (CONNACK, bool(body[0] & 1), body[1])
+        pid = (body[0] << 8) | body[1]
+        if first == SUBACK:
+            if body[2] not in (0, 1, 2, 0x80):
+                raise MQTTError("malformed")
+            return (SUBACK, pid, body[2])
+        return (first, pid)
+    except EOFError:  # the stream ended mid-packet (CPython's IncompleteReadError is one too)
+        raise MQTTError("closed")
 
 
 async def _read_publish(rd, first, n, max_payload):
@@ -210,7 +206,7 @@ async def _read_publish(rd, first, n, max_payload):
         raise MQTTError("protocol")
     if n < 2:
         raise MQTTError("malformed")
-    b = await _read(rd, 2)
+    b = await rd.readexactly(2)
     tlen = (b[0] << 8) | b[1]
     head = 2 + tlen + (2 if qos else 0)
     if head > n:
@@ -220,14 +216,14 @@ async def _read_publish(rd, first, n, max_payload):
         await _skip(rd, tlen)
     elif tlen:
         try:
-            topic = (await _read(rd, tlen)).decode()
+            topic = (await rd.readexactly(tlen)).decode()
         except UnicodeError:
             pass
         if topic and "\x00" in topic:
             topic = None
     pid = 0
     if qos:
-        b = await _read(rd, 2)
+        b = await rd.readexactly(2)
         pid = (b[0] << 8) | b[1]
         if not pid:
             raise MQTTError("malformed")
@@ -236,5 +232,5 @@ async def _read_publish(rd, first, n, max_payload):
         await _skip(rd, plen)
         payload = None
     else:
-        payload = await _read(rd, plen) if plen else b""
+        payload = await rd.readexactly(plen) if plen else b""
     return (PUBLISH, topic, payload, qos, bool(first & 1), bool(first & 8), pid)

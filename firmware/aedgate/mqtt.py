@@ -19,8 +19,8 @@
 #   on_message with payload None; it is still acknowledged so the broker does not resend it.
 import random
 
-from aedgate.compat import (TaskSignal, asyncio, const, ticks_ms, ticks_add, ticks_diff, sleep_ms, wait_ms,
-                            unsent, MICROPYTHON)
+from aedgate.compat import (TaskSignal, asyncio, const, ticks_ms, ticks_add, ticks_diff, sleep_ms,
+                            wait_ms, unsent, MICROPYTHON)
 from aedgate import mqttwire as _w
 from aedgate.mqttwire import MQTTError  # noqa: F401  (part of this module's interface)
 
@@ -30,7 +30,8 @@ _TIMEOUT = const(-2)  # ack result when it did not come within timeout_ms
 _JOIN_MAX = const(1024)  # payloads up to this size go out in one write with their header
 _FAR = const(1 << 28)  # ms: "no deadline" for the watch, well inside the ticks' half period
 _YIELD_EVERY = const(16)  # writes the socket took at once: let other tasks run this often
-_READ_CHUNK = const(256)  # MicroPython: bytes asked of the socket per read
+_KICKED = const(-1)  # MQTTClient._nap when the watch was woken early (ticks are never < 0)
+_quick = 0  # writes (of any client) since one of them let other tasks run
 
 
 def backoff_ms(attempt, base_ms=1000, cap_ms=300000):
@@ -51,11 +52,7 @@ class MQTTClient:
         self.host = host
         self.port = port
         self.keepalive = keepalive
-        self._user = user
-        self._password = password
-        self._will = will
-        self._ssl = ssl
-        self._server_hostname = server_hostname
+        self._hello = (will, user, password, ssl, server_hostname)  # for each connect
         self.on_message = on_message
         self.max_payload = max_payload
         self.timeout_ms = timeout_ms
@@ -68,11 +65,9 @@ class MQTTClient:
         # (why None: closed on purpose, so run() returns instead of raising).
         self._runner = None
         self._watch = None  # the link's timer task (see _watching)
-        self._nap = None  # ticks when the watch wakes, while it sleeps; else None
-        self._kicked = False
+        self._nap = None  # while the watch sleeps: ticks when it wakes; _KICKED: woken early
         self._last_rx = self._last_tx = ticks_ms()
         self._ping_at = None  # ticks of the PINGREQ not answered yet
-        self._quick = 0  # writes since we last let other tasks run
 
     async def connect(self, clean_session=True):
         """Opens the link and does the CONNECT/CONNACK exchange within timeout_ms. Returns the
@@ -90,14 +85,13 @@ class MQTTClient:
         return present
 
     async def _handshake(self, clean):
-        r, w = await self._net.open(self.host, self.port, ssl=self._ssl,
-                                    server_hostname=self._server_hostname)
+        will, user, password, ssl, server_hostname = self._hello
+        r, w = await self._net.open(self.host, self.port, ssl=ssl, server_hostname=server_hostname)
         if MICROPYTHON:
             # Its Stream asks the poller before every read, however small: read ahead instead.
-            r = _w.Buffered(r, _READ_CHUNK)
+            r = _w.Buffered(r)
         self._reader, self._writer = r, w
-        w.write(_w.connect_packet(self.client_id, self.keepalive, clean, self._will,
-                                  self._user, self._password))
+        w.write(_w.connect_packet(self.client_id, self.keepalive, clean, will, user, password))
         await w.drain()
         pkt = await _w.read_packet(r, self.max_payload)
         if pkt[0] != _w.CONNACK:
@@ -125,27 +119,23 @@ class MQTTClient:
             raise
         self._last_tx = ticks_ms()
         if not unsent(w):
-            self._quick += 1
-            if self._quick >= _YIELD_EVERY:  # never hog the loop, even when nothing blocks
-                self._quick = 0
+            global _quick
+            _quick += 1
+            if _quick >= _YIELD_EVERY:  # never hog the loop, even when nothing blocks
+                _quick = 0
                 await sleep_ms(0)
             return
         if self._lock is None:
             self._lock = asyncio.Lock()
         try:
-            await wait_ms(self._drain(w), self.timeout_ms)
+            async with self._lock:  # one drain at a time: a stream has one writer slot in the poller
+                await wait_ms(w.drain(), self.timeout_ms)
         except asyncio.TimeoutError:
             self.close("timeout")
             raise MQTTError("timeout")
-
-    async def _drain(self, w):
-        async with self._lock:  # one drain at a time: a stream has one writer slot in the poller
-            try:
-                await w.drain()
-            except OSError:
-                self.close("closed")
-                raise
-        self._quick = 0
+        except OSError:
+            self.close("closed")
+            raise
 
     def _next_pid(self):
         pid = self._pid
@@ -163,9 +153,8 @@ class MQTTClient:
         ack = self._acks[pid] = [TaskSignal(), None, now]  # signal, result, sent
         try:
             nap = self._nap
-            if nap is not None and ticks_diff(nap, ticks_add(now, self.timeout_ms)) > 0:
-                self._kicked = True  # the watch sleeps past this deadline: wake it (once)
-                self._nap = None
+            if nap is not None and nap >= 0 and ticks_diff(nap, ticks_add(now, self.timeout_ms)) > 0:
+                self._nap = _KICKED  # the watch sleeps past this deadline: wake it (once)
                 self._watch.cancel()
             await self._send(head, payload)
             await ack[0].wait()
@@ -182,14 +171,14 @@ class MQTTClient:
         if isinstance(payload, str):
             payload = payload.encode()
         pid = self._next_pid() if qos else 0
-        if MICROPYTHON and len(payload) <= _JOIN_MAX:
-            # MicroPython sends each write() at once; a lone header would leave the payload
-            # waiting for the broker's delayed ACK (Nagle). So one buffer, one write. (The
-            # simulator's CPython link joins header and payload itself.)
-            head = _w.publish_header(topic, len(payload), qos, retain, False, pid, payload)
+        # MicroPython sends each write() at once; a lone header would leave the payload waiting
+        # for the broker's delayed ACK (Nagle). So one buffer, one write. (The simulator's
+        # CPython link joins header and payload itself.)
+        join = MICROPYTHON and len(payload) <= _JOIN_MAX
+        head = _w.publish_header(topic, len(payload), qos, retain, False, pid,
+                                 payload if join else None)
+        if join:
             payload = None
-        else:
-            head = _w.publish_header(topic, len(payload), qos, retain, False, pid)
         if qos:
             await self._acked(pid, head, payload)
         else:
@@ -279,9 +268,8 @@ class MQTTClient:
                             ack[1] = _TIMEOUT
                             ack[0].set()
                             silent = silent or quiet >= limit
-                ping = self._ping_at
-                if ping is not None:
-                    late = ticks_diff(now, ping)
+                if self._ping_at is not None:
+                    late = ticks_diff(now, self._ping_at)
                     if late < limit:
                         due = min(due, limit - late)
                     else:
@@ -290,11 +278,11 @@ class MQTTClient:
                     self.close("timeout")  # run() raises MQTTError("timeout")
                     return
                 if ka:
-                    dead = ka * 3 // 2
-                    if quiet >= dead:
+                    late = ka * 3 // 2 - quiet
+                    if late <= 0:
                         self.close("keepalive")  # run() raises MQTTError("keepalive")
                         return
-                    due = min(due, dead - quiet, ka - ticks_diff(now, self._last_tx))
+                    due = min(due, late, ka - ticks_diff(now, self._last_tx))
                     if self._ping_at is None:
                         due = min(due, ka - quiet)
                     if due <= 0:
@@ -307,12 +295,10 @@ class MQTTClient:
                 try:
                     await sleep_ms(due)
                 except asyncio.CancelledError:
-                    if not self._kicked:
+                    if self._nap != _KICKED:
                         raise
-                    self._kicked = False
-                    me = asyncio.current_task()
-                    if hasattr(me, "uncancel"):
-                        me.uncancel()  # CPython counts cancellations; this one was a wake-up
+                    if hasattr(self._watch, "uncancel"):
+                        self._watch.uncancel()  # CPython counts cancellations; this was a wake-up
                 self._nap = None
         except (MQTTError, OSError):
             self.close("closed")
@@ -347,7 +333,6 @@ class MQTTClient:
             return
         me = asyncio.current_task()
         if t is not None and t is not me:
-            self._kicked = False
             t.cancel()
         # On MicroPython closing the socket does not wake a task blocked reading it: cancel it.
         if run is not None and not run[1] and run[0] is not me:

@@ -120,14 +120,13 @@ def puback_packet(pid):
 
 
 class Buffered:
-    """A reader that asks the stream for up to `size` bytes at a time and hands them out as
-    readexactly() wants them. MicroPython's Stream goes through the poller for every call, so
-    reading a packet field by field costs one scheduler round per field; this costs one per
-    chunk. `size` is at most TOPIC_CAP, so it never asks for more than read_packet() would."""
+    """A reader that asks the stream for up to TOPIC_CAP bytes at a time (never more than
+    read_packet() may ask for) and hands them out as readexactly() wants them. MicroPython's
+    Stream goes through the poller for every call, so reading a packet field by field costs
+    one scheduler round per field; this costs one per chunk."""
 
-    def __init__(self, rd, size):
+    def __init__(self, rd):
         self._rd = rd
-        self._size = size
         self._buf = b""
         self._pos = 0  # bytes of _buf handed out; the rest was read ahead
 
@@ -135,7 +134,7 @@ class Buffered:
         buf = self._buf
         pos = self._pos
         while len(buf) - pos < n:
-            more = await self._rd.read(self._size)
+            more = await self._rd.read(TOPIC_CAP)
             if not more:
                 raise EOFError
             buf = buf[pos:] + more

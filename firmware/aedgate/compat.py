@@ -90,15 +90,27 @@ if MICROPYTHON:
     class TaskSignal(asyncio.Event):
         """Wakes one waiting task; set() only from a task (or plain code on the loop)."""
 
-        async def wait(self):
-            if not self.state:
-                await asyncio.Event.wait(self)
-            self.state = False
+        def set(self):
+            if self.waiting.peek():
+                asyncio.Event.set(self)  # runs the waiter, which takes the signal with it
+                self.state = False
+            else:
+                self.state = True
+
+        def wait(self):
+            # Event's own wait (no coroutine of ours around it): this is every ack's wait.
+            if self.state:
+                self.state = False
+                return sleep_ms(0)
+            return asyncio.Event.wait(self)
 
         async def wait_ms(self, ms):
             """wait(), but for at most `ms`: True when set, False on time-out."""
+            if self.state:
+                self.state = False
+                return True
             try:
-                await wait_ms(self.wait(), ms)
+                await wait_ms(asyncio.Event.wait(self), ms)
                 return True
             except asyncio.TimeoutError:
                 return False

@@ -59,6 +59,10 @@ def test_task_signal_wakes_its_waiter_and_clears():
         assert await sig.wait_ms(30) is False
         sig.set()
         assert await sig.wait_ms(30) is True
+        sig.set()
+        sig.set()  # two sets before a wait: one wake-up
+        await sig.wait()
+        assert await sig.wait_ms(10) is False
 
     compat.asyncio.run(main())
 

@@ -282,6 +282,35 @@ async def round_trip_paired():
     result["ratio"] = mine[len(mine) // 2] / floor[len(floor) // 2]
 
 
+async def in_flight_paired():
+    """One at a time and IN_FLIGHT at once on one link, alternating blocks of 200 messages
+    (10 blocks each): messages a second of each and their ratio, seen in the same moments."""
+    c = make("ifp")
+    await c.connect()
+
+    async def burst(n, width):
+        left = [n]
+
+        async def worker():
+            while left[0] > 0:
+                left[0] -= 1
+                await c.pub(TOPIC, PAYLOAD, 1)
+        t = time.ticks_us()
+        await asyncio.gather(*[worker() for _ in range(width)])
+        return time.ticks_diff(time.ticks_us(), t)
+    one = many = 0
+    for block in range(11):
+        a = await burst(200, 1)
+        b = await burst(200, IN_FLIGHT)
+        if block:  # the first block warms up
+            one += a
+            many += b
+    await c.close()
+    result["one_msg_s"] = 2000 * 1e6 / one
+    result["msg_s"] = 2000 * 1e6 / many
+    result["ratio"] = one / many
+
+
 async def in_flight():
     """IN_FLIGHT tasks publishing QoS 1 at once (asyncio clients only): messages a second."""
     c = make("if")
@@ -421,7 +450,8 @@ async def heap():
     await c.close()
 
 
-ROWS = {"rt": round_trip, "rtpair": round_trip_paired, "inflight": in_flight, "qos0": qos0, "recv_prep": recv_prep,
+ROWS = {"rt": round_trip, "rtpair": round_trip_paired, "inflight": in_flight,
+        "ifpair": in_flight_paired, "qos0": qos0, "recv_prep": recv_prep,
         "recv": recv, "outage": outage, "heap": heap}
 
 

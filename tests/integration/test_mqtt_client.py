@@ -420,13 +420,15 @@ def _bench(micropython, port, row):
     return json.loads(proc.stdout.splitlines()[-1])
 
 
-def test_in_flight_not_slower_than_one_at_a_time_on_micropython(micropython, mosquitto):
-    # 32 publishes in flight against one at a time, same binary, same broker, interleaved and
-    # best of three each (the machine is shared: a slow moment must not decide). Before the
-    # task signals, 32 in flight ran at 2/3 of the one-at-a-time rate.
-    one, many = [], []
-    for _ in range(3):
-        one.append(_bench(micropython, mosquitto.port, "rt")["msg_s"])
-        many.append(_bench(micropython, mosquitto.port, "inflight")["msg_s"])
-    print("QoS 1 msg/s, one at a time: %s; 32 in flight: %s" % (one, many))
-    assert max(many) >= 0.8 * max(one), (one, many)
+def test_in_flight_not_slower_than_one_at_a_time_on_micropython(micropython, tmp_path):
+    # 32 publishes in flight against one at a time, on one link, alternating blocks of 200
+    # messages (tests/firmware/bench_mqtt.py, row ifpair): one ratio from one run. Before the
+    # task signals, 32 in flight ran at 2/3 of the one-at-a-time rate. The broker runs as the
+    # deployment sets it (set_tcp_nodelay: docs/deploy/mosquitto/README.md).
+    broker = Mosquitto(tmp_path, extra_conf="set_tcp_nodelay true\n").start()
+    try:
+        got = _bench(micropython, broker.port, "ifpair")
+    finally:
+        broker.stop()
+    print("QoS 1 msg/s, one at a time: %(one_msg_s).0f; 32 in flight: %(msg_s).0f" % got)
+    assert got["msg_s"] >= 0.9 * got["one_msg_s"], got

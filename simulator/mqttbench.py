@@ -61,7 +61,9 @@ def find_micropython() -> str:
 
 
 class Bench:
-    def __init__(self, micropython: str, peers: dict, workdir: Path, say=print, nodelay=True):
+    def __init__(self, micropython: str, peers: dict, workdir: Path, say=print, nodelay=True,
+                 timeout_s=10):
+        self.env = dict(os.environ, BENCH_TIMEOUT_MS=str(timeout_s * 1000))
         self.mp = micropython
         self.peers = peers
         self.workdir = workdir
@@ -88,7 +90,7 @@ class Bench:
     def run(self, client: str, row: str, timeout: float = 120) -> dict:
         try:
             proc = subprocess.run(self._cmd(client, row), capture_output=True, text=True,
-                                  timeout=timeout)
+                                  timeout=timeout, env=self.env)
         except subprocess.TimeoutExpired:
             return {"client": client, "row": row, "error": "no answer in %d s (blocked)" % timeout}
         return self._result(proc.stdout, proc.stderr, client, row)
@@ -123,7 +125,7 @@ class Bench:
         sub.loop_start()
         time.sleep(0.3)
         proc = subprocess.Popen(self._cmd(client, "outage"), stdout=subprocess.PIPE,
-                                stderr=subprocess.PIPE, text=True)
+                                stderr=subprocess.PIPE, text=True, env=self.env)
         lines = []
         reader = threading.Thread(target=lambda: lines.extend(iter(proc.stdout.readline, "")),
                                   daemon=True)
@@ -334,6 +336,8 @@ def main(argv=None) -> int:
     p.add_argument("--json", metavar="PATH", default="mqttbench.json", help="where to write the figures")
     p.add_argument("--micropython", metavar="EXE", help="the unix port (default: next to python)")
     p.add_argument("--from-json", metavar="PATH", help="only print the table of an earlier run")
+    p.add_argument("--aedgate-timeout-s", type=int, default=10, metavar="S",
+                   help="the firmware client's timeout, as config mqtt_timeout_s (default 10)")
     p.add_argument("--broker-nagle", action="store_true",
                    help="leave Mosquitto's set_tcp_nodelay off (its default); by default the broker "
                         "runs as docs/deploy/mosquitto/mosquitto.conf sets it: on")
@@ -365,7 +369,7 @@ def main(argv=None) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         try:
             bench = Bench(mp, peers, Path(tmp), say=lambda s: print(s, flush=True),
-                          nodelay=not args.broker_nagle)
+                          nodelay=not args.broker_nagle, timeout_s=args.aedgate_timeout_s)
         except MosquittoMissing as e:
             print("mqttbench: %s" % e, file=sys.stderr)
             return 2
@@ -384,7 +388,7 @@ def main(argv=None) -> int:
     doc = {"machine": platform.machine(), "nproc": os.cpu_count(),
            "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "micropython": version,
            "command": "python -m simulator.mqttbench " + " ".join(argv if argv is not None else sys.argv[1:]),
-           "broker_nodelay": not args.broker_nagle, "clients": clients, "rows": rows, "reps": args.reps, "summary": summary,
+           "broker_nodelay": not args.broker_nagle, "aedgate_timeout_s": args.aedgate_timeout_s, "clients": clients, "rows": rows, "reps": args.reps, "summary": summary,
            "ratios": rat, "table": text, "runs": results}
     Path(args.json).write_text(json.dumps(doc, indent=1, default=str))
     print("figures written to %s" % args.json)

@@ -210,24 +210,32 @@ async def _read_publish(rd, first, n, max_payload):
     head = 2 + tlen + (2 if qos else 0)
     if head > n:
         raise MQTTError("malformed")
-    topic = None  # dropped: not a valid MQTT topic name (empty, bad UTF-8, a NUL inside) or too long
-    if tlen > TOPIC_CAP:
+    plen = n - head
+    body = raw = None
+    if tlen <= TOPIC_CAP and plen <= max_payload and n - 2 <= max(max_payload, TOPIC_CAP):
+        body = await rd.readexactly(n - 2)  # the usual case: the rest in one read
+        raw = body[:tlen]
+    elif tlen > TOPIC_CAP:
         await _skip(rd, tlen)
-    elif tlen:
+    else:
+        raw = await rd.readexactly(tlen)
+    topic = None  # dropped: not a valid MQTT topic name (empty, bad UTF-8, a NUL inside) or too long
+    if raw:
         try:
-            topic = (await rd.readexactly(tlen)).decode()
+            topic = raw.decode()
         except UnicodeError:
             pass
         if topic and "\x00" in topic:
             topic = None
     pid = 0
     if qos:
-        b = await rd.readexactly(2)
+        b = body[tlen:] if body else await rd.readexactly(2)
         pid = (b[0] << 8) | b[1]
         if not pid:
             raise MQTTError("malformed")
-    plen = n - head
-    if plen > max_payload:
+    if body is not None:
+        payload = body[head - 2:]
+    elif plen > max_payload:
         await _skip(rd, plen)
         payload = None
     else:

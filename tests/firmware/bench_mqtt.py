@@ -12,6 +12,8 @@ import sys
 import time
 
 FIRMWARE, CLIENT, ROW, PORT = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
+# The firmware client's timeout_ms (config mqtt_timeout_s): the driver's --aedgate-timeout-s.
+TIMEOUT_MS = int(__import__("os").getenv("BENCH_TIMEOUT_MS") or 10000)
 sys.path.insert(0, FIRMWARE)
 if len(sys.argv) > 5:
     sys.path.insert(0, sys.argv[5])
@@ -54,7 +56,7 @@ class Aedgate:
 
     def __init__(self, tag, on_message=None):
         from aedgate.mqtt import MQTTClient
-        self.c = MQTTClient(cid(tag), Net(), HOST, PORT, keepalive=60,
+        self.c = MQTTClient(cid(tag), Net(), HOST, PORT, keepalive=60, timeout_ms=TIMEOUT_MS,
                             on_message=on_message and (lambda t, p, r, d: on_message(t, p)))
         self.run = None
 

@@ -7,7 +7,7 @@ from aedgate import VERSION, config
 from aedgate import lock as locks
 from aedgate.cabinet import Cabinet, battery_mv
 from aedgate.commands import Commands
-from aedgate.compat import Flag, asyncio, sleep_ms, ticks_add, ticks_diff, ticks_ms
+from aedgate.compat import IrqSignal, TaskSignal, asyncio, sleep_ms, ticks_add, ticks_diff, ticks_ms
 from aedgate.gate import Gate
 from aedgate.link import Broker
 from aedgate.mqtt import MQTTClient, backoff_ms
@@ -46,7 +46,7 @@ class App:
         self._clock_to_floor()
         self.topic = "aed/v1/" + self.device_id + "/"
         self.outbox = Outbox(flash, self.cfg["outbox_limit"])
-        self.wake = Flag()            # something is waiting to be published
+        self.wake = TaskSignal()      # something is waiting to be published
         self.online = False
         self.mqtt = None
         # The broker's address is looked up once and kept (a lookup blocks the whole board).
@@ -153,7 +153,7 @@ class App:
     async def _watch(self, pin, on_change, settle_ms):
         """Wait for a pin interrupt, let the input settle, then report the new level. No
         polling: an idle cabinet sleeps here until an edge arrives."""
-        flag = Flag()
+        flag = IrqSignal()  # set by the pin's interrupt handler
         pin.irq(handler=lambda p: flag.set(), trigger=pin.IRQ_RISING | pin.IRQ_FALLING)
         level = pin.value()
         on_change(level)
@@ -313,8 +313,8 @@ class App:
                 self.alive("session", 90000)
                 await sleep_ms(60000)  # not configured: keep watching the cabinet locally
                 continue
-            # connect + subscribe + birth: three bounded waits of the client's timeout (10 s)
-            self.alive("session", 45000)
+            # connect + subscribe + birth: three bounded waits of the client's timeout
+            self.alive("session", 3000 * cfg["mqtt_timeout_s"] + 15000)
             client = None
             try:
                 self._sntp()
@@ -327,7 +327,8 @@ class App:
                     self._tls = self.hw.tls_context(cfg)
                 client = MQTTClient(
                     self.device_id, self.broker, cfg["broker_host"], cfg["broker_port"],
-                    keepalive=cfg["keepalive_s"], user=cfg["broker_user"] or None,
+                    keepalive=cfg["keepalive_s"], timeout_ms=cfg["mqtt_timeout_s"] * 1000,
+                    user=cfg["broker_user"] or None,
                     password=cfg["broker_password"] or None,
                     will=(self.topic + "status", self._status(False), 1, True),
                     ssl=self._tls if cfg["broker_tls"] else None,

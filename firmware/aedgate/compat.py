@@ -74,9 +74,49 @@ else:
             return await aw
 
 
+# Two ways to wake a waiting task (docs/design.md, "compat"). Both wake one waiter and clear
+# themselves when it runs; wait_ms() gives up after `ms` and says which happened.
+# - TaskSignal: set by another task. On MicroPython an asyncio.Event (set() puts the waiter
+#   straight on the run queue: microseconds); never set it from an interrupt handler, not even
+#   a scheduled one (extmod/asyncio/event.py says so: the handler may run while the scheduler
+#   is halfway through changing its queues).
+# - IrqSignal: set by a pin interrupt handler. On MicroPython an asyncio.ThreadSafeFlag, which
+#   the scheduler polls like a socket: safe from any context, but slower to wake (on the unix
+#   port a poller holding one never sleeps in poll() longer than 1 ms and each wake costs ~1 ms).
+# On CPython both are one future while someone waits and nothing otherwise (an asyncio.Event
+# costs ~0.75 KB and the simulator has several per cabinet); the simulator's pins call their
+# handlers from the loop's own thread.
 if MICROPYTHON:
-    class Flag:
-        """Wakes one waiting task; safe to set from a pin interrupt."""
+    class TaskSignal(asyncio.Event):
+        """Wakes one waiting task; set() only from a task (or plain code on the loop)."""
+
+        def set(self):
+            if self.waiting.peek():
+                asyncio.Event.set(self)  # runs the waiter, which takes the signal with it
+                self.state = False
+            else:
+                self.state = True
+
+        def wait(self):
+            # Event's own wait (no coroutine of ours around it): this is every ack's wait.
+            if self.state:
+                self.state = False
+                return sleep_ms(0)
+            return asyncio.Event.wait(self)
+
+        async def wait_ms(self, ms):
+            """wait(), but for at most `ms`: True when set, False on time-out."""
+            if self.state:
+                self.state = False
+                return True
+            try:
+                await wait_ms(asyncio.Event.wait(self), ms)
+                return True
+            except asyncio.TimeoutError:
+                return False
+
+    class IrqSignal:
+        """Wakes one waiting task; safe to set from a pin interrupt handler."""
 
         def __init__(self):
             self._f = asyncio.ThreadSafeFlag()
@@ -86,18 +126,9 @@ if MICROPYTHON:
 
         def wait(self):
             return self._f.wait()
-
-        async def wait_ms(self, ms):
-            """wait(), but for at most `ms`: True when set, False on time-out."""
-            try:
-                await wait_ms(self._f.wait(), ms)
-                return True
-            except asyncio.TimeoutError:
-                return False
 else:
-    class Flag:
-        """Wakes one waiting task. One future while someone waits and nothing otherwise: an
-        asyncio.Event costs ~0.75 KB, and the simulator has four of these per cabinet."""
+    class TaskSignal:
+        """Wakes one waiting task. One future while someone waits and nothing otherwise."""
 
         __slots__ = ("_is_set", "_waiter")
 
@@ -127,6 +158,15 @@ else:
                 return True
             except asyncio.TimeoutError:
                 return False
+
+    IrqSignal = TaskSignal  # CPython has no interrupts: the simulator's pins run on the loop
+
+
+def unsent(writer):
+    """Whether `writer` may hold bytes that only drain() will send. MicroPython's Stream tries
+    the socket at once in write() and keeps only what did not fit (out_buf); other writers
+    (CPython's, test links) are always drained."""
+    return getattr(writer, "out_buf", True)
 
 
 def days_from_civil(y, m, d):

@@ -19,6 +19,7 @@ SCHEMA = {
     "broker_password": ("secret", "", 0, 128),
     "keepalive_s": ("int", 60, 10, 1200),
     "broker_resolve_after": ("int", 5, 1, 100),  # failed connects before the name is looked up again
+    "mqtt_timeout_s": ("int", 10, 2, 30),        # broker must answer within this, or the link is dead
     "wifi_ssid": ("str", "", 0, 32),
     "wifi_password": ("secret", "", 0, 64),
     "heartbeat_s": ("int", 900, 10, 86400),
@@ -192,6 +193,10 @@ def validate(raw):
         errors.append(("battery_low_mv", "out_of_range"))
         for n in ("battery_critical_mv", "battery_low_mv", "battery_empty_mv", "battery_full_mv"):
             cfg[n] = SCHEMA[n][1]
+    if cfg["mqtt_timeout_s"] * 2 > cfg["keepalive_s"] * 3:
+        # Past keepalive*1.5 the keepalive rule would find a silent broker first anyway.
+        errors.append(("mqtt_timeout_s", "out_of_range"))
+        cfg["mqtt_timeout_s"] = SCHEMA["mqtt_timeout_s"][1]
     if not cfg["temp_min_c"] < cfg["temp_max_c"]:
         errors.append(("temp_min_c", "out_of_range"))
         cfg["temp_min_c"], cfg["temp_max_c"] = SCHEMA["temp_min_c"][1], SCHEMA["temp_max_c"][1]

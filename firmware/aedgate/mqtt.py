@@ -1,12 +1,16 @@
 # The cabinet's asyncio MQTT 3.1.1 client (QoS 0/1, keepalive, LWT, bounded waits, receive cap).
-# Why we carry our own: docs/design.md, "Why our own MQTT client".
-# The same file runs on the ESP32, the MicroPython unix port and CPython (simulator).
+# Why we carry our own: docs/design.md, "Why our own MQTT client". The same file runs on the
+# ESP32, the MicroPython unix port and CPython (simulator).
 #
 # Choices worth knowing:
-# - Every wait is bounded so a dead link never freezes the cabinet: a write, or a write and its
-#   ack, by one timeout_ms (a stalled write closes the link, since half a packet is
-#   unrecoverable); reading by the pinger, which closes a link silent for keepalive*1.5. One
-#   timer per exchange, not one per step: a simulator runs tens of thousands of these clients.
+# - Every wait is bounded so a dead link never freezes the cabinet. One long-lived task per
+#   link (the watch, started by run()) keeps every deadline: the acks awaited (timeout_ms each),
+#   keepalive pings, and a silent broker: a link is dead when the broker said nothing for
+#   timeout_ms while we waited for an answer (PUBACK, SUBACK, PINGRESP), or nothing at all for
+#   keepalive*1.5. No timer or task per message: a QoS 1 round trip on MicroPython is a write,
+#   a TaskSignal and the reader's wake-up (docs/benchmarks.md, "MQTT client").
+# - Writes go straight to the socket; only bytes the socket did not take are drained, under a
+#   lock and within timeout_ms (a stalled write closes the link: half a packet is unrecoverable).
 # - No retransmission and no in-RAM queue: a QoS 1 publish that times out raises, and the
 #   caller (the flash-backed outbox) sends it again after reconnecting.
 # - Incoming QoS 2 is a protocol error: we never subscribe above QoS 1, so a broker must not
@@ -15,12 +19,20 @@
 #   on_message with payload None; it is still acknowledged so the broker does not resend it.
 import random
 
-from aedgate.compat import Flag, asyncio, const, ticks_ms, ticks_diff, sleep_ms, wait_ms, MICROPYTHON
+from aedgate.compat import (TaskSignal, asyncio, const, ticks_ms, ticks_add, ticks_diff, sleep_ms,
+                            wait_ms, unsent, MICROPYTHON)
 from aedgate import mqttwire as _w
 from aedgate.mqttwire import MQTTError  # noqa: F401  (part of this module's interface)
 
-_CLOSED = const(-1)  # waiter result when the link went away before the ack came
+
+_CLOSED = const(-1)  # ack result when the link went away before the ack came
+_TIMEOUT = const(-2)  # ack result when it did not come within timeout_ms
 _JOIN_MAX = const(1024)  # payloads up to this size go out in one write with their header
+_FAR = const(1 << 28)  # ms: "no deadline" for the watch, well inside the ticks' half period
+_YIELD_EVERY = const(16)  # writes the socket took at once: let other tasks run this often
+_KICKED = const(-1)  # MQTTClient._nap when the watch was woken early (ticks are never < 0)
+_quick = 0  # writes (of any client) since one of them let other tasks run
+
 
 def backoff_ms(attempt, base_ms=1000, cap_ms=300000):
     """Delay before reconnect attempt `attempt` (0, 1, ...): uniform in [base_ms//2, min(cap_ms,
@@ -40,45 +52,46 @@ class MQTTClient:
         self.host = host
         self.port = port
         self.keepalive = keepalive
-        self._user = user
-        self._password = password
-        self._will = will
-        self._ssl = ssl
-        self._server_hostname = server_hostname
+        self._hello = (will, user, password, ssl, server_hostname)  # for each connect
         self.on_message = on_message
         self.max_payload = max_payload
         self.timeout_ms = timeout_ms
         self.connected = False
         self._reader = self._writer = None
-        self._lock = None
+        self._lock = None  # made at the first write the socket did not take at once
         self._pid = 0
-        self._acks = {}  # packet id -> [Flag, result, written] for a PUBACK/SUBACK awaited
+        self._acks = {}  # packet id -> [TaskSignal, result, ticks sent] of an ack awaited
         # [task, kicked, why] of the run() in progress, so close() can wake it and tell it why
         # (why None: closed on purpose, so run() returns instead of raising).
         self._runner = None
+        self._watch = None  # the link's timer task (see _watching)
+        self._nap = None  # while the watch sleeps: ticks when it wakes; _KICKED: woken early
         self._last_rx = self._last_tx = ticks_ms()
-        self._ping_out = False
+        self._ping_at = None  # ticks of the PINGREQ not answered yet
 
     async def connect(self, clean_session=True):
         """Opens the link and does the CONNECT/CONNACK exchange within timeout_ms. Returns the
         broker's session-present flag."""
         self.close()
-        self._lock = asyncio.Lock()
         try:
-            return await wait_ms(self._handshake(clean_session), self.timeout_ms)
+            present = await wait_ms(self._handshake(clean_session), self.timeout_ms)
         except asyncio.TimeoutError:
             self.close()
             raise MQTTError("timeout")
         except BaseException:
             self.close()
             raise
+        self._watch = asyncio.create_task(self._watching())
+        return present
 
     async def _handshake(self, clean):
-        r, w = await self._net.open(self.host, self.port, ssl=self._ssl,
-                                    server_hostname=self._server_hostname)
+        will, user, password, ssl, server_hostname = self._hello
+        r, w = await self._net.open(self.host, self.port, ssl=ssl, server_hostname=server_hostname)
+        if MICROPYTHON:
+            # Its Stream asks the poller before every read, however small: read ahead instead.
+            r = _w.Buffered(r)
         self._reader, self._writer = r, w
-        w.write(_w.connect_packet(self.client_id, self.keepalive, clean, self._will,
-                                  self._user, self._password))
+        w.write(_w.connect_packet(self.client_id, self.keepalive, clean, will, user, password))
         await w.drain()
         pkt = await _w.read_packet(r, self.max_payload)
         if pkt[0] != _w.CONNACK:
@@ -86,34 +99,43 @@ class MQTTClient:
         if pkt[2]:
             raise MQTTError("connack:%d" % pkt[2])
         self._last_rx = self._last_tx = ticks_ms()
-        self._ping_out = False
+        self._ping_at = None
         self.connected = True
         return pkt[1]
 
-    async def _send(self, *parts):
-        try:
-            await wait_ms(self._write(parts), self.timeout_ms)
-        except asyncio.TimeoutError:
-            self.close("timeout")
-            raise MQTTError("timeout")
-
-    async def _write(self, parts, waiter=None):
-        # Unbounded: callers bound it. With `waiter`, then waits for that ack as well.
+    async def _send(self, head, payload=None):
+        # Hands one packet to the writer, its parts with no await between them (so packets of
+        # different tasks never interleave), then waits, within timeout_ms, until the writer has
+        # sent what the socket did not take at once.
         w = self._writer
         if w is None or not self.connected:
             raise MQTTError("closed")
-        async with self._lock:
-            try:
-                for p in parts:
-                    w.write(p)
-                await w.drain()
-            except OSError:
-                self.close("closed")
-                raise
+        try:
+            w.write(head)
+            if payload is not None:
+                w.write(payload)
+        except OSError:
+            self.close("closed")
+            raise
         self._last_tx = ticks_ms()
-        if waiter is not None:
-            waiter[2] = True
-            await waiter[0].wait()
+        if not unsent(w):
+            global _quick
+            _quick += 1
+            if _quick >= _YIELD_EVERY:  # never hog the loop, even when nothing blocks
+                _quick = 0
+                await sleep_ms(0)
+            return
+        if self._lock is None:
+            self._lock = asyncio.Lock()
+        try:
+            async with self._lock:  # one drain at a time: a stream has one writer slot in the poller
+                await wait_ms(w.drain(), self.timeout_ms)
+        except asyncio.TimeoutError:
+            self.close("timeout")
+            raise MQTTError("timeout")
+        except OSError:
+            self.close("closed")
+            raise
 
     def _next_pid(self):
         pid = self._pid
@@ -123,37 +145,44 @@ class MQTTClient:
                 self._pid = pid
                 return pid
 
-    async def _acked(self, pid, *parts):
-        # Sends and waits for the ack of packet `pid`, both within timeout_ms; returns the ack's
-        # result. A missing ack leaves the link up (the caller may retry on it); a write that
-        # never finished closes it.
-        waiter = self._acks[pid] = [Flag(), None, False]
+    async def _acked(self, pid, head, payload=None):
+        # Sends and waits for the ack of packet `pid`; returns the ack's result. The watch
+        # gives up on it after timeout_ms (and on the link, when the broker was silent all that
+        # time); a write that never finished closes the link.
+        now = ticks_ms()
+        ack = self._acks[pid] = [TaskSignal(), None, now]  # signal, result, sent
         try:
-            await wait_ms(self._write(parts, waiter), self.timeout_ms)
-        except asyncio.TimeoutError:
-            if not waiter[2]:
-                self.close("timeout")
-            raise MQTTError("timeout")
+            nap = self._nap
+            if nap is not None and nap >= 0 and ticks_diff(nap, ticks_add(now, self.timeout_ms)) > 0:
+                self._nap = _KICKED  # the watch sleeps past this deadline: wake it (once)
+                self._watch.cancel()
+            await self._send(head, payload)
+            await ack[0].wait()
         finally:
             self._acks.pop(pid, None)
-        if waiter[1] == _CLOSED:
+        r = ack[1]
+        if r == _CLOSED:
             raise MQTTError("closed")
-        return waiter[1]
+        if r == _TIMEOUT:
+            raise MQTTError("timeout")
+        return r
 
     async def publish(self, topic, payload, qos=0, retain=False):
         if isinstance(payload, str):
             payload = payload.encode()
         pid = self._next_pid() if qos else 0
-        parts = (_w.publish_header(topic, len(payload), qos, retain, False, pid), payload)
-        if MICROPYTHON and len(payload) <= _JOIN_MAX:
-            # MicroPython sends each write() at once; a lone header would leave the payload
-            # waiting for the broker's delayed ACK (Nagle). (The simulator's CPython link
-            # joins them itself.)
-            parts = (parts[0] + payload,)
+        # MicroPython sends each write() at once; a lone header would leave the payload waiting
+        # for the broker's delayed ACK (Nagle). So one buffer, one write. (The simulator's
+        # CPython link joins header and payload itself.)
+        join = MICROPYTHON and len(payload) <= _JOIN_MAX
+        head = _w.publish_header(topic, len(payload), qos, retain, False, pid,
+                                 payload if join else None)
+        if join:
+            payload = None
         if qos:
-            await self._acked(pid, *parts)
+            await self._acked(pid, head, payload)
         else:
-            await self._send(*parts)
+            await self._send(head, payload)
 
     async def subscribe(self, topic, qos=1):
         """Returns the granted QoS; raises MQTTError("suback") when the broker refuses."""
@@ -172,9 +201,7 @@ class MQTTClient:
             raise MQTTError("closed")
         me = self._runner = [asyncio.current_task(), False, None]
         mine = self._reader
-        # The pinger also ends a half-open link: it closes one silent for keepalive*1.5, which
-        # wakes this read with MQTTError("keepalive").
-        pinger = asyncio.create_task(self._pinger()) if self.keepalive else None
+        acks = b""  # PUBACKs owed
         try:
             while True:
                 r = self._reader
@@ -182,8 +209,27 @@ class MQTTClient:
                     raise MQTTError("closed")
                 pkt = await _w.read_packet(r, self.max_payload)
                 self._last_rx = ticks_ms()
-                self._ping_out = False
-                await self._dispatch(pkt)
+                self._ping_at = None
+                kind = pkt[0]
+                if kind == _w.PUBLISH:
+                    _, topic, payload, qos, retain, dup, pid = pkt
+                    if topic is not None and self.on_message:
+                        self.on_message(topic, payload, retain, dup)
+                    if qos:
+                        acks += _w.puback_packet(pid)
+                elif kind == _w.PUBACK or kind == _w.SUBACK:
+                    ack = self._acks.get(pkt[1])
+                    if ack is not None and ack[1] is None:  # else late, or a stray
+                        ack[1] = pkt[2] if kind == _w.SUBACK else 0
+                        ack[0].set()
+                elif kind == _w.CONNACK:
+                    raise MQTTError("protocol")
+                # PINGRESP and UNSUBACK: receiving them was the point, nothing else to do
+                if acks and not (MICROPYTHON and r._pos < len(r._buf)):
+                    # Owed PUBACKs go out together once all that was read ahead is handled:
+                    # one write for a burst of messages, not one each.
+                    await self._send(acks)
+                    acks = b""
         except (asyncio.CancelledError, Exception):
             # close() from another task cancels us; the read may also fail first on the closed
             # stream (CPython's wait_for then drops the cancel). Either way close() says why.
@@ -196,49 +242,64 @@ class MQTTClient:
         finally:
             if self._runner is me:
                 self._runner = None
-            if pinger:
-                pinger.cancel()
             if self._reader is mine:  # not a newer link made by connect() meanwhile
                 self.close()
 
-    async def _dispatch(self, pkt):
-        kind = pkt[0]
-        if kind == _w.PUBLISH:
-            _, topic, payload, qos, retain, dup, pid = pkt
-            if topic is not None and self.on_message:
-                self.on_message(topic, payload, retain, dup)
-            if qos:
-                await self._send(_w.puback_packet(pid))
-        elif kind == _w.PUBACK or kind == _w.SUBACK:
-            waiter = self._acks.get(pkt[1])
-            if waiter:  # else a late ack for a publish that already timed out
-                waiter[1] = pkt[2] if kind == _w.SUBACK else 0
-                waiter[0].set()
-        elif kind == _w.CONNACK:
-            raise MQTTError("protocol")
-        # PINGRESP and UNSUBACK: receiving them was the point (keepalive), nothing to do
-
-    async def _pinger(self):
-        # MQTT wants a packet from us at least every keepalive; we also ping when the broker
-        # has been quiet that long, so a silent broker is asked for a PINGRESP before we give
-        # up on it at keepalive*1.5 (no packet at all for that long: a half-open link).
+    async def _watching(self):
+        # The link's one timer, from connect() to close(). MQTT wants a packet from us at least
+        # every keepalive, so we ping then; we also ping when the broker has been quiet that
+        # long, so a silent broker is asked before we give up on it.
         ka = self.keepalive * 1000
-        dead = ka * 3 // 2
+        limit = self.timeout_ms
         try:
             while self.connected:
                 now = ticks_ms()
                 quiet = ticks_diff(now, self._last_rx)
-                if quiet >= dead:
-                    self.close("keepalive")  # run() raises MQTTError("keepalive")
+                # Questions the broker has not answered: acks past their time fail; if it also
+                # said nothing at all for that long, it is gone (silent, or the link is dead).
+                due = _FAR
+                silent = False
+                for ack in self._acks.values():
+                    if ack[1] is None:
+                        late = ticks_diff(now, ack[2])
+                        if late < limit:
+                            due = min(due, limit - late)
+                        else:
+                            ack[1] = _TIMEOUT
+                            ack[0].set()
+                            silent = silent or quiet >= limit
+                if self._ping_at is not None:
+                    late = ticks_diff(now, self._ping_at)
+                    if late < limit:
+                        due = min(due, limit - late)
+                    else:
+                        silent = silent or quiet >= limit
+                if silent:
+                    self.close("timeout")  # run() raises MQTTError("timeout")
                     return
-                due = min(ka - ticks_diff(now, self._last_tx), dead - quiet)
-                if not self._ping_out:
-                    due = min(due, ka - quiet)
-                if due > 0:
+                if ka:
+                    late = ka * 3 // 2 - quiet
+                    if late <= 0:
+                        self.close("keepalive")  # run() raises MQTTError("keepalive")
+                        return
+                    due = min(due, late, ka - ticks_diff(now, self._last_tx))
+                    if self._ping_at is None:
+                        due = min(due, ka - quiet)
+                    if due <= 0:
+                        self._ping_at = now
+                        await self._send(_w.PINGREQ_PACKET)
+                        continue
+                # A publish whose deadline comes first cancels this nap (_acked): no timer or
+                # task per message, and nothing but this sleep while idle.
+                self._nap = ticks_add(now, due)
+                try:
                     await sleep_ms(due)
-                    continue
-                self._ping_out = True
-                await self._send(_w.PINGREQ_PACKET)
+                except asyncio.CancelledError:
+                    if self._nap != _KICKED:
+                        raise
+                    if hasattr(self._watch, "uncancel"):
+                        self._watch.uncancel()  # CPython counts cancellations; this was a wake-up
+                self._nap = None
         except (MQTTError, OSError):
             self.close("closed")
 
@@ -261,12 +322,20 @@ class MQTTClient:
                 w.close()
             except OSError:
                 pass
-        for waiter in self._acks.values():
-            waiter[1] = _CLOSED
-            waiter[0].set()
-        me = self._runner
+        for ack in self._acks.values():
+            if ack[1] is None:
+                ack[1] = _CLOSED
+                ack[0].set()
+        t = self._watch
+        self._watch = self._nap = None
+        run = self._runner
+        if t is None and (run is None or run[1]):
+            return
+        me = asyncio.current_task()
+        if t is not None and t is not me:
+            t.cancel()
         # On MicroPython closing the socket does not wake a task blocked reading it: cancel it.
-        if me is not None and not me[1] and me[0] is not asyncio.current_task():
-            me[1] = True
-            me[2] = _why
-            me[0].cancel()
+        if run is not None and not run[1] and run[0] is not me:
+            run[1] = True
+            run[2] = _why
+            run[0].cancel()

@@ -44,19 +44,6 @@ def encode_len(n):
             return bytes(out)
 
 
-def decode_len(buf, pos=0):
-    """(value, position after the varint) from bytes; for tests and tools."""
-    n = 0
-    for i in range(4):
-        if pos + i >= len(buf):
-            raise MQTTError("closed")
-        b = buf[pos + i]
-        n |= (b & 0x7F) << (7 * i)
-        if not b & 0x80:
-            return n, pos + i + 1
-    raise MQTTError("malformed")
-
-
 def _str(s):
     if isinstance(s, str):
         s = s.encode()
@@ -89,22 +76,39 @@ def connect_packet(client_id, keepalive, clean=True, will=None, user=None, passw
     return _packet(0x10, b"\x00\x04MQTT\x04" + struct.pack("!BH", flags, keepalive) + payload)
 
 
-def publish_header(topic, payload_len, qos=0, retain=False, dup=False, pid=0):
-    """Fixed header + topic (+ packet id): the payload is written after it as is, so a large
-    payload is never copied into a new buffer."""
+def publish_header(topic, payload_len, qos=0, retain=False, dup=False, pid=0, payload=None):
+    """Fixed header + topic (+ packet id), in one buffer with room for `payload` after them
+    when it is given (else the caller writes the payload after it as is, so a large payload is
+    never copied). One allocation: this runs for every message."""
     if qos not in (0, 1):
         raise ValueError("qos")
-    var = _str(topic)
+    if isinstance(topic, str):
+        topic = topic.encode()
+    tl = len(topic)
+    if tl > 0xFFFF:
+        raise ValueError("too long")
+    n = 2 + tl + 2 * qos + payload_len
+    if n > MAX_REMAINING:
+        raise ValueError("length")
+    i = 3 + tl + (1 if n < 0x80 else 2 if n < 0x4000 else 3 if n < 0x200000 else 4)
+    buf = bytearray(i + 2 * qos + (payload_len if payload is not None else 0))
+    buf[0] = PUBLISH | (0x08 if dup else 0) | (qos << 1) | (0x01 if retain else 0)
+    j = 1
+    while n > 0x7F:
+        buf[j] = n & 0x7F | 0x80
+        n >>= 7
+        j += 1
+    buf[j] = n
+    buf[j + 1] = tl >> 8
+    buf[j + 2] = tl & 0xFF
+    buf[j + 3:i] = topic
     if qos:
-        var += struct.pack("!H", pid)
-    first = PUBLISH | (0x08 if dup else 0) | (qos << 1) | (0x01 if retain else 0)
-    return bytes((first,)) + encode_len(len(var) + payload_len) + var
-
-
-def publish_packet(topic, payload, qos=0, retain=False, dup=False, pid=0):
-    if isinstance(payload, str):
-        payload = payload.encode()
-    return publish_header(topic, len(payload), qos, retain, dup, pid) + payload
+        buf[i] = pid >> 8
+        buf[i + 1] = pid & 0xFF
+        i += 2
+    if payload is not None:
+        buf[i:] = payload
+    return buf
 
 
 def subscribe_packet(pid, topic, qos):
@@ -115,39 +119,35 @@ def puback_packet(pid):
     return struct.pack("!BBH", PUBACK, 2, pid)
 
 
-async def _read(rd, n):
-    try:
-        return await rd.readexactly(n)
-    except EOFError:  # CPython's IncompleteReadError is one too
-        raise MQTTError("closed")
+class Buffered:
+    """A reader that asks the stream for up to TOPIC_CAP bytes at a time (never more than
+    read_packet() may ask for) and hands them out as readexactly() wants them. MicroPython's
+    Stream goes through the poller for every call, so reading a packet field by field costs
+    one scheduler round per field; this costs one per chunk."""
 
+    def __init__(self, rd):
+        self._rd = rd
+        self._buf = b""
+        self._pos = 0  # bytes of _buf handed out; the rest was read ahead
+
+    async def readexactly(self, n):
+        buf = self._buf
+        pos = self._pos
+        while len(buf) - pos < n:
+            more = await self._rd.read(TOPIC_CAP)
+            if not more:
+                raise EOFError
+            buf = buf[pos:] + more
+            pos = 0
+        self._buf = buf
+        self._pos = pos + n
+        return buf[pos:pos + n]
 
 async def _skip(rd, n):
     while n:
         k = min(n, _SKIP_CHUNK)
-        await _read(rd, k)
+        await rd.readexactly(k)
         n -= k
-
-
-async def read_len(rd):
-    n = 0
-    for i in range(4):
-        b = (await _read(rd, 1))[0]
-        n |= (b & 0x7F) << (7 * i)
-        if not b & 0x80:
-            return n
-    raise MQTTError("malformed")
-
-
-def _topic(raw):
-    # Dropped (None) when not a valid MQTT topic name: empty, bad UTF-8, or a NUL inside.
-    try:
-        t = raw.decode()
-    except UnicodeError:
-        return None
-    if not t or "\x00" in t:
-        return None
-    return t
 
 
 async def read_packet(rd, max_payload):
@@ -158,29 +158,42 @@ async def read_packet(rd, max_payload):
       (PUBLISH, topic, payload, qos, retain, dup, pid)
     where topic is None when it must be dropped and payload is None when it was longer than
     max_payload (skipped unread). Raises MQTTError only."""
-    first = (await _read(rd, 1))[0]
-    n = await read_len(rd)
-    if first & 0xF0 == PUBLISH:
-        return await _read_publish(rd, first, n, max_payload)
-    want = _FIXED.get(first)
-    if want is None:
-        # QoS 2 handshakes, or packets only a client sends: a broker that sends them is broken.
-        raise MQTTError("protocol" if first & 0xF0 in (0x50, 0x60, 0x70) else "malformed")
-    if n != want:
-        raise MQTTError("malformed")
-    if first == PINGRESP:
-        return (PINGRESP,)
-    body = await _read(rd, n)
-    if first == CONNACK:
-        if body[0] & 0xFE:
+    try:
+        b = await rd.readexactly(2)  # every packet has at least its type and one length byte
+        first = b[0]
+        n = b[1]
+        if n & 0x80:  # more length bytes: at most 4 in all
+            n &= 0x7F
+            for shift in (7, 14, 21):
+                c = (await rd.readexactly(1))[0]
+                n |= (c & 0x7F) << shift
+                if not c & 0x80:
+                    break
+            else:
+                raise MQTTError("malformed")
+        if first & 0xF0 == PUBLISH:
+            return await _read_publish(rd, first, n, max_payload)
+        want = _FIXED.get(first)
+        if want is None:
+            # QoS 2 handshakes, or packets only a client sends: a broker that sends them is broken.
+            raise MQTTError("protocol" if first & 0xF0 in (0x50, 0x60, 0x70) else "malformed")
+        if n != want:
             raise MQTTError("malformed")
-        return (CONNACK, bool(body[0] & 1), body[1])
-    pid = (body[0] << 8) | body[1]
-    if first == SUBACK:
-        if body[2] not in (0, 1, 2, 0x80):
-            raise MQTTError("malformed")
-        return (SUBACK, pid, body[2])
-    return (first, pid)
+        if first == PINGRESP:
+            return (PINGRESP,)
+        body = await rd.readexactly(n)
+        if first == CONNACK:
+            if body[0] & 0xFE:
+                raise MQTTError("malformed")
+            return (CONNACK, bool(body[0] & 1), body[1])
+        pid = (body[0] << 8) | body[1]
+        if first == SUBACK:
+            if body[2] not in (0, 1, 2, 0x80):
+                raise MQTTError("malformed")
+            return (SUBACK, pid, body[2])
+        return (first, pid)
+    except EOFError:  # the stream ended mid-packet (CPython's IncompleteReadError is one too)
+        raise MQTTError("closed")
 
 
 async def _read_publish(rd, first, n, max_payload):
@@ -192,26 +205,39 @@ async def _read_publish(rd, first, n, max_payload):
         raise MQTTError("protocol")
     if n < 2:
         raise MQTTError("malformed")
-    b = await _read(rd, 2)
+    b = await rd.readexactly(2)
     tlen = (b[0] << 8) | b[1]
     head = 2 + tlen + (2 if qos else 0)
     if head > n:
         raise MQTTError("malformed")
-    if tlen > TOPIC_CAP:
+    plen = n - head
+    body = raw = None
+    if tlen <= TOPIC_CAP and plen <= max_payload and n - 2 <= max(max_payload, TOPIC_CAP):
+        body = await rd.readexactly(n - 2)  # the usual case: the rest in one read
+        raw = body[:tlen]
+    elif tlen > TOPIC_CAP:
         await _skip(rd, tlen)
-        topic = None
     else:
-        topic = _topic(await _read(rd, tlen)) if tlen else None
+        raw = await rd.readexactly(tlen)
+    topic = None  # dropped: not a valid MQTT topic name (empty, bad UTF-8, a NUL inside) or too long
+    if raw:
+        try:
+            topic = raw.decode()
+        except UnicodeError:
+            pass
+        if topic and "\x00" in topic:
+            topic = None
     pid = 0
     if qos:
-        b = await _read(rd, 2)
+        b = body[tlen:] if body else await rd.readexactly(2)
         pid = (b[0] << 8) | b[1]
         if not pid:
             raise MQTTError("malformed")
-    plen = n - head
-    if plen > max_payload:
+    if body is not None:
+        payload = body[head - 2:]
+    elif plen > max_payload:
         await _skip(rd, plen)
         payload = None
     else:
-        payload = await _read(rd, plen) if plen else b""
+        payload = await rd.readexactly(plen) if plen else b""
     return (PUBLISH, topic, payload, qos, bool(first & 1), bool(first & 8), pid)

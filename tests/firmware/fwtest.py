@@ -5,6 +5,7 @@ import time
 
 from aedgate.compat import sleep_ms
 from aedgate.storage import Flash
+from aedgate.mqttwire import publish_header
 
 
 def temp_flash():
@@ -237,3 +238,10 @@ class Hardware:
     def all_off(self):
         for out in (self.lock, self.siren, self.led):
             out.value(0)
+
+
+def publish_packet(topic, payload, qos=0, retain=False, dup=False, pid=0):
+    """A whole PUBLISH packet, as a broker sends one (the firmware only needs the header)."""
+    if isinstance(payload, str):
+        payload = payload.encode()
+    return bytes(publish_header(topic, len(payload), qos, retain, dup, pid, payload))

@@ -34,3 +34,84 @@ def test_bad_dates_rejected():
 
 def test_unix_time_is_1970_based():
     assert compat.unix_time() > 1700000000
+
+
+# -- waking a task: TaskSignal (task to task), IrqSignal (from an interrupt handler) ----------
+
+def test_task_signal_wakes_its_waiter_and_clears():
+    async def main():
+        sig = compat.TaskSignal()
+        woke = []
+
+        async def waiter():
+            await sig.wait()
+            woke.append(compat.ticks_ms())
+        t = compat.asyncio.create_task(waiter())
+        await compat.sleep_ms(10)
+        assert not woke
+        t0 = compat.ticks_ms()
+        sig.set()
+        await compat.sleep_ms(0)
+        await compat.sleep_ms(0)
+        assert woke and compat.ticks_diff(woke[0], t0) <= 1, woke
+        await t
+        # cleared by the wake-up: the next wait times out; a set() before the wait is kept
+        assert await sig.wait_ms(30) is False
+        sig.set()
+        assert await sig.wait_ms(30) is True
+        sig.set()
+        sig.set()  # two sets before a wait: one wake-up
+        await sig.wait()
+        assert await sig.wait_ms(10) is False
+
+    compat.asyncio.run(main())
+
+
+def test_task_signal_round_trips_take_microseconds():
+    # Two tasks ping-ponging 500 times: with a ThreadSafeFlag this took ~1 ms a hop on the unix
+    # port (500 round trips ~1 s); a task signal must do them in well under 0.25 s.
+    async def main():
+        a, b = compat.TaskSignal(), compat.TaskSignal()
+
+        async def echo():
+            for _ in range(500):
+                await a.wait()
+                b.set()
+        t = compat.asyncio.create_task(echo())
+        t0 = compat.ticks_ms()
+        for _ in range(500):
+            a.set()
+            await b.wait()
+        took = compat.ticks_diff(compat.ticks_ms(), t0)
+        await t
+        assert took < 250, took
+
+    compat.asyncio.run(main())
+
+
+def test_irq_signal_wakes_from_a_scheduled_callback():
+    # On the ESP32 a pin's handler runs as a scheduled callback (micropython.schedule), outside
+    # any task; the IrqSignal must wake the waiting task from there. CPython has no such
+    # context: the simulator's pins call handlers on the loop, as call_soon does here.
+    async def main():
+        sig = compat.IrqSignal()
+        woke = []
+
+        async def waiter():
+            await sig.wait()
+            woke.append(1)
+        t = compat.asyncio.create_task(waiter())
+        await compat.sleep_ms(5)
+        if compat.MICROPYTHON:
+            import micropython
+            micropython.schedule(lambda _: sig.set(), None)
+        else:
+            compat.asyncio.get_running_loop().call_soon(sig.set)
+        for _ in range(200):
+            if woke:
+                break
+            await compat.sleep_ms(5)
+        assert woke
+        await t
+
+    compat.asyncio.run(main())

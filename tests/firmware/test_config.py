@@ -90,3 +90,17 @@ def test_not_an_object():
     for raw in ([], "x", 3, None):
         cfg, errors = config.validate(raw)
         assert errors and errors[0] == ("config", "bad_type")
+
+
+def test_mqtt_timeout_bounded_by_keepalive():
+    cfg, errors = config.validate({"device_id": "cab-1", "mqtt_timeout_s": 5})
+    assert cfg["mqtt_timeout_s"] == 5 and not errors
+    for bad, reason in ((1, "out_of_range"), (31, "out_of_range"), ("10", "bad_type")):
+        cfg, errors = config.validate({"device_id": "cab-1", "mqtt_timeout_s": bad})
+        assert errors == [("mqtt_timeout_s", reason)] and cfg["mqtt_timeout_s"] == 10, bad
+    # 20 s is within range but longer than keepalive*1.5 = 15 s: the default comes back
+    cfg, errors = config.validate({"device_id": "cab-1", "mqtt_timeout_s": 20, "keepalive_s": 10})
+    assert errors == [("mqtt_timeout_s", "out_of_range")] and cfg["mqtt_timeout_s"] == 10
+    assert cfg["keepalive_s"] == 10
+    cfg, errors = config.validate({"device_id": "cab-1", "mqtt_timeout_s": 15, "keepalive_s": 10})
+    assert not errors and cfg["mqtt_timeout_s"] == 15

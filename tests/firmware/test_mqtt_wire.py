@@ -3,6 +3,7 @@
 from aedgate.compat import asyncio, ticks_ms, ticks_diff, sleep_ms
 from aedgate import mqttwire as w
 from aedgate.mqtt import MQTTClient, MQTTError, backoff_ms
+from fwtest import publish_packet
 
 
 class Bytes:
@@ -20,6 +21,19 @@ class Bytes:
             raise EOFError
         self.pos += n
         return self.data[self.pos - n:self.pos]
+
+
+def decode_len(buf, pos=0):
+    """(value, position after the varint) from bytes: the broker's side of encode_len()."""
+    n = 0
+    for i in range(4):
+        if pos + i >= len(buf):
+            raise MQTTError("closed")
+        b = buf[pos + i]
+        n |= (b & 0x7F) << (7 * i)
+        if not b & 0x80:
+            return n, pos + i + 1
+    raise MQTTError("malformed")
 
 
 def read(data, max_payload=2048):
@@ -40,8 +54,12 @@ def test_remaining_length_boundaries():
              (268435455, b"\xff\xff\xff\x7f")]
     for n, enc in known:
         assert w.encode_len(n) == enc, n
-        assert w.decode_len(enc + b"!") == (n, len(enc)), n
-        assert asyncio.run(w.read_len(Bytes(enc))) == n, n
+        assert decode_len(enc + b"!") == (n, len(enc)), n
+        if 3 <= n <= 20000:  # a QoS 0 PUBLISH of that length is read to its last byte
+            data = b"\x30" + enc + b"\x00\x01t" + b"p" * (n - 3) + b"\xd0\x00"
+            rd = Bytes(data)
+            assert asyncio.run(w.read_packet(rd, 0)) == (w.PUBLISH, "t", None, 0, False, False, 0)
+            assert rd.pos == len(data) - 2, n
     for bad in (-1, 268435456):
         try:
             w.encode_len(bad)
@@ -51,7 +69,7 @@ def test_remaining_length_boundaries():
 
 
 def test_five_byte_varint_rejected():
-    assert reason(w.decode_len, b"\xff\xff\xff\xff\x7f") == "malformed"
+    assert reason(decode_len, b"\xff\xff\xff\xff\x7f") == "malformed"
     rd = Bytes(b"\x30\xff\xff\xff\xff\x01" + b"x" * 100)
     assert reason(asyncio.run, w.read_packet(rd, 2048)) == "malformed"
     assert rd.pos == 5  # gave up after the 4th length byte, read nothing of the body
@@ -76,9 +94,9 @@ def test_connect_will_user_password():
 
 
 def test_publish_encode():
-    assert w.publish_packet("a/b", b"hi", 0, retain=True) == b"\x31\x07\x00\x03a/bhi"
-    assert w.publish_packet("a/b", "hi", 1, dup=True, pid=0x1234) == b"\x3a\x09\x00\x03a/b\x12\x34hi"
-    big = w.publish_packet("t", b"x" * 200)
+    assert publish_packet("a/b", b"hi", 0, retain=True) == b"\x31\x07\x00\x03a/bhi"
+    assert publish_packet("a/b", "hi", 1, dup=True, pid=0x1234) == b"\x3a\x09\x00\x03a/b\x12\x34hi"
+    big = publish_packet("t", b"x" * 200)
     assert big[:3] == b"\x30\xcb\x01"  # 203 bytes after the header: a 2-byte length
 
 
@@ -86,7 +104,7 @@ def test_publish_decode_flags():
     for qos in (0, 1):
         for retain in (False, True):
             for dup in (False, True):
-                pkt = w.publish_packet("cab/7", b"\x00\x01", qos, retain, dup, 9 if qos else 0)
+                pkt = publish_packet("cab/7", b"\x00\x01", qos, retain, dup, 9 if qos else 0)
                 assert read(pkt) == (w.PUBLISH, "cab/7", b"\x00\x01", qos, retain, dup,
                                      9 if qos else 0), (qos, retain, dup)
     assert read(b"\x30\x03\x00\x01t") == (w.PUBLISH, "t", b"", 0, False, False, 0)
@@ -107,7 +125,7 @@ def test_suback_failure_code():
 
 def test_truncated_packets():
     good = [b"\x20\x02\x00\x00", b"\x90\x03\x00\x07\x80", b"\x40\x02\x00\x01",
-            w.publish_packet("a/b", b"payload", 1, pid=3), w.publish_packet("t", b"y" * 300)]
+            publish_packet("a/b", b"payload", 1, pid=3), publish_packet("t", b"y" * 300)]
     for pkt in good:
         read(pkt)
         for cut in range(len(pkt)):
@@ -131,24 +149,24 @@ def test_wrong_packets():
 
 
 def test_oversize_payload_skipped_not_stored():
-    big = w.publish_packet("cab/cmd", b"z" * 10000, 1, pid=77)
+    big = publish_packet("cab/cmd", b"z" * 10000, 1, pid=77)
     rd = Bytes(big + b"\xd0\x00")
     pkt = asyncio.run(w.read_packet(rd, 2048))
     assert pkt == (w.PUBLISH, "cab/cmd", None, 1, False, False, 77)
     assert rd.biggest <= 2048
     assert asyncio.run(w.read_packet(rd, 2048)) == (w.PINGRESP,)  # still in step
-    ok = w.publish_packet("t", b"z" * 2048)
+    ok = publish_packet("t", b"z" * 2048)
     assert read(ok)[2] == b"z" * 2048  # exactly max_payload is delivered
 
 
 def test_bad_topics_dropped():
-    rd = Bytes(w.publish_packet("x" * 300, b"p"))
+    rd = Bytes(publish_packet("x" * 300, b"p"))
     assert asyncio.run(w.read_packet(rd, 16)) == (w.PUBLISH, None, b"p", 0, False, False, 0)
     assert rd.biggest <= 256
     assert read(b"\x30\x05\x00\x02\xff\xfep")[1] is None  # not UTF-8
     assert read(b"\x30\x05\x00\x02a\x00p")[1] is None  # NUL inside
     assert read(b"\x30\x03\x00\x00p")[1] is None  # empty
-    assert read(w.publish_packet("caf\u00e9", b""))[1] == "caf\u00e9"
+    assert read(publish_packet("caf\u00e9", b""))[1] == "caf\u00e9"
 
 
 def test_backoff_bounds_and_spread():
@@ -182,6 +200,16 @@ class Pipe:
         data, self.buf = self.buf[:n], self.buf[n:]
         return data
 
+    async def read(self, n):
+        # What MicroPython's Stream offers too: whatever is there, up to n, once there is some.
+        while not self.buf:
+            if self.closed:
+                return b""
+            self.ev.clear()
+            await self.ev.wait()
+        data, self.buf = self.buf[:n], self.buf[n:]
+        return data
+
 
 class Link:
     """The broker's end of one fake connection: `answer(link, packet)` sees each packet the
@@ -198,9 +226,13 @@ class Link:
         self.pending += data
 
     async def drain(self):
+        # Packets written by other tasks since the last drain go out with it, each on its own.
         data, self.pending = self.pending, b""
-        self.sent.append(data)
-        self.answer(self, data)
+        while data:
+            n, pos = decode_len(data, 1)
+            pkt, data = data[:pos + n], data[pos + n:]
+            self.sent.append(pkt)
+            self.answer(self, pkt)
 
     def close(self):
         self.closed = self.rx.closed = True
@@ -223,7 +255,7 @@ def broker(link, pkt, rc=0, ack=True):
     if kind == 0x10:
         link.rx.feed(bytes((0x20, 2, 0, rc)))
     elif kind & 0xF6 == 0x32 and ack:
-        n, pos = w.decode_len(pkt, 1)
+        n, pos = decode_len(pkt, 1)
         at = pos + 2 + ((pkt[pos] << 8) | pkt[pos + 1])
         link.rx.feed(b"\x40\x02" + pkt[at:at + 2])
     elif kind == 0x82:
@@ -257,8 +289,8 @@ def test_client_publish_subscribe_and_receive():
         await c.publish("cab/1/status", b"shut")
         link = net.links[0]
         assert link.sent[-1] == b"\x30\x12\x00\x0ccab/1/statusshut"
-        link.rx.feed(w.publish_packet("cab/1/cmd", b"unlock", 1, retain=True, pid=5))
-        link.rx.feed(w.publish_packet("cab/1/cmd", b"u" * 65, 1, dup=True, pid=6))
+        link.rx.feed(publish_packet("cab/1/cmd", b"unlock", 1, retain=True, pid=5))
+        link.rx.feed(publish_packet("cab/1/cmd", b"u" * 65, 1, dup=True, pid=6))
         await sleep_ms(20)
         assert got == [("cab/1/cmd", b"unlock", True, False), ("cab/1/cmd", None, False, True)]
         assert b"\x40\x02\x00\x05" in link.sent and b"\x40\x02\x00\x06" in link.sent
@@ -280,17 +312,28 @@ async def publish_times_out(c):
     assert 150 <= ticks_diff(ticks_ms(), t0) < 1000
 
 
-def test_client_puback_timeout_then_retry():
+def test_client_silent_broker_closes_the_link_then_retry():
+    # A broker that answers nothing for timeout_ms while a PUBACK is awaited is dead: the
+    # publish fails with "timeout", the link is closed (run() says why), and the caller gets
+    # through again on a new link.
     async def main():
         acking = [False]
         c = MQTTClient("cab-1", FakeNet(lambda l, p: broker(l, p, ack=acking[0])), "h",
                        timeout_ms=200)
         await c.connect()
         task = asyncio.create_task(c.run())
+        await sleep_ms(0)
         await publish_times_out(c)
-        assert c.connected and not c._acks
+        assert not c.connected and not c._acks
+        try:
+            await task
+            raise AssertionError("run() survived a silent broker")
+        except MQTTError as e:
+            assert e.args[0] == "timeout"
         acking[0] = True
-        await c.publish("t", b"x", qos=1)  # the caller may retry on the same link
+        await c.connect()
+        task = asyncio.create_task(c.run())
+        await c.publish("t", b"x", qos=1)
         c.close()
         assert await task is None
         try:
@@ -298,6 +341,54 @@ def test_client_puback_timeout_then_retry():
             raise AssertionError("publish on a closed client")
         except MQTTError as e:
             assert e.args[0] == "closed"
+
+    asyncio.run(main())
+
+
+def test_client_broker_answering_others_keeps_the_link():
+    # One PUBACK that never comes while the broker answers everything else: that publish
+    # times out, the link stays (the broker is not silent).
+    async def main():
+        def answer(link, pkt):
+            if b"lost" not in pkt:
+                broker(link, pkt)
+        c = MQTTClient("cab-1", FakeNet(answer), "h", timeout_ms=300)
+        await c.connect()
+        task = asyncio.create_task(c.run())
+        async def lost():
+            try:
+                await c.publish("t", b"lost", qos=1)
+            except MQTTError as e:
+                return e.args[0]
+        lost = asyncio.create_task(lost())
+        for _ in range(8):
+            await c.publish("t", b"fine", qos=1)
+            await sleep_ms(50)
+        assert await lost == "timeout"
+        assert c.connected
+        await c.publish("t", b"fine", qos=1)
+        c.close()
+        assert await task is None
+
+    asyncio.run(main())
+
+
+def test_client_idle_silent_broker_found_by_ping_within_timeout():
+    # keepalive=1, timeout_ms=200: a PINGREQ after ~1 s of quiet; no PINGRESP within 200 ms
+    # closes the link (before keepalive*1.5, which used to be the only bound).
+    async def main():
+        net = FakeNet(lambda l, p: broker(l, p) if p[0] == 0x10 else None)  # CONNACK, then mute
+        c = MQTTClient("cab-1", net, "h", keepalive=1, timeout_ms=200)
+        await c.connect()
+        t0 = ticks_ms()
+        try:
+            await c.run()
+            raise AssertionError("run() returned")
+        except MQTTError as e:
+            assert e.args[0] == "timeout"
+        took = ticks_diff(ticks_ms(), t0)
+        assert 1100 <= took < 1450, took
+        assert b"\xc0\x00" in net.links[0].sent and net.links[0].closed
 
     asyncio.run(main())
 

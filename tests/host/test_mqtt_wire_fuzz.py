@@ -7,6 +7,7 @@ import tracemalloc
 from hypothesis import HealthCheck, given, settings, strategies as st
 
 from aedgate import mqttwire as w
+from fwtest import publish_packet
 from aedgate.mqtt import MQTTClient, MQTTError
 
 SETTINGS = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -95,7 +96,7 @@ topics = st.text(st.characters(blacklist_categories=("Cs",), blacklist_character
 @given(topics, st.binary(max_size=3000), st.integers(0, 1), st.booleans(), st.booleans(),
        st.integers(1, 0xFFFF), st.integers(0, 2048))
 def test_publish_round_trip(topic, payload, qos, retain, dup, pid, max_payload):
-    pkt = w.publish_packet(topic, payload, qos, retain, dup, pid if qos else 0)
+    pkt = publish_packet(topic, payload, qos, retain, dup, pid if qos else 0)
     rd = Capped(pkt + b"\xd0\x00", cap_for(max_payload))
 
     async def both():
@@ -135,7 +136,7 @@ class FuzzNet:
 
 @SETTINGS
 @given(st.lists(st.one_of(wrong_packets(), st.binary(max_size=40),
-                          st.builds(w.publish_packet, topics, st.binary(max_size=5000),
+                          st.builds(publish_packet, topics, st.binary(max_size=5000),
                                     st.just(1), st.booleans(), st.booleans(), st.integers(1, 9))),
                 max_size=5))
 def test_client_run_only_raises_mqtterror(chunks):

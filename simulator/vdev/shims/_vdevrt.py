@@ -8,6 +8,7 @@
 #   device -> harness: {"hello": 1}, {"out": pin, "v": level}, {"reset": kind},
 #     {"wdt": timeout_ms}, {"feed": 1}, {"rtc": [host_s, device_s]} (the clock was set)
 import json
+import micropython
 import os
 import select
 import socket
@@ -40,7 +41,13 @@ def _apply(line):
             continue
         edge = pin.IRQ_RISING if b else pin.IRQ_FALLING
         if pin._trigger & edge and pin._handler:
-            pin._handler(pin)
+            # As on the ESP32: the ISR only schedules the handler (ports/esp32/machine_pin.c,
+            # machine_pin_isr_handler -> mp_sched_schedule), which then runs between bytecodes,
+            # outside any task; when the queue is full the edge is lost.
+            try:
+                micropython.schedule(pin._handler, pin)
+            except RuntimeError:
+                pass
 
 
 def _flash_fault(full):

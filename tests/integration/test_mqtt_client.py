@@ -3,7 +3,6 @@ against small misbehaving TCP servers, and once under the real MicroPython unix 
 import asyncio
 import json
 import os
-import shutil
 import signal
 import subprocess
 import time

@@ -85,14 +85,6 @@ class App:
         if self.clock.time() < self.gate.floor.floor():
             self._set_clock(self.gate.floor.floor())
 
-    def _clock_for_tls(self):
-        """Before each connection: SNTP when due, and the clock never behind the floor (which a
-        token's iat may have passed). False only if TLS must wait: ESP32 builds check certificate
-        dates against this clock."""
-        self._sntp()
-        self._clock_to_floor()
-        return not self.cfg["broker_tls"] or self.clock.time() >= self.gate.floor.floor()
-
     def _sntp(self):
         """SNTP once Wi-Fi is up, then daily (blocks for at most ntptime's 1 s time-out after the
         name lookup). An answer behind the floor (spoofed, or a bad server) sets the floor."""
@@ -304,16 +296,15 @@ class App:
                 self.alive("session", 90000)
                 await sleep_ms(60000)  # not configured: keep watching the cabinet locally
                 continue
-            if not self._clock_for_tls():
-                self.log("mqtt: clock behind the time floor, no TLS yet")
-                self.alive("session", 35000)
-                await sleep_ms(backoff_ms(2, cap_ms=_BACKOFF_CAP_MS))
-                continue
-
             # connect + subscribe + birth: three bounded waits of the client's timeout (10 s)
             self.alive("session", 45000)
             client = None
             try:
+                self._sntp()
+                self._clock_to_floor()  # the floor may have risen past the clock (a token's iat)
+                if cfg["broker_tls"] and self.clock.time() < self.gate.floor.floor():
+                    # ESP32 builds check certificate dates against this clock
+                    raise OSError("clock behind the time floor: no TLS yet")
                 client = MQTTClient(
                     self.device_id, self.hw.net, cfg["broker_host"], cfg["broker_port"],
                     keepalive=cfg["keepalive_s"], user=cfg["broker_user"] or None,

@@ -6,10 +6,11 @@ import time
 import machine
 import network
 
-from aedgate import config
-from aedgate.compat import EPOCH_OFFSET, asyncio, sleep_ms, unix_time
+from aedgate import config, link
+from aedgate.compat import EPOCH_OFFSET, sleep_ms, unix_time
 from aedgate.storage import Flash
 
+LOCK_TIMER_ID = 1
 # Off the strapping pins (0, 2, 5, 12, 15): GPIO5 is pulled high from reset until boot.py runs
 # (a lock there would fire at every reset) and GPIO0 held low at reset starts download mode.
 PINS = {"door": 4, "lock": 26, "lock_sense": None, "siren": 18, "led": 25, "battery_adc": 34,
@@ -82,31 +83,64 @@ class Clock:
         return ntptime.time() + EPOCH_OFFSET
 
 
-class WiFi:
-    """Station-mode Wi-Fi; open() (re)associates on demand, so an outage is just a failed
-    connect that the MQTT session retries with backoff."""
+# Station status codes (ports/esp32/modnetwork_globals.h; reasons from ESP-IDF wifi_err_reason_t),
+# named for the console.
+_WIFI_STATUS = {1000: "idle", 1001: "connecting", 1010: "got_ip", 200: "beacon_timeout",
+                201: "no_ap_found", 202: "wrong_password", 203: "assoc_fail", 204: "handshake_timeout"}
 
-    def __init__(self, ssid, password):
+
+class WiFi:
+    """Station-mode Wi-Fi and the sockets over it (hw.net). The ESP32's driver reconnects by
+    itself after a drop, for ever once connect() was asked (ports/esp32/network_wlan.c), and a
+    connect() while it is connecting raises OSError("Wifi Internal Error") (micropython issue
+    17661): so connect() is asked only of an idle station, and otherwise we just wait."""
+
+    def __init__(self, ssid, password, log=print):
         self.wlan = network.WLAN(network.STA_IF)
         self.ssid, self.password = ssid, password
+        self.log = log
+        self._said = None  # the last status reported on the console
 
     def isconnected(self):
         return self.wlan.isconnected()
 
-    async def open(self, host, port, ssl=None, server_hostname=None):
-        if not self.wlan.isconnected():
-            self.wlan.active(True)
-            if self.ssid:
-                self.wlan.connect(self.ssid, self.password)
-            for _ in range(150):  # up to 15 s, without blocking the loop
-                if self.wlan.isconnected():
-                    break
-                await sleep_ms(100)
-            else:
-                raise OSError("wifi: not connected")
-        if ssl is None:
-            return await asyncio.open_connection(host, port)
-        return await asyncio.open_connection(host, port, ssl=ssl, server_hostname=server_hostname)
+    async def join(self):
+        """Returns once the station has an address; OSError (with the status) after 8 s, inside
+        the MQTT client's 10 s connect timeout (which would otherwise cut this wait short and
+        hide the status)."""
+        w = self.wlan
+        if w.isconnected():
+            self._said = None
+            return
+        if not self.ssid:
+            raise OSError("wifi: no ssid configured")
+        if not w.active():
+            w.active(True)
+        if w.status() == network.STAT_IDLE:  # never asked, or disconnected: not retrying
+            try:
+                w.connect(self.ssid, self.password)
+            except OSError as e:  # the driver kept trying across a soft reset: let it
+                self.log("wifi: connect: %s (status %s)" % (e, self._status()))
+        for _ in range(80):  # up to 8 s, without blocking the loop
+            if w.isconnected():
+                self._said = None
+                return
+            await sleep_ms(100)
+        st = self._status()
+        if st != self._said:  # once per status, not every attempt
+            self._said = st
+            self.log("wifi: not connected, status %s" % st)
+        raise OSError("wifi: not connected (%s)" % st)
+
+    def _status(self):
+        st = self.wlan.status()
+        return "%d %s" % (st, _WIFI_STATUS.get(st, "?")) if isinstance(st, int) else str(st)
+
+    def getaddrinfo(self, host, port):
+        return link.lookup(host, port)
+
+    def connect(self, addr, ssl=None, server_hostname=None):
+        return link.open_stream(addr, ssl, server_hostname)
 
 
 class Watchdog:
@@ -141,7 +175,9 @@ class Watchdog:
 
 
 class Thermometer:
-    """DS18B20 on a 1-Wire bus (onewire and ds18x20 are frozen into stock ESP32 firmware)."""
+    """DS18B20 on a 1-Wire bus (onewire and ds18x20 are frozen into stock ESP32 firmware). A
+    sensor that stops answering (unplugged, wire cut, replaced by one with another ROM code) is
+    looked for again on the next reading, not asked for by its old ROM code for ever."""
 
     def __init__(self, pin):
         import ds18x20
@@ -154,9 +190,13 @@ class Thermometer:
             self.roms = self.ds.scan()
             if not self.roms:
                 raise OSError("no DS18B20")
-        self.ds.convert_temp()
-        await sleep_ms(750)  # conversion time at 12-bit resolution
-        return self.ds.read_temp(self.roms[0])
+        try:
+            self.ds.convert_temp()
+            await sleep_ms(750)  # conversion time at 12-bit resolution
+            return self.ds.read_temp(self.roms[0])
+        except Exception:  # onewire.OneWireError, "CRC error": scan the bus again next time
+            self.roms = []
+            raise
 
 
 class Hardware:
@@ -180,6 +220,9 @@ class Hardware:
         self.mains = inp("mains")
         self.lock_sense = inp("lock_sense", Pin.PULL_UP)
         self.lock = out("lock")
+        # Ends a lock output even while the asyncio loop is stalled (aedgate/lock.py). Timer 0
+        # feeds the watchdog at the REPL; the ESP32 has ids 0-3 (machine_timer.c).
+        self.lock_timer = machine.Timer(LOCK_TIMER_ID) if self.lock and hasattr(machine, "Timer") else None
         self.siren = out("siren")
         self.led = out("led")
         self.battery = None
@@ -190,6 +233,8 @@ class Hardware:
         self.log = None
 
     def tls_context(self, cfg):
+        # Called once per boot (App keeps it): parsing the CA and a new SSLContext cost heap and
+        # time on every reconnect attempt otherwise.
         # Verify the broker's certificate against the CA file on flash (MicroPython verifies
         # only with a context set up like this, not with a bare ssl=True).
         # MicroPython's mbedTLS takes the CA as DER bytes, passed positionally (the unix port

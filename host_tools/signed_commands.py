@@ -49,6 +49,10 @@ def mint_service(master_key: bytes, device_id: str, action: str, value: str | No
     return _mint_claims(master_key, device_id, extra, ttl_s, now)
 
 
-def mint_time(master_key: bytes, device_id: str, ttl_s: int = 120, now: int | None = None) -> bytes:
-    """Signed time: the cabinet raises its time floor to this token's iat."""
-    return _mint_claims(master_key, device_id, {}, ttl_s, now)
+def mint_time(master_key: bytes, device_id: str, ttl_s: int = 120, now: int | None = None,
+              reset_floor: int | None = None) -> bytes:
+    """Signed time: the cabinet raises its time floor to this token's iat. With `reset_floor`
+    (the floor the cabinet reported in an ack, exactly), it lowers that floor to iat instead
+    (docs/protocol.md, "Time and clocks")."""
+    extra: dict[int, Any] = {} if reset_floor is None else {-65541: int(reset_floor)}
+    return _mint_claims(master_key, device_id, extra, ttl_s, now)

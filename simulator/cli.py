@@ -43,9 +43,11 @@ async def _run(args) -> int:
     url = args.broker
     if url is None:
         from simulator.brokers.embedded import EmbeddedBroker
-        broker = await EmbeddedBroker().start()
+        broker = await EmbeddedBroker(prefer=args.embedded).start()
         url = broker.url
-        print("embedded MQTT broker: %s" % url, flush=True)
+        print("embedded MQTT broker: %s" % broker.describe(), flush=True)
+        if broker.warning:
+            print("aedsim: warning: %s" % broker.warning, file=sys.stderr, flush=True)
     brokers = [u.strip() for u in url.split(",") if u.strip()]
     big = args.cabinets > 1000
     flash = args.flash or ("memory" if big else "dir")
@@ -167,7 +169,8 @@ def build_parser() -> argparse.ArgumentParser:
                "  aedsim run --cabinets 500 --broker mqtt://127.0.0.1:1883 --speed 60\n"
                "  aedsim run --cabinets 30000 --workers 2 --ramp 2000 --heartbeat 60 \\\n"
                "      --broker mqtt://127.0.0.1:1883,mqtt://127.0.0.1:1884 --plain\n"
-               "  mosquitto_pub -t aedsim/world/cab-0002 -m '{\"door\": \"open\"}'",
+               "  mosquitto_pub -p PORT -t aedsim/world/cab-0002 -m '{\"door\": \"open\"}'\n"
+               "      (PORT: the one `aedsim run` printed; -h HOST for a --broker elsewhere)",
         formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
 
@@ -179,6 +182,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--broker", metavar="URL[,URL…]",
                      help="mqtt://host:port, or several comma-separated (shards: cabinets are spread "
                           "over them round robin); default: start an embedded broker")
+    run.add_argument("--embedded", choices=("auto", "mosquitto", "amqtt"), default="auto",
+                     help="which embedded broker without --broker: auto (default) = Mosquitto "
+                          "when installed, else amqtt in this process")
     run.add_argument("--fleet-key", metavar="FILE", help="fleet master key file (64 hex chars): "
                      "each cabinet's token key is derived from it (and missions can be signed)")
     run.add_argument("--speed", type=float, default=1.0, metavar="X",

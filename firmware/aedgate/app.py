@@ -3,13 +3,16 @@
 # builds `hw` from machine.Pin & co.) and in the simulator (simulated `hw`).
 import json
 
-from aedgate import VERSION, config, service
-from aedgate.cabinet import Cabinet
+from aedgate import VERSION, config
+from aedgate import lock as locks
+from aedgate.cabinet import Cabinet, battery_mv
+from aedgate.commands import Commands
 from aedgate.compat import Flag, asyncio, sleep_ms, ticks_add, ticks_diff, ticks_ms
 from aedgate.gate import Gate
-from aedgate.mission import Missions
+from aedgate.link import Broker
 from aedgate.mqtt import MQTTClient, backoff_ms
 from aedgate.outbox import Outbox
+from aedgate.window import UnlockWindow
 
 _EXPIRY_FILE = "expiry"
 _STATE_MIN_INTERVAL_MS = 1000  # at most one state message a second, however busy the cabinet
@@ -38,6 +41,9 @@ class App:
         self.wake = Flag()            # something is waiting to be published
         self.online = False
         self.mqtt = None
+        # The broker's address is looked up once and kept (a lookup blocks the whole board).
+        self.broker = Broker(hw.net, self.log, self.cfg["broker_resolve_after"])
+        self._tls = None              # the SSLContext, made once (CA parsed once)
         self._link_lost = False
         self._state_sent = ticks_ms() - _STATE_MIN_INTERVAL_MS
         self._acks = []               # command results waiting to be sent (RAM: not events)
@@ -52,17 +58,11 @@ class App:
             self.emit({"type": "events_dropped", "count": self.outbox.corrupt, "reason": "corrupt"})
         self.commands = {}            # cmd name -> callable(payload, dup)
         self.cabinet.load_expiry(flash.read(_EXPIRY_FILE))
-        self.missions = Missions(self, self.gate)
-        on_time = self.commands["time"]
-
-        def time_cmd(raw, dup):
-            # An accepted signed time has raised the floor to it: the clock is set to it too.
-            on_time(raw, dup)
-            a = self._acks[-1] if self._acks else None
-            if a and a["cmd"] == "time" and a["result"] == "accepted":
-                self._set_clock(self.gate.floor.floor())
-        self.commands["time"] = time_cmd
-        self.commands["service"] = lambda raw, dup: service.on_command(self, self.gate, self.missions, raw)
+        # The lock driver bounds its own output (aedgate/lock.py); the window decides when.
+        self.lock = locks.make(self.cfg, hw.lock, getattr(hw, "lock_sense", None),
+                               getattr(hw, "lock_timer", None)) if hw.lock else None
+        self.window = UnlockWindow(self, self.lock)
+        Commands(self, self.gate, self.window)
 
     # -- time ------------------------------------------------------------------------------
     def now(self):
@@ -105,9 +105,9 @@ class App:
     def emit(self, ev):
         ev["v"] = 1
         ev["ts"] = self.now()
-        self.outbox.add(ev)
-        self.log("event %s seq=%d" % (ev["type"], ev["seq"]))
-        if self.outbox.dropped:
+        self.outbox.add(ev)  # on a full flash a routine event is dropped (no seq), and counted
+        self.log("event %s seq=%s" % (ev["type"], ev.get("seq", "dropped")))
+        if self.outbox.dropped and ("seq" in ev or ev["type"] != "events_dropped"):
             count, self.outbox.dropped = self.outbox.dropped, 0
             self.emit({"type": "events_dropped", "count": count})
         self.wake.set()
@@ -157,7 +157,7 @@ class App:
     def _door(self, level):
         is_open = level == self.cfg["door_open_level"]
         if is_open and self.cabinet.door == "closed":
-            self.missions.door_opened()
+            self.window.door_opened()
         siren = self.cabinet.door_changed(is_open, self.now())
         if is_open:
             self._start_timer("door", self._door_left_open())
@@ -175,7 +175,7 @@ class App:
 
     def _button(self, level):
         if level == 0:  # pressed: the button pulls its input low
-            self.missions.button_pressed()
+            self.window.button_pressed()
 
     async def _door_left_open(self):
         # Reported at the limit, then again every 1800 s while the door stays open.
@@ -207,12 +207,16 @@ class App:
 
     # -- slow sensors and heartbeat ------------------------------------------------------
     def read_battery_mv(self):
-        uv = self.hw.battery.read_uv()
-        return int(uv * self.cfg["battery_divider"] * self.cfg["battery_cal"] / 1000)
+        """(mV, beyond the ADC's linear range?) from `battery_samples` conversions."""
+        adc = self.hw.battery
+        return battery_mv([adc.read_uv() for _ in range(self.cfg["battery_samples"])], self.cfg)
 
     async def sample(self):
         if self.hw.battery:
-            self.cabinet.battery_reading(self.read_battery_mv())
+            mv, over = self.read_battery_mv()
+            if over != self.cabinet.battery_over_range:
+                self.log("battery: %s the ADC's linear range" % ("beyond" if over else "back within"))
+            self.cabinet.battery_reading(mv, over)
         if self.hw.temp:
             try:
                 self.cabinet.temp_reading(await self.hw.temp.read_c())
@@ -305,13 +309,15 @@ class App:
                 if cfg["broker_tls"] and self.clock.time() < self.gate.floor.floor():
                     # ESP32 builds check certificate dates against this clock
                     raise OSError("clock behind the time floor: no TLS yet")
+                if cfg["broker_tls"] and self._tls is None:
+                    # A missing or bad CA file fails here, each attempt, and is logged below.
+                    self._tls = self.hw.tls_context(cfg)
                 client = MQTTClient(
-                    self.device_id, self.hw.net, cfg["broker_host"], cfg["broker_port"],
+                    self.device_id, self.broker, cfg["broker_host"], cfg["broker_port"],
                     keepalive=cfg["keepalive_s"], user=cfg["broker_user"] or None,
                     password=cfg["broker_password"] or None,
                     will=(self.topic + "status", self._status(False), 1, True),
-                    # A missing or bad CA file fails here, each attempt, and is logged below.
-                    ssl=self.hw.tls_context(cfg) if cfg["broker_tls"] else None,
+                    ssl=self._tls if cfg["broker_tls"] else None,
                     server_hostname=cfg["broker_host"] if cfg["broker_tls"] else None,
                     on_message=self._on_message)
                 # A persistent session: the broker keeps commands sent during a short blip.
@@ -365,10 +371,15 @@ class App:
     async def _publish_all(self, client):
         """Send, in order: acks (dispatch is waiting for them), outbox events (removed only
         after PUBACK), then the state (at most one a second)."""
+        # Progress keeps the promise: each publish is bounded by the client's timeout (write and
+        # PUBACK), so a slow broker that still answers renews it with every PUBACK, however long
+        # the backlog; a session that stops getting anywhere lets it lapse (the board resets).
+        progress_ms = 2 * client.timeout_ms + 10000
         while not self._link_lost:
             if self._acks:
                 await client.publish(self.topic + "ack", json.dumps(self._acks[0]), 1)
                 self._acks.pop(0)
+                self.alive("session", progress_ms)
                 continue
             seq = self.outbox.oldest()
             if seq is not None:
@@ -376,6 +387,7 @@ class App:
                 if payload is not None:
                     await client.publish(self.topic + "event", payload, 1)
                 self.outbox.remove(seq)
+                self.alive("session", progress_ms)
                 continue
             if self.cabinet.changed:
                 wait = _STATE_MIN_INTERVAL_MS - ticks_diff(ticks_ms(), self._state_sent)
@@ -384,6 +396,7 @@ class App:
                     continue
                 await client.publish(self.topic + "state", self.state_payload(), 1, True)
                 self._state_sent = ticks_ms()
+                self.alive("session", progress_ms)
                 continue
             # Idle: check in once per keepalive (the reader proves the link by itself).
             ka = self.cfg["keepalive_s"] * 1000
@@ -410,5 +423,5 @@ class App:
         finally:
             for t in tasks + list(self._timers.values()):
                 t.cancel()
-            self.missions.stop()
+            self.window.stop()
             self._siren_off()

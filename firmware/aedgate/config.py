@@ -18,6 +18,7 @@ SCHEMA = {
     "broker_user": ("str", "", 0, 128),
     "broker_password": ("secret", "", 0, 128),
     "keepalive_s": ("int", 60, 10, 1200),
+    "broker_resolve_after": ("int", 5, 1, 100),  # failed connects before the name is looked up again
     "wifi_ssid": ("str", "", 0, 32),
     "wifi_password": ("secret", "", 0, 64),
     "heartbeat_s": ("int", 900, 10, 86400),
@@ -27,7 +28,9 @@ SCHEMA = {
     "debounce_ms": ("int", 20, 5, 2000),         # reed and micro switches settle in < 10 ms
     "mains_debounce_ms": ("int", 5000, 5, 60000),  # a flickering supply is not an outage
     "door_open_level": ("int", 1, 0, 1),         # pin level that means "door open"
-    "battery_divider": ("num", 5.0, 1.0, 20.0),  # battery volts per volt at the ADC pin
+    "battery_divider": ("num", 6.0, 1.0, 20.0),  # battery volts per volt at the ADC pin
+    "battery_samples": ("int", 16, 1, 64),       # ADC conversions averaged per battery reading
+    "battery_report_mv": ("int", 100, 10, 2000),  # a new state when the battery moved this much
     "battery_cal": ("num", 1.0, 0.5, 1.5),       # per-board calibration factor
     "battery_full_mv": ("int", 12700, 1000, 60000),
     "battery_empty_mv": ("int", 11000, 1000, 60000),
@@ -45,10 +48,11 @@ SCHEMA = {
     "issuer": ("str", "dispatch", 1, 64),
     "keys": ("keys", [], 0, 0),                  # mission-token key slots: current and next
     "max_window_s": ("int", 300, 5, 1800),
+    "iat_max_future_s": ("int", 3600, 60, 31536000),  # how far ahead of a known clock a token's iat may be
     "outbox_limit": ("int", 200, 20, 2000),      # events kept on flash through an outage
     "lock_type": ("choice", "pulse", 0, 0),
     "lock_pulse_ms": ("int", 3000, 100, 10000),
-    "lock_cooldown_ms": ("int", 2000, 0, 60000),
+    "lock_cooldown_ms": ("int", 2000, 500, 60000),  # floor: lock.MIN_COOLDOWN_MS
 }
 CHOICES = {"lock_type": ("pulse", "hold", "motor")}
 PIN_NAMES = ("door", "lock", "lock_sense", "siren", "led", "battery_adc", "mains", "temp", "button")
@@ -220,5 +224,8 @@ def load(flash, fallback_id):
     if cfg["device_id"] is None:
         cfg["device_id"] = fallback_id
     if data is not None and not errors and flash.read(LAST_GOOD_FILE) != data:
-        flash.write(LAST_GOOD_FILE, data)
+        try:
+            flash.write(LAST_GOOD_FILE, data)
+        except OSError:
+            pass  # a full flash (ENOSPC): keep the older copy; the next boot tries again
     return cfg, errors

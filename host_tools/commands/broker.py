@@ -26,6 +26,12 @@ from host_tools.cli import CliError
 # a trailing newline, which would split a password-file line).
 DEVICE_ID_RE = re.compile(r"[A-Za-z0-9_-]{1,64}")
 
+# Service-account names, never device ids, whatever the ACL file says (a mistyped --acl path
+# must not turn `add-device --device dispatch` into a new password for dispatch): these names
+# and any name starting with one of them and "-" (extra accounts such as dispatch-ops,
+# docs/deploy/mosquitto/README.md "One account per process").
+RESERVED_NAMES = ("dispatch", "registry", "monitor")
+
 # The rules every device needs, and the only `pattern` rules the ACL may contain.
 PATTERN_RULES = (
     "pattern write aed/v1/%u/status",
@@ -57,9 +63,11 @@ examples:
   --password PW sets a chosen password instead (it lands in your shell history);
   --password-stdin reads it from the first line of standard input.
 
-The ACL file is created if missing, and the per-device pattern rules are appended when absent;
-they cover every device, so usually only the password entry is new. Exit status: 0 done,
-2 refused (bad id, reserved name, unreadable file)."""
+The ACL file must exist (install docs/deploy/mosquitto/acl first); the per-device pattern rules
+are appended when absent; they cover every device, so usually only the password entry is new.
+Service-account names (dispatch, registry, monitor, and names starting with them and "-") are
+refused whatever the ACL says. Exit status: 0 done, 2 refused (bad id, reserved name, missing
+or unreadable file)."""
 
 _CHECK_EPILOG = """\
 example:
@@ -92,7 +100,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                      help="device id = MQTT user name (1-64 of A-Z a-z 0-9 _ -)")
     add.add_argument("--password-file", required=True, metavar="FILE",
                      help="Mosquitto password_file (created if missing, mode 0600)")
-    add.add_argument("--acl", required=True, metavar="FILE", help="Mosquitto acl_file")
+    add.add_argument("--acl", required=True, metavar="FILE",
+                     help="Mosquitto acl_file (must exist)")
     pw = add.add_mutually_exclusive_group()
     pw.add_argument("--password", metavar="PW", help="use this password instead of generating one")
     pw.add_argument("--password-stdin", action="store_true",
@@ -125,6 +134,10 @@ def check_device_id(device_id: str) -> str:
         raise ValueError("bad device id %r: use 1-64 of A-Z a-z 0-9 _ - (no + # / or spaces)"
                          % (device_id,))
     return device_id
+
+
+def is_reserved(name: str) -> bool:
+    return any(name == r or name.startswith(r + "-") for r in RESERVED_NAMES)
 
 
 def hash_password(password: str, salt: bytes | None = None,
@@ -302,8 +315,16 @@ def _cmd_add(args) -> int:
     for f in (pwfile, aclfile):
         if not f.parent.is_dir():
             raise CliError("directory %s does not exist" % f.parent)
+    if is_reserved(device):
+        raise CliError("%r is reserved for service accounts (%s, and names starting with them "
+                       "and '-'), not a device id" % (device, ", ".join(RESERVED_NAMES)))
     try:
-        acl_text = aclfile.read_text(encoding="utf-8") if aclfile.exists() else ""
+        acl_text = aclfile.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        # Never a fresh ACL behind the user's back: a typo in the path would hide the service
+        # accounts of the real one. The install step copies docs/deploy/mosquitto/acl.
+        raise CliError("ACL file %s does not exist (install docs/deploy/mosquitto/acl there "
+                       "first)" % aclfile) from None
     except OSError as e:
         raise CliError("cannot read %s: %s" % (aclfile, e.strerror)) from None
     if device in acl_service_users(acl_text):

@@ -37,7 +37,7 @@ from host_tools.cli import CliError
 from host_tools.device import Device, DeviceError
 from host_tools.commands.keys import check_device, load_fleet_key
 
-FIRMWARE = Path(__file__).resolve().parents[2] / "firmware"
+from host_tools.firmware import FIRMWARE
 MARKER = "provisioning"
 CONFIG = "config.json"
 # Written by provision; any other key already in the board's config.json (for example expiry
@@ -282,7 +282,9 @@ def provision(args: argparse.Namespace) -> dict[str, Any]:
     if args.ca:
         ca = ca_der(args.ca)
     _say("connecting to %s …" % args.port)
-    with Device(args.port, timeout=args.timeout) as dev:
+    hint = ("the .mpy files do not fit either: remove files (mpremote rm) or use a board with a larger "
+            "filesystem" if args.mpy else "remove files (mpremote rm) or use --mpy to ship smaller files")
+    with Device(args.port, timeout=args.timeout, full_hint=hint) as dev:
         marker = dev.read_file(MARKER)
         if marker is not None:
             _say("note: a previous provisioning of this board did not finish (%s); finishing it now"

@@ -63,9 +63,21 @@ def _cti(raw: bytes) -> str:
     return cbor2.loads(msg[2])[7].hex()
 
 
-def over_serial(port: str, raw: bytes, timeout: float = 10.0) -> dict:
+# The board's own id, from the config it runs (config.json, else the last good copy).
+_BOARD_ID = ("import json\nfor f in ('config.json', 'config.good'):\n try:\n"
+             "  print('device_id=%s' % json.load(open(f))['device_id'])\n  break\n except Exception:\n  pass\n")
+
+
+def over_serial(port: str, raw: bytes, timeout: float = 10.0, device_id: str | None = None) -> dict:
     from host_tools.device import Device, DeviceError
     with Device(port, timeout=timeout) as dev:
+        if device_id is not None:
+            # A command signed for another cabinet would only come back as unknown_kid (its key
+            # is not this board's): say what is really wrong.
+            board = [ln[10:] for ln in dev.exec(_BOARD_ID).splitlines() if ln.startswith("device_id=")]
+            if board and board[0] != device_id:
+                raise DeviceError("this board is %s, not %s: check --device (a service command is "
+                                  "signed for one cabinet)" % (board[0], device_id))
         try:
             out = dev.exec("import aedgate.service\naedgate.service.apply_serial(%r)" % raw)
         except DeviceError as e:
@@ -108,7 +120,7 @@ def _cmd(args: argparse.Namespace) -> int:
     except tokens.TokenMintError as e:
         raise CliError(str(e)) from None
     if args.port:
-        result = over_serial(args.port, raw, args.timeout)
+        result = over_serial(args.port, raw, args.timeout, device_id)
     else:
         result = over_mqtt(args.broker, device_id, raw, args.timeout)
         if result is None:

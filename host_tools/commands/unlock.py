@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import secrets
 import threading
 import time
 from dataclasses import dataclass, field
@@ -50,7 +51,10 @@ class Dispatch:
 
     host: str
     port: int
-    client_id: str = "aedgate-dispatch"
+    # Unique per process: a fixed id would let two dispatch tools (or anyone who learns the id)
+    # take over each other's session. The production broker replaces it with the account name
+    # anyway (use_username_as_clientid, docs/deploy/mosquitto/README.md).
+    client_id: str = field(default_factory=lambda: "aedgate-dispatch-" + secrets.token_hex(6))
     username: str | None = None
     password: str | None = None
     messages: list[tuple[float, str, dict]] = field(default_factory=list)

@@ -122,7 +122,7 @@ async def unlock_latency(url: str, n: int, cabinets: int = 50, in_flight: int = 
     unlock; more: a burst of simultaneous missions sharing the simulator's CPU)."""
     from host_tools import tokens
     fleet = Fleet(cabinets, url, fleet_key=MASTER,
-                  extra_config={"sample_s": 3600, "lock_pulse_ms": 100, "lock_cooldown_ms": 0})
+                  extra_config={"sample_s": 3600, "lock_pulse_ms": 100, "lock_cooldown_ms": 500})
     backend = Backend(url, ["aed/v1/+/ack", "aed/v1/+/event"])
     await fleet.start()
     await _wait_online(fleet)
@@ -159,8 +159,8 @@ async def unlock_latency(url: str, n: int, cabinets: int = 50, in_flight: int = 
                         lost += 1
                         del pending[did]
                     continue
-                if (sent >= n or len(pending) >= in_flight or cab.app.missions._window is not None
-                        or cab.app.missions.lock.busy):
+                if (sent >= n or len(pending) >= in_flight or cab.app.window.task is not None
+                        or cab.app.lock.busy):
                     continue
                 raw = tokens.mint(MASTER, did, "B-%d" % sent, 1)
                 t0 = time.monotonic()

@@ -200,7 +200,7 @@ async def soak(args) -> dict:
     await asyncio.sleep(2.0)
     end_rss = rss_kib() / 1024
     generated = {did: c.app.outbox.seq for did, c in fleet.cabinets.items() if c.app}
-    waiting = {did: set(c.app.outbox._pending) for did, c in fleet.cabinets.items() if c.app}
+    waiting = {did: set(c.app.outbox.pending()) for did, c in fleet.cabinets.items() if c.app}
     tally = registry.tally()
     seen = tally["seen"]
     missing = {did: set(range(1, g + 1)) - seen.get(did, set()) for did, g in generated.items()}

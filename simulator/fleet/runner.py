@@ -14,7 +14,7 @@ from typing import Callable
 import simulator  # noqa: F401  (puts firmware/ on sys.path)
 from host_tools import brokerurl
 from aedgate.app import App
-from aedgate.mqtt import MQTTClient
+from aedgate.mqtt import MQTTClient, MQTTError
 from aedgate.storage import Flash
 
 from simulator.world.flash import MemoryFlash
@@ -23,6 +23,23 @@ from simulator.world.faults import FaultyFlash, PowerCut
 from simulator.world.hardware import CabinetWorld, SimClock, SimHardware, SimWDT
 
 WORLD_TOPIC = "aedsim/world/"
+# World control's reconnect backoff, seconds (first, largest), with jitter.
+CONTROL_BACKOFF_S = (0.2, 5.0)
+
+
+class ControlClient(MQTTClient):
+    """The simulator's own client on a broker shard (world control, and the answers the
+    workload waits for). It remembers what it subscribed to, so that the link made after a
+    broker restart can subscribe to the same topics again."""
+
+    def __init__(self, *args, **kw):
+        super().__init__(*args, **kw)
+        self.topics: dict[str, int] = {}
+
+    async def subscribe(self, topic, qos=1):
+        code = await super().subscribe(topic, qos)
+        self.topics[topic] = qos
+        return code
 RAMP_TICK_S = 0.02  # a connection ramp starts its cabinets in bursts this far apart
 
 
@@ -136,10 +153,12 @@ class SimCabinet:
         self.net = SimNet(source_ip, stats, device_id)
         self.world = CabinetWorld(device_id, clock, self.net, log=self.log)
         self.world.on_power = self._power
+        self.world.lock_continuous = config.get("lock_type") == "hold"
         inner = Flash(str(flash_dir)) if flash_dir is not None else MemoryFlash()
         inner.write("config.json", json.dumps(config).encode())
         self.flash = FaultyFlash(inner, on_cut=self._power_cut)
         self.world.on_flash_cut = self.flash.cut_after
+        self.world.on_flash_full = self.flash.set_full
         self.app: App | None = None
         self.task: asyncio.Task | None = None
         self.crashes = 0
@@ -325,13 +344,49 @@ class Fleet:
             self.started += 1
 
     async def _start_control(self) -> None:
-        for host, port in self.brokers:
-            client = MQTTClient("aedsim-world-%d" % random.getrandbits(24), LoopbackNet(), host,
-                                port, keepalive=60, on_message=self._world_message)
+        # The first connection is made here, so a broker that is not there fails the start;
+        # afterwards each shard's link is kept up by _keep_control (a broker restart loses the
+        # session: the new link subscribes again to everything the old one had).
+        for slot, (host, port) in enumerate(self.brokers):
+            client, reader = await self._control_link(host, port, {WORLD_TOPIC + "+": 1})
+            self._controls.append((client, asyncio.create_task(self._keep_control(slot, reader))))
+
+    async def _control_link(self, host: str, port: int, topics: dict):
+        """(client, its reading task): connected and subscribed to `topics`."""
+        client = ControlClient("aedsim-world-%d" % random.getrandbits(24), LoopbackNet(), host,
+                               port, keepalive=60, on_message=self._world_message)
+        reader = None
+        try:
             await client.connect(clean_session=True)
-            task = asyncio.create_task(client.run())
-            await client.subscribe(WORLD_TOPIC + "+", 1)
-            self._controls.append((client, task))
+            reader = asyncio.create_task(client.run())  # reads the SUBACKs
+            for topic, qos in list(topics.items()):
+                await client.subscribe(topic, qos)
+        except BaseException:
+            client.close()
+            if reader is not None:
+                await asyncio.gather(reader, return_exceptions=True)
+            raise
+        return client, reader
+
+    async def _keep_control(self, slot: int, reader: asyncio.Task) -> None:
+        host, port = self.brokers[slot]
+        try:
+            while True:
+                await asyncio.gather(reader, return_exceptions=True)  # the link ended
+                old = self._controls[slot][0]
+                old.close()
+                backoff = CONTROL_BACKOFF_S[0]
+                while True:  # reconnect, with backoff, until the broker is back
+                    await asyncio.sleep(backoff * (0.5 + self.rng.random()))
+                    try:
+                        client, reader = await self._control_link(host, port, old.topics)
+                        break
+                    except (MQTTError, OSError, asyncio.TimeoutError):
+                        backoff = min(backoff * 2, CONTROL_BACKOFF_S[1])
+                self._controls[slot] = (client, self._controls[slot][1])
+                self.log("world control: reconnected to mqtt://%s:%d" % (host, port))
+        finally:
+            reader.cancel()
 
     @property
     def _control(self) -> MQTTClient | None:
@@ -384,8 +439,9 @@ class Fleet:
     async def stop(self) -> None:
         await asyncio.gather(*(c.stop() for c in self.cabinets.values()))
         for client, task in self._controls:
+            if task is not None:
+                task.cancel()
             client.close()
-            task.cancel()
         self._controls = []
         if self._tmp:
             shutil.rmtree(self._tmp, ignore_errors=True)

@@ -16,16 +16,21 @@ How it is put together:
   raw REPL, as with every `mpremote` command — runs boot.py only, hides the banner and puts the
   new interpreter into the raw REPL before the host sees `raw REPL; CTRL-B to exit`. After a
   friendly-REPL soft reboot or `machine.reset()`, boot.py and main.py run, as on the ESP32.
-- The flash is a host directory (`--flash-dir`), mounted as "/" inside the interpreter through a
-  small VFS object (shims/_vdevflash.py) with an ESP32-sized capacity (`--flash-size`), so
-  `Flash("/")`, `mpremote ls/cp` and imports all see it, and a full flash raises ENOSPC.
+- The flash is the ESP32's "vfs" partition: a littlefs image (`<--flash-dir>/vfs.img`, 2 MiB =
+  512 blocks of 4096 bytes by default, `--flash-size`) mounted as "/" by MicroPython's own
+  `vfs.VfsLfs2` over a block device with the board's geometry (shims/_vdevflash.py). It is kept
+  between runs and survives power cuts as flash does; `Flash("/")`, `mpremote ls/cp` and imports
+  all see it; the host reads it with simulator/vdev/flashimage.py. The world key `flash`
+  ("full" | "ok") fills it, so the firmware meets ENOSPC.
 - The cabinet's physical world lives here: door, mains, button, backup battery (ADC), DS18B20
   temperature, Wi-Fi, power, a lock whose sense switch follows the lock output unless jammed.
   Change it by publishing JSON to `aedsim/world/<device_id>` on the broker (the one in
   `--broker`, else the one the device's config.json names), or by writing the same JSON, one
   object per line, to this process's stdin. Keys: door open|closed, mains bool, battery_mv int,
   temp_c number|null, power off|on, wifi down|up, button press|hold|release, lock jammed|ok,
-  sntp down|up.
+  sntp down|up, dns ok|slow|dead (getaddrinfo blocks 1.5 s / 7 s then fails, as lwIP's
+  resolver does), temp_sensor swap (a DS18B20 with a new ROM code), adc_noise_mv number
+  (sigma at the pin).
 - Resets, as v1.23-v1.28 report them (ports/esp32/modmachine.c mp_machine_reset_cause):
   `machine.reset()` (what `mpremote reset` runs) and a crash restart with HARD_RESET, a
   machine.WDT that is not fed restarts with WDT_RESET, power on gives PWRON_RESET, and after any
@@ -64,7 +69,8 @@ import tty
 from pathlib import Path
 from typing import Any, Callable
 
-ROOT = Path(__file__).resolve().parents[2]
+from host_tools.firmware import FIRMWARE
+from simulator.vdev.flashimage import IMAGE_NAME, FlashImage
 VDEVFS = Path(__file__).resolve().parent / "shims"
 
 PWRON_RESET, HARD_RESET, WDT_RESET, DEEPSLEEP_RESET, SOFT_RESET = 1, 2, 3, 4, 5
@@ -73,7 +79,9 @@ _RAW_BANNER = b"raw REPL; CTRL-B to exit"
 _FRIENDLY_BANNER = b'Type "help()" for more information.'
 _OUT_LIMIT = 256 * 1024  # bytes kept for a host that is not reading (then the oldest go)
 _TRACE = open(os.environ["AEDSIM_VDEV_TRACE"], "a") if os.environ.get("AEDSIM_VDEV_TRACE") else None
-WORLD_KEYS = ("door", "mains", "battery_mv", "temp_c", "power", "wifi", "button", "lock", "sntp")
+WORLD_KEYS = ("door", "mains", "battery_mv", "temp_c", "power", "wifi", "button", "lock", "flash", "sntp",
+              "dns", "temp_sensor", "adc_noise_mv")
+DNS_FAULTS = ("ok", "slow", "dead")  # the resolver socket.getaddrinfo meets (shims/socket.py)
 # Levels of the strapping pins between a chip reset and the firmware driving them (ESP32 Series
 # Datasheet, "Strapping Pins": internal weak pull-up on GPIO0, 5, 15, pull-down on 2, 12).
 STRAP_LEVELS = {0: 1, 2: 0, 5: 1, 12: 0, 15: 1}
@@ -90,7 +98,7 @@ def find_micropython() -> str:
 
 def board_default_pins() -> dict[str, int | None]:
     """The reference wiring from firmware/board.py (read, not imported: it imports machine)."""
-    tree = ast.parse((ROOT / "firmware" / "board.py").read_text())
+    tree = ast.parse((FIRMWARE / "board.py").read_text())
     for node in tree.body:
         if isinstance(node, ast.Assign) and any(getattr(t, "id", None) == "PINS" for t in node.targets):
             return ast.literal_eval(node.value)
@@ -109,9 +117,13 @@ class PinWorld:
         self.wifi = True
         self.button = False
         self.lock_jammed = False
+        self.flash_full = False
         self.button_held = False
         self.sntp = True
         self.outputs: dict[int, int] = dict(STRAP_LEVELS)
+        self.dns = "ok"
+        self.temp_rom: str | None = None  # None: the default DS18B20; "swap" gives a new one
+        self.adc_noise_mv = 12            # ADC noise at the pin, sigma (shims/machine.py)
 
     def snapshot(self, cfg: dict[str, Any], ap: tuple[str | None, str | None]) -> dict[str, Any]:
         pins = board_default_pins()
@@ -133,10 +145,11 @@ class PinWorld:
         put("lock_sense", 0 if (released and not self.lock_jammed) else 1)
         adc: dict[str, int] = {}
         if pins.get("battery_adc") is not None:
-            div = float(cfg.get("battery_divider", 5.0)) * float(cfg.get("battery_cal", 1.0))
+            div = float(cfg.get("battery_divider", 6.0)) * float(cfg.get("battery_cal", 1.0))
             adc[str(pins["battery_adc"])] = int(self.battery_mv * 1000 / div)
         return {"pins": levels, "adc": adc, "temp_c": self.temp_c, "wifi": self.wifi,
-                "ap": list(ap)}
+                "ap": list(ap), "flash_full": self.flash_full, "dns": self.dns, "temp_rom": self.temp_rom,
+                "adc_noise_mv": self.adc_noise_mv}
 
     def apply(self, change: dict[str, Any]) -> list[str]:
         """Apply a world-control message; returns error strings (never raises)."""
@@ -180,6 +193,22 @@ class PinWorld:
                 ok = value in ("jammed", "ok")
                 if ok:
                     self.lock_jammed = value == "jammed"
+            elif key == "flash":
+                ok = value in ("full", "ok")
+                if ok:
+                    self.flash_full = value == "full"
+            elif key == "temp_sensor":
+                ok = value == "swap"
+                if ok:
+                    self.temp_rom = "28" + os.urandom(6).hex() + "00"
+            elif key == "adc_noise_mv":
+                ok = isinstance(value, (int, float)) and not isinstance(value, bool) and 0 <= value <= 500
+                if ok:
+                    self.adc_noise_mv = value
+            elif key == "dns":
+                ok = value in DNS_FAULTS
+                if ok:
+                    self.dns = value
             else:
                 errors.append("unknown world key %r (known: %s)" % (key, ", ".join(WORLD_KEYS)))
                 continue
@@ -206,6 +235,7 @@ class VirtualDevice:
         self.device_id = device_id
         self.broker = broker
         self.flash_size = flash_size
+        self.flash = FlashImage(self.flash_dir / IMAGE_NAME, flash_size)
         self.ap = (wifi_ssid, wifi_password)
         self.heap = heap
         self.log = log or (lambda s: print("vdev: " + s, file=sys.stderr, flush=True))
@@ -245,6 +275,12 @@ class VirtualDevice:
     async def start(self) -> "VirtualDevice":
         self.loop = asyncio.get_running_loop()
         self._mp = find_micropython()
+        if not self.flash.path.exists():
+            self.flash.format()  # as inisetup.py on a new board, before anything can race it
+        elif self.flash.path.stat().st_size != self.flash_size // 4096 * 4096:
+            raise ValueError("the flash image %s is %d bytes, not the %d of --flash-size: remove it "
+                             "to start with a blank flash" % (self.flash.path, self.flash.path.stat().st_size,
+                                                              self.flash_size))
         self._outer_m, self._outer_s = os.openpty()
         tty.setraw(self._outer_s)
         os.set_blocking(self._outer_m, False)
@@ -289,7 +325,7 @@ class VirtualDevice:
 
     def _read_config(self) -> dict[str, Any]:
         try:
-            cfg = json.loads((self.flash_dir / "config.json").read_text())
+            cfg = json.loads(self.flash.read("config.json") or b"")
             return cfg if isinstance(cfg, dict) else {}
         except (OSError, ValueError):
             return {}
@@ -362,7 +398,7 @@ class VirtualDevice:
         attrs[6][termios.VINTR] = b"\x03"
         termios.tcsetattr(s, termios.TCSANOW, attrs)
         os.set_blocking(m, False)  # (never s: it shares its file status with the child's stdin)
-        env = dict(os.environ, VDEV_CTL=str(self._ctl_port), VDEV_FLASH=str(self.flash_dir),
+        env = dict(os.environ, VDEV_CTL=str(self._ctl_port), VDEV_FLASH=str(self.flash.path),
                    VDEV_FLASH_SIZE=str(self.flash_size), VDEV_RUN_MAIN="1" if run_main else "0",
                    VDEV_RESET_CAUSE=str(self.reset_cause), VDEV_UID=self.uid,
                    VDEV_CLOCK="%r,%r,%r" % (self.clock[0], self.clock[1], self.clock_drift_ppm),
@@ -715,7 +751,11 @@ async def run(args) -> int:
                         flash_size=parse_size(args.flash_size), wifi_ssid=args.wifi_ssid,
                         wifi_password=args.wifi_password, heap=args.heap,
                         clock_drift_ppm=args.clock_drift_ppm)
-    await dev.start()
+    try:
+        await dev.start()
+    except ValueError as e:
+        print("aedsim vdev: %s" % e, file=sys.stderr)
+        return 2
     print(dev.path, flush=True)
     dev.log("flash %s, device id %s; world control: JSON lines on stdin or aedsim/world/<id>"
             % (dev.flash_dir, dev.device_id))

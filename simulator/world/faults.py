@@ -6,7 +6,10 @@ random prefix), the rename never happens, and PowerCut is raised out of the firm
 stack. That is exactly what littlefs promises — the old file or the new one, never a mix — so
 what the firmware must survive is losing the write in progress and everything after it.
 `rot()` models what atomic replace cannot prevent (bit rot, a foreign tool): it damages a file
-in place.
+in place. An append cut by the power leaves a torn prefix of its data at the end of the file —
+stricter than littlefs, which syncs an append whole or not at all.
+`full` makes every write and append fail with OSError(ENOSPC), as a filesystem filled by
+something else does (littlefs raises it at write, close or rename); removing still works.
 """
 from __future__ import annotations
 
@@ -21,7 +24,8 @@ class PowerCut(BaseException):
 
 
 class FaultyFlash:
-    __slots__ = ("inner", "rng", "writes", "cut_at", "cut_chance", "cuts", "powered", "on_cut")
+    __slots__ = ("inner", "rng", "writes", "cut_at", "cut_chance", "cuts", "powered", "on_cut",
+                 "full")
 
     def __init__(self, inner, rng: random.Random | None = None, on_cut=None):
         self.inner = inner
@@ -32,6 +36,7 @@ class FaultyFlash:
         self.cuts = 0
         self.powered = True                 # after a cut nothing reaches flash until power-on
         self.on_cut = on_cut                # the cabinet's power-off, called at the cut
+        self.full = False                   # the filesystem is full: writes fail with ENOSPC
 
     # -- the flash interface -----------------------------------------------------------------
     def read(self, name):
@@ -41,13 +46,27 @@ class FaultyFlash:
         return self.inner.names()
 
     def remove(self, name):
-        if not self.powered:
-            raise PowerCut("no power")
-        self.inner.remove(name)
+        self._remove(self.inner, name)
 
     def write(self, name, data):
+        self._write(self.inner, name, data, False)
+
+    def append(self, name, data):
+        self._write(self.inner, name, data, True)
+
+    def sub(self, name):
+        return _SubFlash(self, self.inner.sub(name))
+
+    def _remove(self, inner, name):
+        if not self.powered:
+            raise PowerCut("no power")
+        inner.remove(name)
+
+    def _write(self, inner, name, data, append):
         if not self.powered:
             raise PowerCut("no power")  # a task still unwinding after the cut changes nothing
+        if self.full:
+            raise OSError(28, "ENOSPC")
         self.writes += 1
         due = self.cut_at is not None and self.writes >= self.cut_at
         if due or (self.cut_chance and self.rng.random() < self.cut_chance):
@@ -57,13 +76,23 @@ class FaultyFlash:
             if isinstance(data, str):
                 data = data.encode()
             torn = data[: self.rng.randint(0, max(0, len(data) - 1))]
-            self.inner.write(name + ".tmp", torn)  # the rename never happens
+            if append:
+                inner.append(name, torn)        # a torn record at the end
+            else:
+                inner.write(name + ".tmp", torn)  # the rename never happens
             if self.on_cut:
                 self.on_cut()
             raise PowerCut("power cut while writing %s" % name)
-        self.inner.write(name, data)
+        if append:
+            inner.append(name, data)
+        else:
+            inner.write(name, data)
 
     # -- controls ------------------------------------------------------------------------------
+    def set_full(self, full: bool) -> None:
+        """World fault: the filesystem is full (ENOSPC) or has room again."""
+        self.full = bool(full)
+
     def cut_after(self, n: int) -> None:
         """Cut the power at the n-th write from now (1 = the next one)."""
         self.cut_at = self.writes + n
@@ -76,3 +105,30 @@ class FaultyFlash:
         i = self.rng.randrange(len(data))
         self.inner.write(name, data[:i] + bytes([data[i] ^ 0xFF]) + data[i + 1:])
         return True
+
+
+class _SubFlash:
+    """A folder inside a FaultyFlash: its writes count, cut and fail with the parent's."""
+    __slots__ = ("top", "inner")
+
+    def __init__(self, top: FaultyFlash, inner) -> None:
+        self.top = top
+        self.inner = inner
+
+    def read(self, name):
+        return self.inner.read(name)
+
+    def names(self):
+        return self.inner.names()
+
+    def remove(self, name):
+        self.top._remove(self.inner, name)
+
+    def write(self, name, data):
+        self.top._write(self.inner, name, data, False)
+
+    def append(self, name, data):
+        self.top._write(self.inner, name, data, True)
+
+    def sub(self, name):
+        return _SubFlash(self.top, self.inner.sub(name))

@@ -6,7 +6,11 @@ machine.ADC and a Wi-Fi backed network: same small interfaces, different backing
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import heapq
+import itertools
 import random
+import threading
 import time
 from typing import Callable
 
@@ -113,23 +117,44 @@ class BoardClock:
         return self.world_clock.time()
 
 
+# ADC and DS18B20 as the ESP32 shows them (docs/twin.md; the virtual device's shims/machine.py
+# and shims/onewire.py model the same): read_uv() is one noisy conversion in millivolt steps,
+# linear only up to 2450 mV at the pin (ATTN_11DB), and a DS18B20 that powers up reads +85.0 °C
+# until a conversion completes (the first one after power-up is lost).
+ADC_LINEAR_MV = 2450
+ADC_FULL_MV = 3100
+ADC_NOISE_MV = 12.0  # sigma at the pin
+_SENSOR_RNG = random.Random(0xADC)  # seeded: a run can be repeated; shared (fleet-scale RAM)
+
+
 class SimADC:
     def __init__(self, world: "CabinetWorld"):
         self.world = world
 
     def read_uv(self) -> int:
-        mv = self.world.battery_mv() + random.randint(-8, 8)  # a little ADC noise
-        return int(mv * 1000 / self.world.divider)
+        mv = self.world.battery_mv() / self.world.divider
+        mv += _SENSOR_RNG.gauss(0.0, self.world.adc_noise_mv)
+        if mv > ADC_LINEAR_MV:
+            mv = ADC_LINEAR_MV + (mv - ADC_LINEAR_MV) / 2  # beyond the linear range: reads short
+        return int(max(0.0, min(mv, ADC_FULL_MV))) * 1000
 
 
 class SimTemp:
     def __init__(self, world: "CabinetWorld"):
         self.world = world
+        self.fresh = True  # just powered up: the first conversion is lost, the register says 85.0
 
     async def read_c(self) -> float:
         while self.world.sensor_hung:  # a 1-Wire sensor that never answers
             await asyncio.sleep(0.5)
-        return self.world.temp_c + random.uniform(-0.1, 0.1)
+        if self.world.sensor_lost:
+            self.fresh = True  # when it comes back it powers up again
+            raise OSError("DS18B20: no presence pulse")
+        await asyncio.sleep(0.75 / self.world.clock.speed)  # the conversion (12 bits)
+        if self.fresh:
+            self.fresh = False
+            return 85.0
+        return self.world.temp_c + _SENSOR_RNG.uniform(-0.1, 0.1)
 
 
 class SimWDT:
@@ -169,6 +194,108 @@ class SimWDT:
             self._handle = None
 
 
+# Real time for the timer thread, whatever a test does to time.monotonic (virtual-time tests).
+_monotonic = time.monotonic
+
+
+class _TimerThread:
+    """One thread for every SimTimer of the process: a heap of deadlines."""
+
+    def __init__(self):
+        self._cond = threading.Condition()
+        self._heap: list = []
+        self._seq = itertools.count()
+        self._c_calls = 0
+        self._thread: threading.Thread | None = None
+
+    def arm(self, deadline: float, timer: "SimTimer", gen: int) -> None:
+        with self._cond:
+            heapq.heappush(self._heap, (deadline, next(self._seq), timer, gen))
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._run, name="SimTimer", daemon=True)
+                self._thread.start()
+            self._cond.notify()
+
+    @contextlib.contextmanager
+    def blocking_c_call(self):
+        with self._cond:
+            self._c_calls += 1
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._c_calls -= 1
+                self._cond.notify()
+
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                while True:
+                    if self._heap and self._c_calls == 0:
+                        wait = self._heap[0][0] - _monotonic()
+                        if wait <= 0:
+                            _, _, timer, gen = heapq.heappop(self._heap)
+                            break
+                        self._cond.wait(wait)
+                    else:
+                        self._cond.wait()
+            timer._fire(gen)
+
+
+_TIMERS = _TimerThread()
+
+
+def blocking_c_call():
+    """Wrap a simulated call during which the ESP32 runs no Python at all (lwIP's getaddrinfo,
+    an mbedTLS handshake step, a flash erase): SimTimer callbacks due meanwhile wait for it."""
+    return _TIMERS.blocking_c_call()
+
+
+class SimTimer:
+    """machine.Timer as the ESP32 has it (ports/esp32/machine_timer.c): ids 0-3 (ValueError
+    "invalid Timer number" otherwise, v1.25+), ONE_SHOT = 0, PERIODIC = 1 (the default),
+    init(mode=, period= ms, callback=), deinit(). The interrupt does not run the callback: it
+    is scheduled (mp_sched_schedule) and runs between bytecodes, so it still runs while asyncio
+    is held up by Python code or short blocking calls, but not inside one long blocking C call.
+    Here one shared thread waits out the period and calls it; the GIL hands over between
+    bytecodes of the loop's thread (or while it sleeps), and `blocking_c_call()` holds it back
+    as the ESP32 would. Only ONE_SHOT is modelled (the firmware uses nothing else)."""
+
+    ONE_SHOT = 0
+    PERIODIC = 1
+
+    def __init__(self, timer_id: int):
+        if not 0 <= timer_id <= 3:
+            raise ValueError("invalid Timer number")
+        self.id = timer_id
+        self._lock = threading.Lock()
+        self._gen = 0
+        self._callback = None
+        self.fired = 0
+
+    def init(self, *, mode: int = 1, period: int = 0xFFFFFFFF, callback=None, tick_hz: int = 1000):
+        if mode != self.ONE_SHOT:
+            raise NotImplementedError("the simulator models one-shot timers only")
+        with self._lock:
+            self._gen += 1
+            self._callback = callback
+            gen = self._gen
+        _TIMERS.arm(_monotonic() + period / tick_hz, self, gen)
+
+    def deinit(self) -> None:
+        with self._lock:
+            self._gen += 1
+            self._callback = None
+
+    def _fire(self, gen: int) -> None:
+        with self._lock:  # deinit() cannot slip in between the check and the call
+            if gen != self._gen or self._callback is None:
+                return
+            callback, self._callback = self._callback, None
+            self.fired += 1
+            callback(self)
+
+
 class SimHardware:
     """What the firmware's App receives as `hw` in the simulator."""
 
@@ -183,6 +310,7 @@ class SimHardware:
         self.mains = world.mains_pin
         self.button = world.button_pin
         self.lock = SimPin(0, world.lock_output)
+        self.lock_timer = SimTimer(1)  # board.LOCK_TIMER_ID
         self.lock_sense = None
         self.siren = SimPin(0, world.siren_output)
         self.led = SimPin(0)
@@ -206,7 +334,7 @@ class CabinetWorld:
         self.net = net
         self.board_clock = BoardClock(clock, net)  # what the firmware reads
         self.log = log or (lambda msg: None)
-        self.divider = 5.0
+        self.divider = 6.0  # the reference wiring (docs/config.md battery_divider)
         self.temp_c = 21.0
         self.door_pin = SimPin(0)      # level 1 = open (config door_open_level default)
         self.mains_pin = SimPin(1)
@@ -218,8 +346,13 @@ class CabinetWorld:
         self.longest_on_s = 0.0
         self.latch_released = False
         self.lock_burnt = False
+        # A magnetic (hold) lock is rated for continuous duty: powered all day, it does not heat
+        # like a pulse solenoid. Set from the cabinet's lock_type.
+        self.lock_continuous = False
         self.forced = False
         self.sensor_hung = False
+        self.sensor_lost = False
+        self.adc_noise_mv = ADC_NOISE_MV
         self.coil_c = self.temp_c
         self._coil_at = time.monotonic()
         self._on_since = 0.0
@@ -227,6 +360,7 @@ class CabinetWorld:
         self._mv_at = clock.time()
         self.on_power: Callable[[bool], None] | None = None
         self.on_flash_cut: Callable[[int], None] | None = None
+        self.on_flash_full: Callable[[bool], None] | None = None
 
     # -- physics ---------------------------------------------------------------------------
     def battery_mv(self) -> int:
@@ -258,7 +392,7 @@ class CabinetWorld:
     def _coil_update(self, now: float) -> None:
         dt = now - self._coil_at
         self._coil_at = now
-        if self.lock_on:
+        if self.lock_on and not self.lock_continuous:
             self.coil_c += COIL_HEAT_C_PER_S * dt
             if self.coil_c > COIL_MAX_C and not self.lock_burnt:
                 self.lock_burnt = True
@@ -340,6 +474,14 @@ class CabinetWorld:
             return "this cabinet has no fault-injecting flash"
         self.on_flash_cut(v)
 
+    def _set_flash(self, v):
+        # Something fills the filesystem: every write fails with ENOSPC until "ok".
+        if v not in ("full", "ok"):
+            return "expected \"full\" or \"ok\""
+        if self.on_flash_full is None:
+            return "this cabinet has no fault-injecting flash"
+        self.on_flash_full(v == "full")
+
     def _set_clock_jump_s(self, v):
         if not isinstance(v, (int, float)) or isinstance(v, bool) or abs(v) > 10 * 365 * 86400:
             return "expected seconds (negative: backwards)"
@@ -350,10 +492,22 @@ class CabinetWorld:
             return "expected \"up\" or \"down\""
         self.board_clock.sntp_up = v == "up"
 
+    def _set_dns(self, v):
+        from simulator.world.net import DNS_FAULTS
+        if v not in DNS_FAULTS:
+            return "expected one of %s" % ", ".join(DNS_FAULTS)
+        self.net.dns = DNS_FAULTS[v]
+
     def _set_sensor(self, v):
-        if v not in ("hang", "ok"):
-            return "expected \"hang\" or \"ok\""
+        if v not in ("hang", "lost", "ok"):
+            return "expected \"hang\", \"lost\" or \"ok\""
         self.sensor_hung = v == "hang"
+        self.sensor_lost = v == "lost"
+
+    def _set_adc_noise_mv(self, v):
+        if not isinstance(v, (int, float)) or isinstance(v, bool) or not 0 <= v <= 500:
+            return "expected millivolts 0-500 (sigma at the ADC pin)"
+        self.adc_noise_mv = float(v)
 
     def _set_button(self, v):
         if v != "press":

@@ -23,6 +23,11 @@ IP_BIND_ADDRESS_NO_PORT = getattr(socket, "IP_BIND_ADDRESS_NO_PORT", 24)
 _READ_HIGH = 256 * 1024  # pause reading past this much unread data (a cabinet reads little)
 
 WIFI_DOWN = "wifi down"  # SimNet's refusal while the simulated Wi-Fi is down (counted apart)
+# DNS faults, as lwIP's resolver on the ESP32 shows them (docs/twin.md): getaddrinfo blocks the
+# caller; a dead server is retried after 1, 1, 2 and 3 s (lwIP core/dns.c, DNS_MAX_RETRIES 4)
+# before OSError(-202) (EAI_FAIL, ports/esp32/modsocket.c); a slow one answers late.
+DNS_FAULTS = {"ok": None, "slow": (1.5, False), "dead": (7.0, True)}
+EAI_FAIL = -202
 _addr_cache: dict[tuple[str, int], tuple] = {}
 
 
@@ -34,6 +39,12 @@ def resolve(host: str, port: int) -> tuple:
         info = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
         hit = _addr_cache[key] = (info[0], info[4])
     return hit
+
+
+def numeric(host: str) -> bool:
+    """An IPv4 literal: lwIP parses it without asking a DNS server."""
+    parts = host.split(".")
+    return len(parts) == 4 and all(p.isdigit() and int(p) < 256 for p in parts)
 
 
 def bound_socket(source_ip: str, family: int = socket.AF_INET) -> socket.socket:
@@ -200,12 +211,13 @@ class Link(asyncio.Protocol):
 class SimNet:
     """Wi-Fi plus TCP: real loopback connections to the broker, cut when the Wi-Fi goes down."""
 
-    __slots__ = ("up", "source_ip", "_links", "_stats", "_key", "__weakref__")
+    __slots__ = ("up", "source_ip", "dns", "_links", "_stats", "_key", "__weakref__")
 
     def __init__(self, source_ip: str | None = None, stats: NetStats | None = None,
                  device_id: str = "") -> None:
         self.up = True
         self.source_ip = source_ip
+        self.dns: tuple | None = None  # (seconds a lookup blocks, then fails?) or None: answers at once
         self._links: list = []  # Link (plain TCP) or StreamWriter (TLS)
         self._stats = stats
         self._key = zlib.crc32(device_id.encode()) if stats is not None else 0
@@ -213,14 +225,36 @@ class SimNet:
     def isconnected(self) -> bool:
         return self.up
 
-    async def open(self, host, port, ssl=None, server_hostname=None):
+    async def join(self) -> None:
+        """The station has an address, or OSError after an association attempt."""
         if not self.up:
             await asyncio.sleep(0.5)  # an association attempt that fails
             raise OSError(113, WIFI_DOWN)
+
+    def getaddrinfo(self, host: str, port: int) -> tuple:
+        """socket.getaddrinfo as on the ESP32: a DNS fault blocks the caller (here the worker's
+        whole loop, there the whole board) and a dead server ends in OSError(-202). IP literals
+        need no DNS."""
+        if self.dns is not None and not numeric(host):
+            delay, fails = self.dns
+            time.sleep(delay)
+            if fails:
+                raise OSError(EAI_FAIL)
+        return resolve(host, port)
+
+    async def open(self, host, port, ssl=None, server_hostname=None):
+        """join() + getaddrinfo() + connect(), for callers other than the firmware's link."""
+        await self.join()
+        return await self.connect(resolve(host, port), ssl, server_hostname)
+
+    async def connect(self, addr, ssl=None, server_hostname=None):
+        """Streams to `addr` (from getaddrinfo) whose close() closes the socket."""
+        if not self.up:
+            raise OSError(113, WIFI_DOWN)
         try:
             if ssl is not None:
-                return self._keep(*await self._open_tls(host, port, ssl, server_hostname))
-            link = await self._open_plain(host, port)
+                return self._keep(*await self._open_tls(addr, ssl, server_hostname))
+            link = await self._open_plain(addr)
         except OSError:
             if self._stats is not None:
                 self._stats.open_errors += 1
@@ -234,9 +268,9 @@ class SimNet:
         self._links.append(link)
         return link, link
 
-    async def _open_plain(self, host, port) -> Link:
+    async def _open_plain(self, address) -> Link:
         loop = asyncio.get_running_loop()
-        family, addr = resolve(host, port)
+        family, addr = address
         if self.source_ip:
             sock = bound_socket(self.source_ip, family)
         else:
@@ -252,14 +286,18 @@ class SimNet:
             raise
         return link
 
-    async def _open_tls(self, host, port, ssl, server_hostname):
+    async def _open_tls(self, address, ssl, server_hostname):
         kw: dict[str, Any] = {"ssl": ssl, "server_hostname": server_hostname}
+        family, addr = address
         if self.source_ip:
-            family, addr = resolve(host, port)
             sock = bound_socket(self.source_ip, family)
-            await asyncio.get_running_loop().sock_connect(sock, addr)
+            try:
+                await asyncio.get_running_loop().sock_connect(sock, addr)
+            except BaseException:
+                sock.close()
+                raise
             return await asyncio.open_connection(sock=sock, **kw)
-        return await asyncio.open_connection(host, port, **kw)
+        return await asyncio.open_connection(addr[0], addr[1], **kw)
 
     def _keep(self, reader, writer):
         self._links = [l for l in self._links if not l.is_closing()]

@@ -3,6 +3,7 @@
 from binascii import unhexlify
 
 from aedgate import hmac_sha256 as mac
+import hkdf
 
 
 def _h(s):
@@ -48,7 +49,7 @@ def test_hmac_over_parts_equals_hmac_over_joined():
 
 
 def test_rfc5869_a1():
-    okm = mac.hkdf_sha256(b"\x0b" * 22, bytes(range(13)), bytes(range(0xF0, 0xFA)), 42)
+    okm = hkdf.hkdf_sha256(b"\x0b" * 22, bytes(range(13)), bytes(range(0xF0, 0xFA)), 42)
     assert okm == _h("3cb25f25faacd57a90434f64d0362f2a2d2d0a90cf1a5a4c5db02d56ecc4c5bf"
                      "34007208d5b887185865")
     # PRK of A.1, through the extract step alone.
@@ -57,7 +58,7 @@ def test_rfc5869_a1():
 
 
 def test_rfc5869_a2_long_inputs():
-    okm = mac.hkdf_sha256(bytes(range(0x50)), bytes(range(0x60, 0xB0)), bytes(range(0xB0, 0x100)), 82)
+    okm = hkdf.hkdf_sha256(bytes(range(0x50)), bytes(range(0x60, 0xB0)), bytes(range(0xB0, 0x100)), 82)
     assert okm == _h("b11e398dc80327a1c8e7f78c596a49344f012eda2d4efad8a050cc4c19afa97c"
                      "59045a99cac7827271cb41c65e590e09da3275600c2f09b8367793a9aca3db71"
                      "cc30c58179ec3e87c14c01d5c1f3434f1d87")
@@ -66,15 +67,15 @@ def test_rfc5869_a2_long_inputs():
 def test_rfc5869_a3_no_salt_no_info():
     want = _h("8da4e775a563c18f715f802a063c5a31b8a11f5c5ee1879ec3454e5f3c738d2d"
               "9d201395faa4b61a96c8")
-    assert mac.hkdf_sha256(b"\x0b" * 22, b"", b"", 42) == want
-    assert mac.hkdf_sha256(b"\x0b" * 22, None, b"", 42) == want
+    assert hkdf.hkdf_sha256(b"\x0b" * 22, b"", b"", 42) == want
+    assert hkdf.hkdf_sha256(b"\x0b" * 22, None, b"", 42) == want
 
 
 def test_hkdf_length_limits():
-    assert mac.hkdf_sha256(b"k", b"s", b"i", 0) == b""
-    assert len(mac.hkdf_sha256(b"k", b"s", b"i", 255 * 32)) == 255 * 32
+    assert hkdf.hkdf_sha256(b"k", b"s", b"i", 0) == b""
+    assert len(hkdf.hkdf_sha256(b"k", b"s", b"i", 255 * 32)) == 255 * 32
     try:
-        mac.hkdf_sha256(b"k", b"s", b"i", 255 * 32 + 1)
+        hkdf.hkdf_sha256(b"k", b"s", b"i", 255 * 32 + 1)
         assert False, "too long accepted"
     except ValueError:
         pass
@@ -95,21 +96,21 @@ def test_equal():
 
 def test_device_key_follows_the_protocol():
     master = bytes(range(32))
-    want = mac.hkdf_sha256(master, b"aedgate/v1", b"device-key:cab-0001", 32)
-    assert mac.device_key(master, "cab-0001") == want
-    assert mac.device_key(master, b"cab-0001") == want
-    assert mac.device_key(master, "cab-0002") != want
+    want = hkdf.hkdf_sha256(master, b"aedgate/v1", b"device-key:cab-0001", 32)
+    assert hkdf.device_key(master, "cab-0001") == want
+    assert hkdf.device_key(master, b"cab-0001") == want
+    assert hkdf.device_key(master, "cab-0002") != want
     assert len(want) == 32
     try:
-        mac.device_key(b"short", "cab-0001")
+        hkdf.device_key(b"short", "cab-0001")
         assert False, "short master key accepted"
     except ValueError:
         pass
 
 
 def test_key_id_is_a_short_check_value():
-    key = mac.device_key(bytes(32), "cab-0001")
+    key = hkdf.device_key(bytes(32), "cab-0001")
     kid = mac.key_id(key)
     assert len(kid) == 8
     assert kid == mac.hmac_sha256(key, b"aedgate/v1 kid")[:8]
-    assert kid != mac.key_id(mac.device_key(bytes(32), "cab-0002"))
+    assert kid != mac.key_id(hkdf.device_key(bytes(32), "cab-0002"))

@@ -115,6 +115,12 @@ def test_provision_online_door_selftest_and_idempotent_rerun(vdev_factory, mosqu
     assert (again["copied"], again["bytes"]) == (0, 0) and again["unchanged"] == first["files"]
     assert again["seconds"] < first["seconds"], (first, again)
 
+    # A command signed for another cabinet is refused by the host tool, naming the board.
+    r = aedgate("service", "--port", v.path, "--fleet-key", str(fleet_key), "--device", "cab-0999",
+                "--pads-expiry", "2031-05-31")
+    assert r.returncode != 0 and "this board is %s, not cab-0999" % DEVICE in r.stderr, r.stdout + r.stderr
+    assert "unknown_kid" not in r.stdout + r.stderr
+
     # New pads, over USB at the cabinet (signed, verified by the firmware), then "AED checked"
     # over MQTT: both accepted, and the state reports the new date.
     r = aedgate("service", "--port", v.path, "--fleet-key", str(fleet_key), "--device", DEVICE,
@@ -165,6 +171,13 @@ def test_full_flash_is_one_line_and_leaves_a_marker_that_the_next_run_reports(vd
     assert r.returncode == 0, r.stdout + r.stderr
     assert "did not finish" in r.stdout
     assert not (v.flash / "provisioning").exists()
+
+
+def test_full_flash_with_mpy_does_not_suggest_mpy(vdev_factory, mosquitto, fleet_key):
+    v = vdev_factory("--device-id", DEVICE, "--flash-size", "48k")  # not even the .mpy files fit
+    r = provision(v.path, mosquitto.url, fleet_key, "--mpy")
+    err = one_line_error(r, "flash is full")
+    assert "--mpy" not in err and "do not fit either" in err, err
 
 
 def test_wrong_port(fleet_key):

@@ -20,6 +20,7 @@ _poll = None
 _buf = b""
 _irq_pins = {}  # pin number -> Pin with an irq handler
 _pump_started = False
+flash = None        # the block device under "/" (shims/_vdevflash.py), with its counters
 
 
 def _apply(line):
@@ -30,6 +31,8 @@ def _apply(line):
         return
     old = state["pins"]
     state = new
+    if flash is not None:
+        _flash_fault(new.get("flash_full"))
     for num in _irq_pins:
         pin = _irq_pins[num]
         a, b = old.get(str(num)), new["pins"].get(str(num))
@@ -38,6 +41,21 @@ def _apply(line):
         edge = pin.IRQ_RISING if b else pin.IRQ_FALLING
         if pin._trigger & edge and pin._handler:
             pin._handler(pin)
+
+
+def _flash_fault(full):
+    """World fault "flash": "full": something fills the filesystem until littlefs says ENOSPC
+    (the filler stays on flash, across resets, until "flash": "ok")."""
+    import _vdevflash
+    try:
+        os.stat(_vdevflash.FILLER + "4096")
+        filled = True
+    except OSError:
+        filled = False
+    if full and not filled:
+        _vdevflash.fill()
+    elif filled and not full:
+        _vdevflash.unfill()
 
 
 def drain():
@@ -151,10 +169,14 @@ def boot(main_globals):
     # Before the host fs goes. ntptime is frozen into the ESP32's firmware; here it is loaded now.
     import machine, network, onewire, ds18x20, esp32, ntptime  # noqa: F401
     import vfs
-    from _vdevflash import FlashFS
-    flash = FlashFS(os.getenv("VDEV_FLASH"), int(os.getenv("VDEV_FLASH_SIZE") or 2097152))
+    import _vdevflash
+    global flash
+    blocks = int(os.getenv("VDEV_FLASH_SIZE") or 2097152) // _vdevflash.BLOCK_SIZE
+    flash = _vdevflash.BlockDevice(os.getenv("VDEV_FLASH"), blocks)
+    flash.on_interrupt = lambda: send({"intr": 1})
     vfs.umount("/")
-    vfs.mount(flash, "/")
+    _vdevflash.mount(flash, "/")
+    _flash_fault(state.get("flash_full"))
     os.chdir("/")
     sys.path[:] = ["", ".frozen", "/lib"]
     for k in list(main_globals):

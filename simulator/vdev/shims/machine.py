@@ -94,15 +94,25 @@ class Pin:
 
 
 class ADC:
+    """The ESP32's ADC1 as read_uv() reports it (ports/esp32/adc.c: one conversion, calibrated,
+    millivolt steps; docs/esp32/quickref.rst): linear only within 150-2450 mV at ATTN_11DB (above
+    that the twin compresses the reading, so a value there is wrong, as on the chip, up to
+    raw 4095 near 3.1 V); each conversion carries noise (ESP-IDF "Minimizing Noise"): gaussian,
+    sigma _NOISE_MV at the pin (the world's adc_noise_mv), from a generator seeded with the
+    board's id so a run can be repeated."""
+
     ATTN_0DB = 0
     ATTN_2_5DB = 1
     ATTN_6DB = 2
     ATTN_11DB = 3
     WIDTH_12BIT = 3
+    _LINEAR_MV = (950, 1250, 1750, 2450)  # top of the linear range per attenuation
+    _NOISE_MV = 12
 
-    def __init__(self, pin, *, atten=3):
+    def __init__(self, pin, *, atten=0):
         self.id = pin.id if isinstance(pin, Pin) else pin
         self._atten = atten
+        self._rng = (int.from_bytes(unique_id(), "big") ^ (self.id * 2654435761)) & 0xFFFFFFFF or 1
 
     def atten(self, a):
         self._atten = a
@@ -110,9 +120,24 @@ class ADC:
     def width(self, w):
         pass
 
+    def _uniform(self):
+        x = self._rng  # xorshift32: our own stream, so the firmware's `random` stays unseeded
+        x ^= (x << 13) & 0xFFFFFFFF
+        x ^= x >> 17
+        x ^= (x << 5) & 0xFFFFFFFF
+        self._rng = x
+        return x / 4294967296
+
     def read_uv(self):
         _vdevrt.drain()
-        return int(_vdevrt.state["adc"].get(str(self.id), 0))
+        mv = _vdevrt.state["adc"].get(str(self.id), 0) / 1000
+        sigma = _vdevrt.state.get("adc_noise_mv", self._NOISE_MV)
+        mv += sigma * (sum(self._uniform() for _ in range(12)) - 6)  # ~gaussian
+        top = self._LINEAR_MV[self._atten]
+        if mv > top:
+            mv = top + (mv - top) / 2  # beyond the linear range the reading falls short
+        full = top + 650 if self._atten == 3 else top + 100
+        return int(max(0, min(mv, full))) * 1000
 
     def read_u16(self):
         return min(65535, self.read_uv() * 65535 // 3300000)

@@ -1,7 +1,18 @@
 # `network` for the virtual device: a station interface that associates with the simulated
 # access point (any SSID unless the harness was given one) while the world's Wi-Fi is up.
 # Sockets are the host's real ones on loopback.
+#
+# As the ESP32's driver does it (ports/esp32/network_wlan.c, v1.23-v1.28; docs/twin.md):
+# - once connect() was asked, the driver (re)connects by itself, for ever by default
+#   (config(reconnects=n) limits it), after a failed attempt and after a drop, until disconnect();
+# - connect() while it is connecting or retrying raises OSError("Wifi Internal Error")
+#   (ESP_ERR_WIFI_CONN, micropython issue 17661); before active(True): "Wifi Not Started";
+# - status(): STAT_GOT_IP only with an address; while retrying after a failure, the reason of the
+#   last one (201 no AP found, 202 wrong password), not STAT_CONNECTING; STAT_IDLE when never
+#   asked or after disconnect(); isconnected() only with an address.
+# An association (plus DHCP) takes _ASSOC_MS; a failed one is retried every _ASSOC_MS.
 import os
+import time
 
 import _vdevrt
 
@@ -10,49 +21,92 @@ AP_IF = 1
 STAT_IDLE = 1000
 STAT_CONNECTING = 1001
 STAT_GOT_IP = 1010
+STAT_BEACON_TIMEOUT = 200
 STAT_NO_AP_FOUND = 201
 STAT_WRONG_PASSWORD = 202
+STAT_ASSOC_FAIL = 203
+STAT_HANDSHAKE_TIMEOUT = 204
+_ASSOC_MS = 1200
 
 
-class WLAN:
+class _WLAN:
     def __init__(self, interface=STA_IF):
         self._if = interface
         self._active = False
         self._ssid = None
         self._key = None
-        self._status = STAT_IDLE
+        self._asked = False      # connect() requested (the driver keeps trying)
+        self._up = False         # associated and has an address
+        self._reason = None      # why the last attempt failed / the link dropped
+        self._since = 0          # ticks when the attempt in progress started
+        self._reconnects = -1    # unlimited
+        self._tries = 0
 
     def active(self, v=None):
         if v is None:
             return self._active
         self._active = bool(v)
         if not v:
-            self._status = STAT_IDLE
+            self._asked = self._up = False
+            self._reason = None
 
     def connect(self, ssid=None, key=None, *, bssid=None):
         if not self._active:
             raise OSError("Wifi Not Started")
+        self._update()
+        if self._asked and not self._up:
+            print("E (%d) wifi:sta is connecting, return error" % time.ticks_ms())
+            raise OSError("Wifi Internal Error")
         self._ssid, self._key = ssid, key
-        self._status = STAT_CONNECTING
+        self._asked, self._up, self._reason = True, False, None
+        self._since = time.ticks_ms()
+        self._tries = 0
 
     def disconnect(self):
-        self._ssid = None
-        self._status = STAT_IDLE
+        self._asked = self._up = False
+        self._reason = None
+
+    def _ap(self):
+        """None when the access point would take us, else the failure reason."""
+        _vdevrt.drain()
+        ap_ssid, ap_key = _vdevrt.state.get("ap") or (None, None)
+        if not _vdevrt.state.get("wifi", True) or not self._ssid or (ap_ssid is not None and self._ssid != ap_ssid):
+            return STAT_NO_AP_FOUND
+        if ap_key is not None and (self._key or "") != ap_key:
+            return STAT_WRONG_PASSWORD
+        return None
+
+    def _update(self):
+        if not (self._active and self._asked):
+            return
+        now = time.ticks_ms()
+        if self._up:
+            if self._ap() is not None:  # the access point went away: the driver starts over
+                self._up, self._reason, self._since, self._tries = False, STAT_BEACON_TIMEOUT, now, 0
+            return
+        while time.ticks_diff(now, self._since) >= _ASSOC_MS:  # an attempt has ended
+            why = self._ap()
+            if why is None:
+                self._up, self._reason = True, None
+                return
+            self._reason = why
+            self._tries += 1
+            if 0 <= self._reconnects < self._tries:  # config(reconnects=n) spent: give up
+                self._asked = False
+                return
+            self._since = time.ticks_add(self._since, _ASSOC_MS)
 
     def status(self, param=None):
         if param == "rssi":
             return -55
-        if self._status == STAT_IDLE or not self._active:
+        if not self._active:
             return STAT_IDLE
-        _vdevrt.drain()
-        ap_ssid, ap_key = _vdevrt.state.get("ap") or (None, None)
-        if not self._ssid or (ap_ssid is not None and self._ssid != ap_ssid):
-            return STAT_NO_AP_FOUND
-        if ap_key is not None and (self._key or "") != ap_key:
-            return STAT_WRONG_PASSWORD
-        if not _vdevrt.state.get("wifi", True):
-            return STAT_NO_AP_FOUND
-        return STAT_GOT_IP
+        self._update()
+        if self._up:
+            return STAT_GOT_IP
+        if self._reason is not None:
+            return self._reason
+        return STAT_CONNECTING if self._asked else STAT_IDLE
 
     def isconnected(self):
         return self._if == STA_IF and self.status() == STAT_GOT_IP
@@ -68,6 +122,11 @@ class WLAN:
         raise ValueError(name)
 
     def config(self, name=None, **kw):
+        if "reconnects" in kw:
+            self._reconnects = kw["reconnects"]
+            return None
+        if name == "reconnects":
+            return self._reconnects
         if name == "mac":
             return bytes.fromhex(os.getenv("VDEV_UID") or "a0b1c2d3e4f5")
         if name in ("ssid", "essid"):
@@ -82,6 +141,17 @@ class WLAN:
         if not _vdevrt.state.get("wifi", True):
             return []
         return [(ssid.encode(), b"\x02\x00\x00\x00\x00\x01", 6, -55, 3, False)]
+
+
+_ifaces = {}
+
+
+def WLAN(interface=STA_IF):
+    """One object per interface, as on the ESP32 (network_wlan.c returns a static one): the
+    board, selftest and the REPL all see the same station."""
+    if interface not in _ifaces:
+        _ifaces[interface] = _WLAN(interface)
+    return _ifaces[interface]
 
 
 def hostname(name=None):

@@ -31,10 +31,10 @@ def test_emit_cost_does_not_grow_with_depth_and_boot_scan_fits_the_watchdog(micr
     print("emit: %.0f reads / %.1f ms at depth 0, %.0f reads / %.1f ms at depth 1000; boot scan at %d: "
           "%d reads / %.0f ms" % (e0["reads"], e0["ms"], e1000["reads"], e1000["ms"], OUTBOX_LIMIT_MAX,
                                   rows[OUTBOX_LIMIT_MAX]["boot_scan"]["reads"], rows[OUTBOX_LIMIT_MAX]["boot_scan"]["ms"]))
-    # One emit: one block erased and rewritten, whatever is waiting (the old outbox: 2x the time
-    # and ~16,000 reads at depth 1000).
-    assert e1000["ms"] <= 1.5 * e0["ms"], (e0, e1000)
-    assert e1000["reads"] <= 1000 and e1000["erases"] <= 1.5, e1000
+    # One emit: one block erased and rewritten, whatever is waiting (the old outbox: 1.7x the
+    # time and 16,652 reads at depth 1000 against 10,790 at depth 0).
+    assert e1000["reads"] <= 1.5 * e0["reads"] and e1000["ms"] <= 1.5 * e0["ms"], (e0, e1000)
+    assert e1000["reads"] <= 500 and e1000["erases"] <= 1.5, e1000
     # The boot scan at the largest outbox_limit: a small part of the watchdog's 30 s.
     assert rows[OUTBOX_LIMIT_MAX]["boot_scan"]["ms"] <= WDT_BUDGET_MS / 20, rows[OUTBOX_LIMIT_MAX]
     # A PUBACK's bookkeeping does not grow with the depth either.

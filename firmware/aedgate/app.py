@@ -35,7 +35,11 @@ class App:
         self.gate = Gate(flash, self.cfg, self.device_id)
         self._sntp_due = ticks_ms()
         self.boot_ts = self.offline_since = self.clock.time()
-        self._clock_to_floor()  # an ESP32 powers on in 2000: never earlier than the floor
+        # An ESP32 powers on in 2000: never earlier than the floor. A clock already past the
+        # floor was set before this reset (the RTC outlives all but power-on): it is believed,
+        # and so is one set later by SNTP or a signed time (the gate's iat bound needs it).
+        self.clock_known = self.clock.time() >= self.gate.floor.floor()
+        self._clock_to_floor()
         self.topic = "aed/v1/" + self.device_id + "/"
         self.outbox = Outbox(flash, self.cfg["outbox_limit"])
         self.wake = Flag()            # something is waiting to be published
@@ -100,6 +104,7 @@ class App:
             return
         self._sntp_due = ticks_add(ticks_ms(), _SNTP_EVERY_MS)
         self._set_clock(t)
+        self.clock_known = True
 
     # -- events and state ----------------------------------------------------------------
     def emit(self, ev):

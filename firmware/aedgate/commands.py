@@ -50,7 +50,7 @@ class Commands:
     def on_unlock(self, raw, dup):
         app = self.app
         try:
-            claims = self.gate.admit(raw, "unlock", app.clock.time())
+            claims = self.gate.admit(raw, "unlock", app.clock.time(), clock_known=app.clock_known)
         except token.TokenError as e:
             self.reject("unlock", e)
             return
@@ -63,12 +63,13 @@ class Commands:
     def on_time(self, raw, dup):
         app = self.app
         try:
-            claims = self.gate.admit(raw, "time", app.clock.time())
+            claims = self.gate.admit(raw, "time", app.clock.time(), clock_known=app.clock_known)
         except token.TokenError as e:
             self.reject("time", e)
             return
         # An accepted signed time has moved the floor to it: the clock follows (docs/twin.md).
         app._set_clock(self.gate.floor.floor())
+        app.clock_known = True
         app.ack({"cmd": "time", "result": "accepted", "cti": claims["cti"].hex(),
                  "floor": self.gate.floor.floor()})
 

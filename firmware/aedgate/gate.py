@@ -29,7 +29,7 @@ class Gate:
     def now(self, clock_time):
         return self.floor.now(clock_time)
 
-    def admit(self, raw, kind, clock_time, check=None):
+    def admit(self, raw, kind, clock_time, check=None, clock_known=True):
         """Returns the token's claims once it is recorded as used; raises token.TokenError(reason,
         info) otherwise. `check(claims)` may refuse a genuine token (raising TokenError) before
         its cti is spent. Nothing is actuated here, except a floor reset (cmd/time, below)."""
@@ -40,15 +40,16 @@ class Gate:
         floor = self.floor.floor()
         now = self.floor.now(clock_time)
         # The iat bound (docs/protocol.md, "Time and clocks"): only against a clock the device
-        # believes (not behind its floor). A device that lost its clock still opens for a fresh
-        # token, whatever its iat: an emergency never waits on a clock.
+        # believes (`clock_known`: kept through a reset, or set by SNTP or a signed time since
+        # power-on, and not behind its floor). A device that lost its clock still opens for a
+        # fresh token, whatever its iat: an emergency never waits on a clock.
         max_future = None
-        if clock_time is not None and clock_time >= floor:
+        if clock_known and clock_time is not None and clock_time >= floor:
             max_future = self.cfg["iat_max_future_s"]
         if kind == "time":
             # Time commands set the time: their exp is judged against the clock when it is
-            # plausible, never against the floor they may have to correct.
-            now = int(clock_time) if clock_time is not None and clock_time >= BUILD_TIME else 0
+            # plausible (believed, see above), never against the floor they may have to correct.
+            now = int(clock_time) if clock_known and clock_time is not None and clock_time >= BUILD_TIME else 0
             max_future = None
         try:
             claims = token.verify(raw, self.device_id, self.slots, now,

@@ -2,11 +2,12 @@
 # gets the next `seq` and is on flash before anything tries to send it, so a power cut or an
 # outage loses nothing; `seq` keeps growing by one across reboots (docs/design.md "Nothing lost").
 #
-# Layout, in the folder "ob" (docs/design.md explains why, with the figures in docs/benchmarks.md):
+# Layout (docs/design.md explains why, with the figures in docs/benchmarks.md):
 # - Segments: files named by the seq of their first record, each at most one flash block
-#   (4096 bytes), records appended one after the other. On littlefs an append rewrites only the
-#   file's last block, and the folder holds few names, so an emit costs the same whatever the
-#   depth (one file per event in "/" cost a directory search per write that grew with the depth).
+#   (4096 bytes), records appended one after the other. The open segment is alone in the folder
+#   "obo", full ones move to "ob". On littlefs an append rewrites only the file's last block and
+#   searches only "obo", so an emit costs the same whatever the depth (one file per event in "/"
+#   cost a directory search per write that grew with the depth).
 #   Records of a segment have consecutive seqs: record i of segment F is seq F + i.
 # - Record: magic (2 bytes), payload length (2), seq (4), CRC-32 of length+seq+payload (4), then
 #   the event's JSON. A record that is complete but fails its check is rot (reported as
@@ -23,23 +24,26 @@ import json
 from array import array
 from binascii import crc32
 
+from aedgate.compat import const
+
 _DIR = "ob"
-_STATE = "obs"              # "done" and "spare", apart: the segments' folder changes less often
+_OPEN = "obo"               # the open segment alone: appends search a one-name folder
+_STATE = "obs"              # "done" and "spare"
 _DONE = "done"
 _SPARE = "spare"
 _MAGIC = b"\xae\xd1"
-_HEAD = 12
-_SEG_BYTES = 4096           # one littlefs block
-_SPARE_BYTES = 8192
-_ENOSPC = 28
-_RAM_MAX = 64               # events held in RAM while the flash is full (heap is small)
+_HEAD = const(12)
+_SEG_BYTES = const(4096)    # one littlefs block
+_SPARE_BYTES = const(8192)
+_ENOSPC = const(28)
+_RAM_MAX = const(64)        # events held in RAM while the flash is full (heap is small)
 # Routine events may be dropped to make room when the outbox is full; alarms and mission events
 # never are (the registry must learn of those, however long the outage).
 ROUTINE = ("door_opened", "door_closed", "battery_ok", "temp_ok", "mains_restored")
-_LIVE = 1                   # flag: on flash, not yet acknowledged
-_ROUTINE = 2                # flag: may be dropped when full
-_ROT = 0xFFFF               # offset of a record lost to rot
-_ROUTINE_BIT = 0x8000       # in a record's length field: a routine event
+_LIVE = const(1)            # flag: on flash, not yet acknowledged
+_ROUTINE = const(2)         # flag: may be dropped when full
+_ROT = const(0xFFFF)        # offset of a record lost to rot
+_ROUTINE_BIT = const(0x8000)  # in a record's length field: a routine event
 
 
 def _u(b, i, n):
@@ -70,10 +74,11 @@ def _is_routine(ev):
 
 
 class _Segment:
-    __slots__ = ("first", "offs", "flags", "size", "sealed")
+    __slots__ = ("first", "offs", "flags", "size", "sealed", "home")
 
-    def __init__(self, first):
+    def __init__(self, first, home):
         self.first = first
+        self.home = home        # the folder it is in: "obo" while open, "ob" once sealed
         self.offs = array("H")  # byte offset of each record (_ROT: unreadable)
         self.flags = bytearray()
         self.size = 0
@@ -85,6 +90,7 @@ class Outbox:
         self._top = flash
         self._flash = flash.sub(_DIR)
         self._state = flash.sub(_STATE)
+        self._open = flash.sub(_OPEN)
         self._limit = limit
         self.dropped = 0   # routine events dropped since the last events_dropped report
         self.corrupt = 0   # rotten records found at start-up (reported, then marked done)
@@ -93,20 +99,20 @@ class Outbox:
         self._ram = []     # (seq, payload) that found no room on a full flash (sent from RAM)
         self._cache = None  # (segment first seq, its bytes): publishing reads each segment once
         self._upto, self._holes = self._load_done()
-        names = self._flash.names()
         firsts = []
-        for name in names:
-            n = _plain_int(name.encode())
-            if n is not None and n > 0:
-                firsts.append(n)
-        firsts.sort()
+        for home in (self._flash, self._open):
+            for name in home.names():
+                n = _plain_int(name.encode())
+                if n is not None and n > 0:
+                    firsts.append((n, home))
+        firsts.sort(key=lambda f: f[0])
         seq = self._upto
         end = None
-        for first in firsts:
+        for first, home in firsts:
             if end is not None and first - end <= _SEG_BYTES // _HEAD:
                 for lost in range(end, first):  # a segment's tail lost to rot
                     self._lost(lost)
-            seg = self._scan(first)
+            seg = self._scan(first, home)
             self._segs.append(seg)
             end = first + len(seg.offs)
             seq = max(seq, end - 1)
@@ -161,9 +167,9 @@ class Outbox:
         events.sort()
         return seq, events
 
-    def _scan(self, first):
-        seg = _Segment(first)
-        data = self._flash.read(str(first)) or b""
+    def _scan(self, first, home):
+        seg = _Segment(first, home)
+        data = home.read(str(first)) or b""
         seg.size = len(data)
         i = 0
         while i + _HEAD <= len(data):
@@ -273,7 +279,7 @@ class Outbox:
         if off == _ROT:
             return None
         if self._cache is None or self._cache[0] != seg.first:
-            self._cache = (seg.first, self._flash.read(str(seg.first)) or b"")
+            self._cache = (seg.first, seg.home.read(str(seg.first)) or b"")
         data = self._cache[1]
         if _check(data, off) != seq:
             return None
@@ -331,7 +337,7 @@ class Outbox:
             if any(f & _LIVE for f in seg.flags):
                 i += 1
                 continue
-            self._flash.remove(str(seg.first))
+            seg.home.remove(str(seg.first))
             self._segs.pop(i)
             if self._cache is not None and self._cache[0] == seg.first:
                 self._cache = None
@@ -341,17 +347,17 @@ class Outbox:
         seg = self._segs[-1] if self._segs else None
         if seg is None or seg.sealed or seg.first + len(seg.offs) != seq or seg.size + len(rec) > _SEG_BYTES:
             if seg is not None:
-                seg.sealed = True
+                self._seal(seg)
                 if seg.first == seq:  # only a torn first record: start the file afresh
-                    self._flash.remove(str(seq))
+                    seg.home.remove(str(seq))
                     self._segs.pop()
-            seg = _Segment(seq)
+            seg = _Segment(seq, self._open)
             new = True
         else:
             new = False
         for attempt in range(3):
             try:
-                self._flash.append(str(seg.first), rec)
+                seg.home.append(str(seg.first), rec)
                 break
             except OSError as e:
                 if e.args[0] != _ENOSPC or not self._free_space(attempt):
@@ -369,6 +375,20 @@ class Outbox:
         if self._cache is not None and self._cache[0] == seg.first:
             self._cache = None
         return True
+
+    def _seal(self, seg):
+        """No more appends to `seg`: it joins the others in "ob". The open segment lives alone in
+        "obo", so an append never searches the folder of all segments (littlefs reads a folder's
+        whole metadata log to find a name: that grew with the depth)."""
+        seg.sealed = True
+        if seg.home is self._open:
+            try:
+                self._open.move(str(seg.first), self._flash)
+                seg.home = self._flash
+                if self._cache is not None and self._cache[0] == seg.first:
+                    self._cache = None
+            except OSError:
+                pass  # a full flash: it stays where it is, sealed (both folders are read)
 
     def _free_space(self, attempt):
         """ENOSPC: first give up the spare blocks, then drop the oldest routine events until a

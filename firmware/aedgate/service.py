@@ -54,7 +54,7 @@ def _stored_config(flash, cfg):
 def on_command(app, gate, reject, raw):
     """cmd/service over MQTT, inside the running app; `reject(cmd, error)` reports a refusal."""
     try:
-        claims = gate.admit(raw, "service", app.clock.time(), check)
+        claims = gate.admit(raw, "service", app.clock.time(), check, app.clock_known)
     except token.TokenError as e:
         reject("service", e)
         return

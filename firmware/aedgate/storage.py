@@ -1,5 +1,5 @@
 # Flash storage behind one small interface: read a file, replace it atomically, append to it,
-# list, remove, and a sub-folder as its own Flash.
+# list, remove, move it to another folder, and a sub-folder as its own Flash.
 # On the device `root` is a folder of the littlefs filesystem; the simulator gives every cabinet
 # its own folder (or its own Flash subclass that injects power cuts mid-write).
 import os
@@ -44,6 +44,10 @@ class Flash:
         on close, so a power cut leaves it with or without `data`, never half of it."""
         with open(self._path(name), "ab") as f:
             f.write(data)
+
+    def move(self, name, dest):
+        """Move `name` into the folder `dest` (another Flash of this filesystem), atomically."""
+        os.rename(self._path(name), dest._path(name))
 
     def sub(self, name):
         """The folder `name` inside this one, as its own Flash."""

@@ -17,7 +17,7 @@ from aedgate.app import App
 from aedgate.mqtt import MQTTClient, MQTTError
 from aedgate.storage import Flash
 
-from simulator.world.flash import MemoryFlash
+from simulator.world.flash import ESP32_VFS_BYTES, MemoryFlash
 from simulator.world.net import WIFI_DOWN, NetStats, SimNet
 from simulator.world.faults import FaultyFlash, PowerCut
 from simulator.world.hardware import CabinetWorld, SimClock, SimHardware, SimWDT
@@ -154,7 +154,7 @@ class SimCabinet:
         self.world = CabinetWorld(device_id, clock, self.net, log=self.log)
         self.world.on_power = self._power
         self.world.lock_continuous = config.get("lock_type") == "hold"
-        inner = Flash(str(flash_dir)) if flash_dir is not None else MemoryFlash()
+        inner = Flash(str(flash_dir)) if flash_dir is not None else MemoryFlash(ESP32_VFS_BYTES)
         inner.write("config.json", json.dumps(config).encode())
         self.flash = FaultyFlash(inner, on_cut=self._power_cut)
         self.world.on_flash_cut = self.flash.cut_after

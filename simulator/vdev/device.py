@@ -260,6 +260,7 @@ class VirtualDevice:
         self._ctl: asyncio.StreamWriter | None = None
         self._wdt_ms = 0
         self._wdt_deadline = 0.0
+        self._sta: list | None = None  # the Wi-Fi station as the shim last reported it
         self._power_on = asyncio.Event()
         self._stopping = False
         self._tasks: list[asyncio.Task] = []
@@ -343,6 +344,7 @@ class VirtualDevice:
             self.cfg = self._read_config()
             self._mqtt_follow()
             if mode == "hard":
+                self._sta = None  # a chip reset restarts Wi-Fi; a soft reboot does not
                 self._chip_reset()
                 if self.download_mode:
                     continue
@@ -403,6 +405,8 @@ class VirtualDevice:
                    VDEV_RESET_CAUSE=str(self.reset_cause), VDEV_UID=self.uid,
                    VDEV_CLOCK="%r,%r,%r" % (self.clock[0], self.clock[1], self.clock_drift_ppm),
                    VDEV_SNTP=str(self.sntp_port))
+        if self._sta:
+            env["VDEV_STA"] = json.dumps(self._sta)
         args = [self._mp]
         if self.heap:
             args += ["-X", "heapsize=" + self.heap]
@@ -627,6 +631,8 @@ class VirtualDevice:
             asyncio.ensure_future(self._kill())
         elif "intr" in msg:  # a Ctrl-C the interpreter could not take just now: again, soon
             self.loop.call_later(0.002, self._write_dev, b"\x03")
+        elif "sta" in msg:  # the Wi-Fi station's state: it outlives a soft reboot
+            self._sta = msg["sta"]
         elif "wdt" in msg:
             self._wdt_ms = int(msg["wdt"])
             self._wdt_deadline = self.loop.time() + self._wdt_ms / 1000

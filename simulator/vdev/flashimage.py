@@ -51,6 +51,8 @@ for op, name, host in req["ops"]:
             out.append(True)
         elif op == "stat":
             out.append(list(os.stat(p)))
+        elif op == "statvfs":
+            out.append(list(os.statvfs(p)))
         elif op == "ls":
             out.append([list(e) for e in os.ilistdir(p)])
         elif op == "rm":
@@ -120,6 +122,9 @@ class FlashImage:
             return None
         res = self.run([("stat", name, None)])[0]
         return res if isinstance(res, list) else None
+
+    def statvfs(self) -> list:
+        return self.run([("statvfs", "", None)])[0]
 
     def listdir(self, name: str = "") -> list[str]:
         res = self.run([("ls", name, None)])[0]

@@ -57,6 +57,14 @@ class FaultyFlash:
     def sub(self, name):
         return _SubFlash(self, self.inner.sub(name))
 
+    def move(self, name, dest):
+        self._move(self.inner, name, dest)
+
+    def _move(self, inner, name, dest):
+        if not self.powered:
+            raise PowerCut("no power")
+        inner.move(name, getattr(dest, "inner", dest))  # a rename: atomic on littlefs
+
     def _remove(self, inner, name):
         if not self.powered:
             raise PowerCut("no power")
@@ -132,3 +140,6 @@ class _SubFlash:
 
     def sub(self, name):
         return _SubFlash(self.top, self.inner.sub(name))
+
+    def move(self, name, dest):
+        self.top._move(self.inner, name, dest)

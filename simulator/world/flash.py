@@ -1,5 +1,5 @@
 """An in-memory flash for big fleets: the interface of firmware/aedgate/storage.py's Flash
-(read, write, append, remove, names, sub) over a dict, so 30,000 cabinets need no 30,000
+(read, write, append, remove, move, names, sub) over a dict, so 30,000 cabinets need no 30,000
 folders and no file system calls per event. A simulated power cut keeps it (the object outlives
 the App), like flash. Per-cabinet folders (storage.Flash) stay the default for small fleets: a
 person can look in.
@@ -11,6 +11,7 @@ zeros (the outbox's spare blocks) are kept as their length, so they cost no RAM 
 from __future__ import annotations
 
 _ENOSPC = 28
+ESP32_VFS_BYTES = 2 * 1024 * 1024   # ESP32_GENERIC's "vfs" partition (docs/twin.md)
 _BLOCK = 4096
 _INLINE = 128
 
@@ -47,6 +48,9 @@ class MemoryFlash:
 
     def remove(self, name: str) -> None:
         self.files.pop(name, None)
+
+    def move(self, name: str, dest: "MemoryFlash") -> None:
+        dest.files[name] = self.files.pop(name)
 
     def names(self) -> list[str]:
         return list(self.files) + list(self.subs or ())

@@ -98,3 +98,14 @@ def test_a_reset_cannot_raise_the_floor_nor_ride_on_other_commands():
     assert deliver(app, "unlock", make(c))["reason"] == "bad_claims"
     assert app.gate.floor.floor() == floor
     wipe(f)
+
+
+def test_power_on_without_sntp_still_opens_for_a_token_months_after_the_floor():
+    # An ESP32 powers on at 2000-01-01; the app moves its clock up to the floor, but that clock
+    # is not believed: a genuine token minted months later (no SNTP in reach) must still open.
+    from aedgate.timefloor import BUILD_TIME
+    app, f = _app(clock=946684800 + 3)
+    assert app.clock.time() == BUILD_TIME and not app.clock_known
+    later = max(NOW, BUILD_TIME) + 200 * 86400
+    assert deliver(app, "unlock", unlock(30, later))["result"] == "accepted"
+    wipe(f)

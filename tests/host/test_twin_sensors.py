@@ -18,7 +18,7 @@ def cabinet(tmp_path, cfg=None):
 
 
 def events(app, kind):
-    return [s for s in app.outbox._pending if app.outbox.get(s)["type"] == kind]
+    return [s for s in app.outbox.pending() if app.outbox.get(s)["type"] == kind]
 
 
 def test_quiet_cabinet_with_adc_noise_sends_few_states(tmp_path):

@@ -7,6 +7,8 @@ import subprocess
 import time
 
 from tests.fixtures import ROOT, Backend
+from tests.integration.test_broker_acl import TLS_PW
+from tests.integration.test_tls import tls_broker  # noqa: F401  (a fixture)
 
 FIRMWARE = ROOT / "firmware"
 SHIMS = ROOT / "simulator" / "vdev" / "shims"
@@ -263,3 +265,84 @@ def test_selftest_on_a_board_whose_driver_is_connecting(micropython, tmp_path):
     assert checks["wifi"]["status"] == "fail" and "201 no_ap_found" in checks["wifi"]["detail"], out
     assert checks["temperature"] == {"check": "temperature", "status": "pass", "detail": "21.0 C"}, out
     assert checks["battery"]["status"] == "pass", out
+
+
+TLS_CYCLES = """
+import os, sys
+sys.path[:0] = [%(shims)r, %(firmware)r]
+import board
+from aedgate import link
+from aedgate.compat import asyncio
+from aedgate.mqtt import MQTTClient
+
+def fds():
+    return len(os.listdir("/proc/self/fd"))
+
+async def main():
+    ctx = board.Hardware.tls_context(None, {"broker_ca": %(ca)r})  # once, as App does
+    broker = link.Broker(board.WiFi("aedsim", "pw"), print)
+    before = None
+    for i in range(8):
+        c = MQTTClient("cab-tls", broker, "localhost", %(port)d, user="cab-tls",
+                       password="pw-tls", ssl=ctx, server_hostname="localhost", timeout_ms=5000)
+        await c.connect()
+        if i %% 2:
+            await c.disconnect()
+        else:
+            c.close()  # a lost session: no DISCONNECT, the socket must close all the same
+        if before is None:
+            before = fds()
+    print("fds", before, fds(), "lookups", broker.lookups)
+
+asyncio.run(main())
+"""
+
+
+def test_tls_sessions_close_their_sockets_on_micropython(tls_broker, micropython, tmp_path):  # noqa: F811
+    """TLS over the firmware's link on the unix port: eight sessions (closed and disconnected)
+    with one SSLContext; every one leaves no descriptor behind (on the ESP32 each would keep
+    its mbedTLS buffers until a garbage collection)."""
+    script = tmp_path / "tls_cycles.py"
+    script.write_text(TLS_CYCLES % {"shims": str(SHIMS), "firmware": str(FIRMWARE),
+                                    "ca": tls_broker.pki["ca_der"].lstrip("/"),
+                                    "port": tls_broker.ports[TLS_PW]})
+    res = subprocess.run([micropython, "-X", "heapsize=4M", str(script)], capture_output=True,
+                         text=True, timeout=120)
+    line = [ln for ln in res.stdout.splitlines() if ln.startswith("fds ")]
+    assert line, res.stdout + res.stderr
+    _, before, after, _, lookups = line[0].split()
+    assert before == after and lookups == "1", line[0]
+
+
+def test_wifi_station_outlives_a_soft_reboot(tmp_path):
+    """On the ESP32 a soft reboot (every mpremote command) leaves Wi-Fi alone: the station asked
+    to connect in one command is still trying in the next, and connect() there would raise
+    "Wifi Internal Error". The board's join() waits for the driver instead, and the driver
+    joins by itself once the access point is back."""
+    import shutil
+    from tests.integration.test_vdev import VDev, mpremote
+    flash = tmp_path / "flash"
+    flash.mkdir()
+    shutil.copy(FIRMWARE / "board.py", flash / "board.py")
+    shutil.copytree(FIRMWARE / "aedgate", flash / "aedgate")
+    v = VDev(flash)
+    try:
+        v.world('{"wifi": "down"}')
+        ask = "import network\nw = network.WLAN(network.STA_IF)\nw.active(True)\nw.connect('aedsim', 'pw')\nprint('asked')"
+        assert "asked" in mpremote(v.path, "exec", ask).stdout
+        time.sleep(1.5)
+        look = "import network\nw = network.WLAN(network.STA_IF)\nprint('sta', w.active(), w.status(), w.isconnected())"
+        assert mpremote(v.path, "exec", look).stdout.split() == ["sta", "True", "201", "False"]
+        join = ("import board\nfrom aedgate.compat import asyncio\n"
+                "try:\n    asyncio.run(board.WiFi('aedsim', 'pw').join())\n    print('joined')\n"
+                "except OSError as e:\n    print('join:', e)\n")
+        r = mpremote(v.path, "exec", join, timeout=60)
+        out = r.stdout + r.stderr
+        assert "Wifi Internal Error" not in out and "join: wifi: not connected (201 no_ap_found)" in out, out
+        v.world('{"wifi": "up"}')
+        time.sleep(2.0)  # the driver retries by itself; nobody calls connect() again
+        assert mpremote(v.path, "exec", look).stdout.split() == ["sta", "True", "1010", "True"]
+        r = mpremote(v.path, "exec", join, timeout=60)
+        assert "joined" in r.stdout, r.stdout + r.stderr
+    finally:
+        v.stop()

@@ -223,6 +223,11 @@ def test_flash_is_littlefs_with_the_esp32_geometry_and_a_fault_fills_it(vdev_fac
             break
         time.sleep(0.2)
     assert "written" in r.stdout, r.stdout + r.stderr
+    # The flash is kept: a new vdev process on the same folder (a board powered up again).
+    v.stop()
+    v2 = vdev_factory()
+    r = mpremote(v2.path, "exec", "print(len(open('big', 'rb').read()))")
+    assert r.stdout.strip() == "20000", r.stdout + r.stderr
 
 
 def test_a_blank_vdev_shows_what_a_fresh_esp32_shows(vdev_factory):
@@ -291,7 +296,8 @@ def test_ntptime_timers_and_strapping_pins_as_on_the_board(vdev_factory):
     r = mpremote(v.path, "resume", "exec", "import machine\nprint(machine.reset_cause())")
     assert r.stdout.strip() == "2", (r.stdout, r.stderr)  # a panic: HARD_RESET
     # the lock on GPIO5 (the old default) sees the strapping pull-up from every chip reset
-    (v.flash / "config.json").write_text('{"pins": {"lock": 5, "button": 0}}')
+    r = mpremote(v.path, "exec", "open('config.json', 'w').write('{\"pins\": {\"lock\": 5, \"button\": 0}}')")
+    assert r.returncode == 0, r.stderr  # the flash is a littlefs image: written from the board
     mpremote(v.path, "reset")
     time.sleep(1)
     assert "lock output on (GPIO5 is pulled up at reset)" in v.log()

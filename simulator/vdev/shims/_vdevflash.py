@@ -106,15 +106,16 @@ class BlockDevice:
 
     # -- the host file -------------------------------------------------------------------
     def _io(self, fn, pos, buf):
+        # Everything that could see a pending Ctrl-C (a syscall, a jump) runs inside the try.
         interrupted = False
         while True:
             try:
                 fn(pos, buf)
-                break
+                if interrupted and self.on_interrupt:
+                    self.on_interrupt()
+                return
             except KeyboardInterrupt:
                 interrupted = True  # the operation is repeated whole: it is idempotent
-        if interrupted and self.on_interrupt:
-            self.on_interrupt()
 
     def _read(self, pos, buf):
         self._f.seek(pos)

@@ -10,7 +10,12 @@
 # - status(): STAT_GOT_IP only with an address; while retrying after a failure, the reason of the
 #   last one (201 no AP found, 202 wrong password), not STAT_CONNECTING; STAT_IDLE when never
 #   asked or after disconnect(); isconnected() only with an address.
+# - nothing in the soft-reset path touches Wi-Fi (ports/esp32/main.c): the station stays
+#   active, connected or still trying across Ctrl-D and the raw REPL's soft reboot. The vdev
+#   starts a new interpreter then, so the station's state goes to the harness ({"sta": [...]})
+#   and comes back in $VDEV_STA; a chip reset (power, machine.reset(), watchdog) clears it.
 # An association (plus DHCP) takes _ASSOC_MS; a failed one is retried every _ASSOC_MS.
+import json
 import os
 import time
 
@@ -49,6 +54,7 @@ class _WLAN:
         if not v:
             self._asked = self._up = False
             self._reason = None
+        self._save()
 
     def connect(self, ssid=None, key=None, *, bssid=None):
         if not self._active:
@@ -61,10 +67,24 @@ class _WLAN:
         self._asked, self._up, self._reason = True, False, None
         self._since = time.ticks_ms()
         self._tries = 0
+        self._save()
 
     def disconnect(self):
         self._asked = self._up = False
         self._reason = None
+        self._save()
+
+    def _save(self):
+        if self._if == STA_IF:
+            # when the attempt in progress started, in wall-clock ms (ticks are per process)
+            since = time.time_ns() // 1000000 - time.ticks_diff(time.ticks_ms(), self._since)
+            _vdevrt.send({"sta": [self._active, self._asked, self._ssid, self._key, self._up,
+                                  self._reason, self._reconnects, since, self._tries]})
+
+    def _restore(self, saved):
+        (self._active, self._asked, self._ssid, self._key, self._up, self._reason,
+         self._reconnects, since, self._tries) = saved
+        self._since = time.ticks_add(time.ticks_ms(), -(time.time_ns() // 1000000 - since))
 
     def _ap(self):
         """None when the access point would take us, else the failure reason."""
@@ -83,16 +103,21 @@ class _WLAN:
         if self._up:
             if self._ap() is not None:  # the access point went away: the driver starts over
                 self._up, self._reason, self._since, self._tries = False, STAT_BEACON_TIMEOUT, now, 0
+                self._save()
             return
         while time.ticks_diff(now, self._since) >= _ASSOC_MS:  # an attempt has ended
             why = self._ap()
             if why is None:
                 self._up, self._reason = True, None
+                self._save()
                 return
-            self._reason = why
+            if why != self._reason:
+                self._reason = why
+                self._save()
             self._tries += 1
             if 0 <= self._reconnects < self._tries:  # config(reconnects=n) spent: give up
                 self._asked = False
+                self._save()
                 return
             self._since = time.ticks_add(self._since, _ASSOC_MS)
 
@@ -124,6 +149,7 @@ class _WLAN:
     def config(self, name=None, **kw):
         if "reconnects" in kw:
             self._reconnects = kw["reconnects"]
+            self._save()
             return None
         if name == "reconnects":
             return self._reconnects
@@ -150,7 +176,10 @@ def WLAN(interface=STA_IF):
     """One object per interface, as on the ESP32 (network_wlan.c returns a static one): the
     board, selftest and the REPL all see the same station."""
     if interface not in _ifaces:
-        _ifaces[interface] = _WLAN(interface)
+        _ifaces[interface] = w = _WLAN(interface)
+        saved = os.getenv("VDEV_STA")
+        if interface == STA_IF and saved:
+            w._restore(json.loads(saved))
     return _ifaces[interface]
 
 

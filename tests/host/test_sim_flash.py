@@ -1,0 +1,63 @@
+"""The CPython fleet's flash: MemoryFlash's capacity in littlefs blocks and ENOSPC, FaultyFlash's
+torn appends and its "full" fault, and the world key that sets it."""
+import pytest
+
+from simulator.world.faults import FaultyFlash, PowerCut
+from simulator.world.flash import MemoryFlash
+
+
+def test_memory_flash_counts_whole_blocks_and_raises_enospc_when_full():
+    f = MemoryFlash(capacity=8 * 4096)            # 8 blocks: 2 for the root's metadata pair
+    f.write("small", b"x" * 100)                  # inline in littlefs metadata: no block
+    assert f.used() == 2 * 4096
+    f.write("a", b"x" * 4097)                     # two blocks
+    assert f.used() == 4 * 4096
+    sub = f.sub("ob")                             # a folder: its own metadata pair
+    sub.append("1", b"y" * 4000)
+    assert f.used() == 7 * 4096
+    with pytest.raises(OSError) as e:
+        sub.append("2", b"z" * 4097)              # two blocks; one is left
+    assert e.value.args[0] == 28
+    f.remove("a")                                 # removing frees room, as on littlefs
+    sub.append("2", b"z" * 4097)
+    assert sub.read("2") == b"z" * 4097 and sorted(f.names()) == ["ob", "small"]
+
+
+def test_zero_files_cost_no_ram_but_read_back_the_same():
+    f = MemoryFlash()
+    f.write("spare", bytes(8192))
+    assert f.files["spare"] == 8192 and f.read("spare") == bytes(8192)
+
+
+def test_faulty_flash_full_and_torn_appends():
+    cuts = []
+    f = FaultyFlash(MemoryFlash(), on_cut=lambda: cuts.append(1))
+    ob = f.sub("ob")
+    ob.append("1", b"abc")
+    f.set_full(True)
+    for op in (lambda: ob.append("1", b"d"), lambda: f.write("x", b"1")):
+        with pytest.raises(OSError) as e:
+            op()
+        assert e.value.args[0] == 28
+    ob.remove("1")                                 # removing still works
+    f.set_full(False)
+    ob.append("1", b"record-one")
+    f.cut_after(1)                                 # counted across folders
+    with pytest.raises(PowerCut):
+        ob.append("1", b"record-two")
+    data = ob.read("1")
+    assert data.startswith(b"record-one") and len(data) < len(b"record-onerecord-two")  # torn tail
+    assert cuts == [1] and not f.powered
+
+
+def test_world_key_flash_full_reaches_the_cabinets_flash():
+    from simulator.world.hardware import CabinetWorld
+    seen = []
+
+    class W(CabinetWorld):
+        def __init__(self):  # only the control part is needed here
+            self.on_flash_full = seen.append
+    w = W()
+    assert w.apply({"flash": "full"}) == [] and seen == [True]
+    assert w.apply({"flash": "ok"}) == [] and seen == [True, False]
+    assert w.apply({"flash": "melted"}) != []

@@ -44,6 +44,7 @@ SCHEMA = {
     "issuer": ("str", "dispatch", 1, 64),
     "keys": ("keys", [], 0, 0),                  # mission-token key slots: current and next
     "max_window_s": ("int", 300, 5, 1800),
+    "release_keys": ("keys", [], 0, 0),          # Ed25519 release keys: current and next
     "outbox_limit": ("int", 200, 20, 2000),      # events kept on flash through an outage
     "lock_type": ("choice", "pulse", 0, 0),
     "lock_pulse_ms": ("int", 3000, 100, 10000),

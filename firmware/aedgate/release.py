@@ -140,7 +140,7 @@ def _path_ok(p):
 def accept(m, board, running, mpy=None):
     """May this cabinet install the (verified) manifest m? board: this build's board name;
     running: the running version as a tuple; mpy: the .mpy format this MicroPython loads
-    (sys.implementation._mpy & 0x3FF: version and sub-version), None when it loads .py files."""
+    (sys.implementation._mpy & 0xFF, the bytecode format version), None when it loads .py."""
     if m["board"] != board:
         raise ReleaseError("wrong_board", m["board"])
     if mpy is not None and m.get("mpy") is not None and m["mpy"] != mpy:

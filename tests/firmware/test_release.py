@@ -155,9 +155,9 @@ def test_accept_rules():
     assert _accept(manifest(may_replace="0.10.0"), running=(0, 10, 1)) == "not_newer"
     assert _accept(manifest(min_version="0.1.5"), running=(0, 1, 4)) == "needs_version"
     assert _accept(manifest(min_version="0.1.5"), running=(0, 1, 5)) == "accepted"
-    assert _accept(manifest(mpy=774), mpy=774) == "accepted"
-    assert _accept(manifest(mpy=774), mpy=6) == "wrong_mpy"
-    assert _accept(manifest(mpy=774)) == "accepted"                   # a .py runtime
+    assert _accept(manifest(mpy=6), mpy=6) == "accepted"
+    assert _accept(manifest(mpy=6), mpy=5) == "wrong_mpy"
+    assert _accept(manifest(mpy=6)) == "accepted"                   # a .py runtime
 
 
 def test_check_file():

@@ -19,7 +19,7 @@ public keys (config `release_keys`) and install only what one of them signed.
 The private key never touches the dispatch backend or a cabinet: keep it offline (an
 air-gapped laptop, a USB stick in a safe), sign there, carry release.cose back.
 
-typical flow:
+examples (the typical flow):
   aedgate release keygen --out release.key        # once, offline
   aedgate release build --version 0.2.0 --out rel-0.2.0
   aedgate release sign --key release.key rel-0.2.0  # offline
@@ -28,7 +28,7 @@ typical flow:
 _KEYGEN_EPILOG = """\
 example:
   aedgate release keygen --out release.key
-writes release.key (the private key, mode 0600, never overwritten) and release.key.pub, and
+writes release.key (the private key, PEM, mode 0600, never overwritten) and release.key.pub, and
 prints the public key's config entry for the cabinets:
   "release_keys": [{"kid": "3f1c...", "key": "9a7b..."}]
 Rotation: make the next key now, put both in release_keys (current first), and when the

@@ -57,11 +57,11 @@ def key_id(public: bytes) -> bytes:
 
 # -- keys -----------------------------------------------------------------------------------------
 def keygen(path: str) -> bytes:
-    """Write a new private key (the 32-byte seed as hex, mode 0600, never overwriting) to path
-    and its public key (hex) to path + ".pub". Returns the public key."""
+    """Write a new private key (PKCS#8 PEM, mode 0600, never overwriting) to path and its public
+    key (64 hex, the form config release_keys takes) to path + ".pub". Returns the public key."""
     priv = Ed25519PrivateKey.generate()
-    seed = priv.private_bytes(serialization.Encoding.Raw, serialization.PrivateFormat.Raw,
-                              serialization.NoEncryption())
+    pem = priv.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                             serialization.NoEncryption())
     public = priv.public_key().public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
     pub_path = path + ".pub"
     for p in (path, pub_path):
@@ -69,8 +69,8 @@ def keygen(path: str) -> bytes:
             raise ReleaseToolError("%s already exists; refusing to overwrite a release key" % p)
     try:
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "w") as f:
-            f.write(seed.hex() + "\n")
+        with os.fdopen(fd, "wb") as f:
+            f.write(pem)
         Path(pub_path).write_text(public.hex() + "\n")
     except OSError as e:
         raise ReleaseToolError("cannot write %s: %s" % (e.filename or path, e.strerror or e)) from None
@@ -80,21 +80,19 @@ def keygen(path: str) -> bytes:
 def load_private(path: str) -> Ed25519PrivateKey:
     try:
         st = os.stat(path)
-        text = Path(path).read_text().strip()
+        data = Path(path).read_bytes()
     except OSError as e:
         raise ReleaseToolError("cannot read key %s: %s" % (path, e.strerror or e)) from None
-    except UnicodeDecodeError:
-        raise ReleaseToolError("%s is not a release key (64 hex characters)" % path) from None
     if stat.S_IMODE(st.st_mode) & 0o077:
         raise ReleaseToolError("%s is readable by others (mode %03o); chmod 600 it" %
                                (path, stat.S_IMODE(st.st_mode)))
     try:
-        seed = bytes.fromhex(text)
-    except ValueError:
-        seed = b""
-    if len(seed) != 32:
-        raise ReleaseToolError("%s is not a release key (64 hex characters)" % path)
-    return Ed25519PrivateKey.from_private_bytes(seed)
+        key = serialization.load_pem_private_key(data, password=None)
+    except (ValueError, TypeError):
+        key = None
+    if not isinstance(key, Ed25519PrivateKey):
+        raise ReleaseToolError("%s is not a release key (an Ed25519 PEM from release keygen)" % path)
+    return key
 
 
 def load_public(text_or_path: str) -> bytes:

@@ -62,12 +62,15 @@ async def verify(raw, keys):
         header = cbor.decode(protected, 1)
     except cbor.CBORError:
         header = None
-    if type(header) is not dict or unprotected:
+    if type(header) is not dict:
         raise ReleaseError("bad_header", None)
     if header.get(_H_ALG) != _ALG_EDDSA:
         raise ReleaseError("bad_alg", None)
-    kid = header.get(_H_KID)
-    if len(header) != 2 or type(kid) is not bytes:
+    # kid protected or not (RFC 9052 allows both; it only picks the key), never both; nothing
+    # else in either header (an unknown "crit" parameter must not be ignored).
+    kid = header.get(_H_KID, unprotected.get(_H_KID))
+    if (len(header) + len(unprotected) != 2 or type(kid) is not bytes
+            or (_H_KID in unprotected and _H_ALG in unprotected)):
         raise ReleaseError("bad_header", None)
     public = None
     for slot_kid, slot_key in keys:

@@ -95,7 +95,16 @@ def test_wrong_alg_and_headers_refused():
     assert reason(signed(protected={4: KID})) == "bad_alg"
     assert reason(signed(protected={1: -8})) == "bad_header"            # no kid
     assert reason(signed(protected={1: -8, 4: KID, 2: [1]})) == "bad_header"  # crit
-    assert reason(signed(unprotected={4: KID})) == "bad_header"
+    assert reason(signed(unprotected={4: KID})) == "bad_header"                # kid twice
+    assert reason(signed(protected={1: -8}, unprotected={1: -8})) == "bad_header"
+    assert reason(signed(protected={1: -8}, unprotected={4: KID, 5: b""})) == "bad_header"
+    assert reason(signed(protected={1: -8}, unprotected={4: "x"})) == "bad_header"
+
+
+def test_kid_in_the_unprotected_header_accepted():
+    # RFC 9052 lets kid sit in either header (`cwt` puts it in the unprotected one).
+    assert run(signed(protected={1: -8}, unprotected={4: KID}))["version"] == (0, 2, 0)
+    assert reason(signed(protected={1: -8}, unprotected={4: KID2})) == "bad_signature"
     assert reason(signed(protected=Raw(b"\xa1\x01"))) == "bad_header"   # torn header
     assert reason(signed(protected={1: -8, 4: "kid"})) == "bad_header"
 

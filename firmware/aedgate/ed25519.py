@@ -19,7 +19,9 @@
 from aedgate.compat import const, sleep_ms
 from aedgate.sha512 import SHA512
 
-_STEP = const(8)  # double-and-add rounds (and 512-byte hash chunks) between yields
+# Work between two yields: _STEP double-and-add rounds, one 128-byte SHA-512 block, or one
+# point decoding; each under 0.5 ms on the unix port (docs/benchmarks.md, bench_ed25519.py).
+_STEP = const(2)
 
 P = (1 << 255) - 19
 L = (1 << 252) + 27742317777372353535851937790883648493
@@ -93,8 +95,12 @@ def steps(public, signature, parts):
         return
     s = int.from_bytes(signature[32:], "little")
     r = _decode(signature[:32])
+    if s >= L or r is None or _small(r):
+        yield False
+        return
+    yield
     a = _decode(public)
-    if s >= L or r is None or a is None or _small(r) or _small(a):
+    if a is None or _small(a):
         yield False
         return
     yield
@@ -104,8 +110,8 @@ def steps(public, signature, parts):
     h.update(signature[:32])
     h.update(public)
     for part in parts:
-        for i in range(0, len(part), 512):
-            h.update(part[i:i + 512])
+        for i in range(0, len(part), 128):
+            h.update(part[i:i + 128])
             yield
     k = int.from_bytes(h.digest(), "little") % L
     # [S]B + [k](-A) by Straus' trick: one doubling per bit, one addition where a bit is set.

@@ -72,12 +72,14 @@ class SHA512:
     def _block(self, buf, i):
         K = _K
         M = _M
-        w = [int.from_bytes(buf[j:j + 8], "big") for j in range(i, i + 128, 8)]
+        w = [0] * 80  # one allocation: a growing list would be copied as it grows
+        for t in range(16):
+            w[t] = int.from_bytes(buf[i + 8 * t:i + 8 * t + 8], "big")
         for t in range(16, 80):
             x, y = w[t - 15], w[t - 2]
-            w.append((w[t - 16] + w[t - 7]
-                      + (_rotr(x, 1) ^ _rotr(x, 8) ^ (x >> 7))
-                      + (_rotr(y, 19) ^ _rotr(y, 61) ^ (y >> 6))) & M)
+            w[t] = (w[t - 16] + w[t - 7]
+                    + (_rotr(x, 1) ^ _rotr(x, 8) ^ (x >> 7))
+                    + (_rotr(y, 19) ^ _rotr(y, 61) ^ (y >> 6))) & M
         h = self._h
         a, b, c, d, e, f, g, hh = h
         for t in range(80):

@@ -1,0 +1,168 @@
+# Release verification cost on this runtime: Ed25519 verify time, SHA-512 speed, a whole signed
+# release (25-file manifest, like `aedgate release build`), the longest step between two yields
+# (how long the asyncio loop can be held), the lag of a 10 ms ticker while a release verifies,
+# and heap: module code and bytes allocated per verify (gc off: the churn the gc has to clear).
+# The smallest heap a verification fits in is measured by tests/test_release_heap.py.
+# Run from the repository root:
+#   .venv/bin/micropython -X heapsize=8M tests/firmware/bench_ed25519.py [out.json]
+# (CPython works too, without the heap figures.) Prints figures and writes JSON.
+import sys
+
+for _p in ("firmware", "tests/firmware"):
+    if _p not in sys.path:
+        sys.path.insert(0, _p)
+
+import gc
+import json
+import time
+
+try:
+    _now_us = time.ticks_us
+    _diff = time.ticks_diff
+except AttributeError:
+    def _now_us():
+        return int(time.perf_counter() * 1000000)
+
+    def _diff(a, b):
+        return a - b
+
+_HEAP = hasattr(gc, "mem_alloc")
+
+
+def _alloc():
+    return gc.mem_alloc() if _HEAP else 0
+
+
+from aedgate import cbor, compat, token  # noqa: E402,F401  (loaded on a cabinet anyway)
+from aedgate.compat import asyncio, sleep_ms, ticks_diff, ticks_ms  # noqa: E402
+
+gc.collect()
+_before = _alloc()
+from aedgate import ed25519, release  # noqa: E402  (imported here to weigh the new modules)
+from aedgate.sha512 import sha512  # noqa: E402
+
+gc.collect()
+_modules = _alloc() - _before
+_t0 = _now_us()
+sha512(b"")  # computes the round constants, once
+_constants_ms = _diff(_now_us(), _t0) / 1000
+gc.collect()
+_constants = _alloc() - _before - _modules
+
+from ed25519_vectors import RFC8032  # noqa: E402
+from test_release import KEYS, manifest, signed  # noqa: E402
+
+H = bytes.fromhex
+RESULTS = {"runtime": "%s %s" % (sys.implementation.name,
+                                 ".".join(str(v) for v in sys.implementation.version[:3])),
+           "module_heap_bytes": _modules if _HEAP else None,
+           "sha512_constants_heap_bytes": _constants if _HEAP else None,
+           "sha512_constants_ms": _constants_ms}
+
+
+def _time_ms(fn, n):
+    fn()
+    t0 = _now_us()
+    for _ in range(n):
+        fn()
+    return _diff(_now_us(), t0) / n / 1000
+
+
+def _steps_profile(pub, sig, parts):
+    # Longest stretch between two yields (ms), gc collections included (they happen inside
+    # steps on a busy heap, as on the board), and the number of steps.
+    longest = 0
+    n = 0
+    g = ed25519.steps(pub, sig, parts)
+    while True:
+        t0 = _now_us()
+        try:
+            r = next(g)
+        except StopIteration:
+            break
+        longest = max(longest, _diff(_now_us(), t0))
+        n += 1
+    return longest / 1000, n, r
+
+
+def _allocated(fn):
+    if not _HEAP:
+        return None
+    gc.collect()
+    gc.disable()
+    b = _alloc()
+    fn()
+    n = _alloc() - b
+    gc.enable()
+    return n
+
+
+async def _lag_while(coro_fn):
+    # A 10 ms ticker (like the lock window's) runs while coro_fn() verifies: its worst lateness.
+    worst = [0]
+    done = [False]
+
+    async def ticker():
+        while not done[0]:
+            t = ticks_ms()
+            await sleep_ms(10)
+            late = ticks_diff(ticks_ms(), t) - 10
+            if late > worst[0]:
+                worst[0] = late
+
+    t = asyncio.create_task(ticker())
+    await sleep_ms(0)
+    await coro_fn()
+    done[0] = True
+    await t
+    return worst[0]
+
+
+def main():
+    out = sys.argv[1] if len(sys.argv) > 1 else None
+    print(RESULTS["runtime"])
+    name, _sk, pk, msg, sig = RFC8032[0]
+    pub, sig, parts = H(pk), H(sig), (H(msg),)
+    ms = _time_ms(lambda: ed25519.verify(pub, sig, parts), 20)
+    RESULTS["verify_ms"] = ms
+    print("Ed25519 verify (RFC 8032 TEST 1)  %8.2f ms" % ms)
+    data = bytes(4096)
+    ms = _time_ms(lambda: sha512(data).digest(), 5)
+    RESULTS["sha512_ms_per_kb"] = ms / 4
+    print("SHA-512 (pure Python)             %8.2f ms/KB" % (ms / 4))
+
+    files = [["aedgate/m%02d.mpy" % i, 2000 + i, bytes(range(i, i + 32))] for i in range(25)]
+    raw = signed(manifest(files=files))
+    RESULTS["release_bytes"] = len(raw)
+
+    def whole():
+        return asyncio.run(release.verify(raw, KEYS))
+
+    ms = _time_ms(whole, 10)
+    RESULTS["release_verify_ms"] = ms
+    print("signed release, %d B, 25 files    %8.2f ms" % (len(raw), ms))
+    name, _sk, pk1k, msg1k, sig1k = RFC8032[3]
+    longest, n, ok = _steps_profile(H(pk1k), H(sig1k), (H(msg1k),))
+    assert ok is True
+    RESULTS["longest_step_ms"] = longest
+    RESULTS["steps"] = n
+    print("longest step between yields       %8.2f ms (TEST 1024, %d steps; first use of SHA-512: %.2f ms)"
+          % (longest, n, _constants_ms))
+    lag = asyncio.run(_lag_while(lambda: release.verify(raw, KEYS)))
+    RESULTS["ticker_10ms_worst_lateness_ms"] = lag
+    print("10 ms ticker, worst lateness      %8d ms (while a release verifies)" % lag)
+    if _HEAP:
+        RESULTS["verify_allocated_bytes"] = _allocated(lambda: ed25519.verify(pub, sig, parts))
+        RESULTS["release_allocated_bytes"] = _allocated(whole)
+        print("new module code on the heap       %8d B (ed25519, sha512, release; + %d B constants)"
+              % (_modules, _constants))
+        print("allocated by one verify (gc off)  %8d B (garbage, collected as it goes)"
+              % RESULTS["verify_allocated_bytes"])
+        print("allocated by one release verify   %8d B" % RESULTS["release_allocated_bytes"])
+    if out:
+        with open(out, "w") as f:
+            json.dump(RESULTS, f)
+        print("wrote " + out)
+
+
+main()

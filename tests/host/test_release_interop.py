@@ -89,3 +89,14 @@ def test_s_plus_l_refused_by_the_firmware_and_by_openssl():
     from cryptography.exceptions import InvalidSignature
     with pytest.raises(InvalidSignature):
         PRIV.public_key().verify(bad, b"m")
+
+
+@settings(max_examples=80, deadline=None)
+@given(st.lists(st.binary(max_size=300), max_size=6))
+def test_firmware_sha512_equals_hashlib(chunks):
+    import hashlib
+    from aedgate.sha512 import sha512
+    h = sha512()
+    for c in chunks:
+        h.update(c)
+    assert h.digest() == hashlib.sha512(b"".join(chunks)).digest()

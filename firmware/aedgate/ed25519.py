@@ -1,9 +1,8 @@
 # Ed25519 signature verification (RFC 8032 §5.1.7), verify only, in plain Python big integers:
 # MicroPython ships no public-key signatures, and a release must be checked on the cabinet.
 #
-# What is refused (the checks libsodium's crypto_sign_verify_detached makes, the set that
-# "Taming the many EdDSAs" (Chalkias, Garillot, Nikolaenko, 2020) calls strongly unforgeable
-# and binding):
+# What is refused (the checks libsodium's crypto_sign_verify_detached makes, analysed in
+# "Taming the many EdDSAs", Chalkias, Garillot, Nikolaenko, 2020):
 #   - S >= L (malleable signatures);
 #   - a public key A or a point R whose y is >= p, whose x is 0 with the sign bit set, or that
 #     is not on the curve (non-canonical or invalid encodings);

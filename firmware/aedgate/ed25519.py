@@ -13,13 +13,13 @@
 # `cryptography`/OpenSSL, which `aedgate release inspect` uses (docs/updates.md).
 #
 # Not constant-time: it handles only public data (key, message, signature).
-# The work is a generator that yields every _STEP loop rounds, so verify_async() can give the
-# asyncio loop back (unlocks keep being served) while a manifest is checked.
+# The work is a generator that yields between small pieces of work (below), so verify_async()
+# can give the asyncio loop back (unlocks keep being served) while a manifest is checked.
 from aedgate.compat import const, sleep_ms
 from aedgate.sha512 import SHA512
 
 # Work between two yields: _STEP double-and-add rounds, one 128-byte SHA-512 block, or one
-# point decoding; each under 0.5 ms on the unix port (docs/benchmarks.md, bench_ed25519.py).
+# point decoding; at most ~0.75 ms on the unix port (docs/benchmarks.md, bench_ed25519.py).
 _STEP = const(2)
 
 P = (1 << 255) - 19

@@ -21,7 +21,8 @@ _KEYS = ("format", "version", "board", "created", "files", "min_version", "may_r
 _PATH_CHARS = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_-./"
 
 REASONS = ("too_large", "malformed", "bad_alg", "bad_header", "unknown_kid", "bad_signature",
-           "bad_manifest", "wrong_board", "wrong_mpy", "not_newer", "needs_version", "bad_file")
+           "bad_manifest", "wrong_board", "wrong_mpy", "not_newer", "needs_version", "bad_file",
+           "internal")
 
 
 class ReleaseError(Exception):
@@ -44,7 +45,17 @@ def slots(cfg):
 
 async def verify(raw, keys):
     """Check the envelope and signature of a release, then return its manifest (a dict whose
-    versions are tuples, files [[path, size, sha256], ...]). Never decodes an unsigned payload."""
+    versions are tuples, files [[path, size, sha256], ...]). Never decodes an unsigned payload.
+    Any other failure (a bug, no memory) is ReleaseError("internal"): the caller never crashes."""
+    try:
+        return await _verify(raw, keys)
+    except ReleaseError:
+        raise
+    except Exception as e:  # noqa: BLE001 - see the docstring
+        raise ReleaseError("internal", type(e).__name__)
+
+
+async def _verify(raw, keys):
     if len(raw) > MAX_RELEASE_BYTES:
         raise ReleaseError("too_large", None)
     raw = bytes(raw)

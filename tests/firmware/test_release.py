@@ -118,6 +118,11 @@ def test_not_a_sign1_refused():
     assert reason(bytes(release.MAX_RELEASE_BYTES + 1)) == "too_large"
 
 
+def test_unexpected_input_is_internal_not_a_crash():
+    assert reason("a text, not bytes") == "internal"
+    assert reason(signed(), keys=[(KID, 12345)]) == "internal"  # a broken key slot
+
+
 def test_bad_signature_lengths_refused():
     raw = signed(tag=False)
     body = raw[:-66]  # drop the 64-byte signature and its 2-byte head

@@ -128,8 +128,8 @@ def build(out_dir: str, version: str, board: str = "esp32", min_version: str | N
     if board not in BOARDS:
         raise ReleaseToolError("board %r: known boards are %s" % (board, ", ".join(BOARDS)))
     out = Path(out_dir)
-    if out.exists() and any(out.iterdir()):
-        raise ReleaseToolError("%s is not empty; build into a new folder" % out_dir)
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise ReleaseToolError("%s exists and is not an empty folder; build into a new one" % out_dir)
     try:
         pkg = json.loads((firmware / "package.json").read_text())
     except (OSError, ValueError) as e:
@@ -195,7 +195,7 @@ def sign_release(release_dir: str, key_path: str) -> tuple[dict[str, Any], bytes
         raise ReleaseToolError("cannot read %s: %s" % (e.filename, e.strerror)) from None
     fw = _firmware_release()
     try:
-        manifest = fw._manifest(payload)
+        manifest = fw.parse_manifest(payload)
     except fw.ReleaseError as e:
         raise ReleaseToolError("%s: the cabinets would refuse it: %s" % (MANIFEST_FILE, _why(e))) from None
     raw = sign(payload, private)

@@ -94,11 +94,12 @@ async def _verify(raw, keys):
              _bstr_head(len(payload)), payload)
     if not await ed25519.verify_async(public, signature, parts):
         raise ReleaseError("bad_signature", None)
-    return _manifest(payload)
+    return parse_manifest(payload)
 
 
-def _manifest(payload):
-    # Signed, so errors here are the build tool's: reported, never trusted past this point.
+def parse_manifest(payload):
+    """The manifest's rules (updates.md); raises bad_manifest. Called only on signed bytes here
+    (errors are then the build tool's); the host tools call it before signing."""
     try:
         m = cbor.decode(payload, 3, 0, MAX_FILES)
     except cbor.CBORError as e:

@@ -118,7 +118,9 @@ def test_build_errors(tmp_path, capsys):
     busy.mkdir()
     (busy / "old").write_text("x")
     code, out, err = run(capsys, "release", "build", "--version", "0.2.0", "--out", busy)
-    assert "not empty" in one_error_line(code, err)
+    assert "not an empty folder" in one_error_line(code, err)
+    code, out, err = run(capsys, "release", "build", "--version", "0.2.0", "--out", busy / "old")
+    assert "not an empty folder" in one_error_line(code, err)
 
 
 def test_sign_errors(signed_release, tmp_path, capsys):

@@ -18,9 +18,10 @@
 from aedgate.compat import const, sleep_ms
 from aedgate.sha512 import SHA512
 
-# Work between two yields: _STEP double-and-add rounds, one 128-byte SHA-512 block, or one
-# point decoding; at most ~0.75 ms on the unix port (docs/benchmarks.md, bench_ed25519.py).
-_STEP = const(2)
+# Work between two yields: one point decoding, one 128-byte SHA-512 block (each ~0.75 ms on the
+# unix port, the longest steps: docs/benchmarks.md, bench_ed25519.py) or _STEP rounds of the
+# double-and-add ladder (~0.2 ms: more yields would only add the scheduler's overhead).
+_STEP = const(8)
 
 P = (1 << 255) - 19
 L = (1 << 252) + 27742317777372353535851937790883648493

@@ -83,9 +83,12 @@ class SHA512:
         h = self._h
         a, b, c, d, e, f, g, hh = h
         for t in range(80):
-            t1 = (hh + (_rotr(e, 14) ^ _rotr(e, 18) ^ _rotr(e, 41))
+            # Rotations written out: a call per rotation costs more than the rotation here.
+            t1 = (hh + ((((e >> 14) | (e << 50)) ^ ((e >> 18) | (e << 46))
+                         ^ ((e >> 41) | (e << 23))) & M)
                   + ((e & f) ^ ((e ^ M) & g)) + K[t] + w[t])
-            t2 = (_rotr(a, 28) ^ _rotr(a, 34) ^ _rotr(a, 39)) + ((a & b) ^ (a & c) ^ (b & c))
+            t2 = (((((a >> 28) | (a << 36)) ^ ((a >> 34) | (a << 30)) ^ ((a >> 39) | (a << 25)))
+                   & M) + ((a & b) ^ (a & c) ^ (b & c)))
             hh, g, f, e, d, c, b, a = g, f, e, (d + t1) & M, c, b, a, (t1 + t2) & M
         for j, x in enumerate((a, b, c, d, e, f, g, hh)):
             h[j] = (h[j] + x) & M

@@ -14,14 +14,20 @@ $(STAMP): pyproject.toml
 
 venv: $(STAMP)
 
-# Mosquitto is the reference broker for the integration tests (Debian package).
+# Mosquitto is the reference broker for the integration tests (Debian packages: mosquitto brings
+# the broker and mosquitto_passwd, mosquitto-clients brings mosquitto_pub/mosquitto_sub, which
+# the docs' commands use and the tests run). openssl makes the certificates docs/broker.md shows.
+BROKER_TOOLS := mosquitto mosquitto_passwd mosquitto_pub mosquitto_sub openssl
 broker-deps:
-	@command -v mosquitto >/dev/null || test -x /usr/sbin/mosquitto || { \
-	  if [ "$$(id -u)" = 0 ]; then \
-	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq mosquitto >/dev/null; \
-	  elif command -v sudo >/dev/null; then \
-	    sudo apt-get update -qq && sudo DEBIAN_FRONTEND=noninteractive apt-get install -y -qq mosquitto >/dev/null; \
-	  else echo "mosquitto is missing: install the Debian package 'mosquitto'"; exit 1; fi; }
+	@missing=""; for t in $(BROKER_TOOLS); do \
+	  command -v $$t >/dev/null || test -x /usr/sbin/$$t || missing="$$missing $$t"; done; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing Debian packages for:$$missing"; \
+	  if [ "$$(id -u)" = 0 ]; then SUDO=; elif command -v sudo >/dev/null; then SUDO=sudo; \
+	  else echo "missing:$$missing: install the Debian packages mosquitto mosquitto-clients openssl"; exit 1; fi; \
+	  $$SUDO apt-get update -qq && $$SUDO env DEBIAN_FRONTEND=noninteractive \
+	    apt-get install -y -qq mosquitto mosquitto-clients openssl >/dev/null || exit 1; \
+	fi
 
 demo: venv
 	$(BIN)/aedsim demo
@@ -33,7 +39,7 @@ test: venv broker-deps
 bench: venv broker-deps
 	mkdir -p bench-results
 	$(BIN)/micropython tests/firmware/bench_token.py | tee bench-results/token.txt
-	$(BIN)/python -m simulator.latency --json bench-results/latency.json
+	$(BIN)/python -m simulator.bench.latency --json bench-results/latency.json
 	$(BIN)/aedsim bench --cabinets 2000 --workers 2 --shards 2 --json bench-results/fleet.json
 	$(BIN)/aedsim soak --cabinets 1000 --hours 24 --json bench-results/soak.json
 

@@ -1,15 +1,20 @@
 # ESP32 board: builds the hardware objects the cabinet app receives, from machine/network.
 # The only firmware module (with boot.py/main.py) that touches hardware modules. Pin numbers
 # come from config.json ("pins"), with the defaults below for the reference wiring.
+import time
+
 import machine
 import network
 
-from aedgate import config
-from aedgate.compat import asyncio, sleep_ms, unix_time
+from aedgate import config, link
+from aedgate.compat import EPOCH_OFFSET, sleep_ms, unix_time
 from aedgate.storage import Flash
 
-PINS = {"door": 4, "lock": 5, "lock_sense": None, "siren": 18, "led": 2, "battery_adc": 34,
-        "mains": 35, "temp": 15, "button": 0}
+LOCK_TIMER_ID = 1
+# Off the strapping pins (0, 2, 5, 12, 15): GPIO5 is pulled high from reset until boot.py runs
+# (a lock there would fire at every reset) and GPIO0 held low at reset starts download mode.
+PINS = {"door": 4, "lock": 26, "lock_sense": None, "siren": 18, "led": 25, "battery_adc": 34,
+        "mains": 35, "temp": 32, "button": 33}
 
 
 def _pins(cfg):
@@ -20,15 +25,31 @@ def _pins(cfg):
 
 def outputs_off():
     """Drive the lock and siren outputs low as the very first thing at boot, before anything
-    that could fail (boot.py calls this). Uses defaults when the config is unreadable."""
+    that could fail (boot.py calls this). Uses defaults when the config is unreadable; config.py
+    has already refused pins the chip refuses, and one pin failing never skips the other."""
     try:
         cfg, _ = config.load(Flash("/"), "boot")
         pins = _pins(cfg)
     except Exception:
         pins = PINS
     for name in ("lock", "siren"):
-        if pins.get(name) is not None:
-            machine.Pin(pins[name], machine.Pin.OUT, value=0)
+        for num in (pins.get(name), PINS[name]):
+            try:
+                if num is not None:
+                    machine.Pin(num, machine.Pin.OUT, value=0)
+                break
+            except (ValueError, TypeError):
+                pass
+
+
+def boot():
+    """boot.py: runs at every reset and every soft reboot, including the raw-REPL soft reboot
+    of mpremote and the aedgate tools (main.py then does not run; ports/esp32/main.c). Outputs
+    off, then a hardware timer feeds the watchdog until the app's own, health-based feeding
+    takes over: the WDT outlives soft reboots but the timer that fed it does not."""
+    outputs_off()
+    if hasattr(machine, "WDT"):
+        Watchdog().hold()
 
 
 def reset_cause():
@@ -39,62 +60,124 @@ def reset_cause():
 
 
 class Clock:
+    """The ESP32's clock (ESP-IDF system time): 2000-01-01 at power-on, kept across soft and
+    software resets. time() is Unix seconds whatever the port's epoch (compat.unix_time)."""
+
     def time(self):
         return unix_time()
 
     def sleep_ms(self, ms):
         return sleep_ms(ms)
 
+    def set(self, t):
+        # RTC().datetime: (year, month, mday, weekday, hour, minute, second, microsecond), UTC;
+        # the weekday is ignored when setting (ports/esp32/machine_rtc.c).
+        tm = time.gmtime(int(t) - EPOCH_OFFSET)
+        machine.RTC().datetime((tm[0], tm[1], tm[2], 0, tm[3], tm[4], tm[5], 0))
+
+    def sntp(self, host):
+        """Unix seconds from `host` (ntptime is frozen into ESP32 firmware). Blocks for the
+        name lookup and at most ntptime.timeout (1 s); OSError when there is no answer."""
+        import ntptime
+        ntptime.host = host
+        return ntptime.time() + EPOCH_OFFSET
+
+
+# Station status codes (ports/esp32/modnetwork_globals.h; reasons from ESP-IDF wifi_err_reason_t),
+# named for the console.
+_WIFI_STATUS = {1000: "idle", 1001: "connecting", 1010: "got_ip", 200: "beacon_timeout",
+                201: "no_ap_found", 202: "wrong_password", 203: "assoc_fail", 204: "handshake_timeout"}
+
 
 class WiFi:
-    """Station-mode Wi-Fi; open() (re)associates on demand, so an outage is just a failed
-    connect that the MQTT session retries with backoff."""
+    """Station-mode Wi-Fi and the sockets over it (hw.net). The ESP32's driver reconnects by
+    itself after a drop, for ever once connect() was asked (ports/esp32/network_wlan.c), and a
+    connect() while it is connecting raises OSError("Wifi Internal Error") (micropython issue
+    17661): so connect() is asked only of an idle station, and otherwise we just wait."""
 
-    def __init__(self, ssid, password):
+    def __init__(self, ssid, password, log=print):
         self.wlan = network.WLAN(network.STA_IF)
         self.ssid, self.password = ssid, password
+        self.log = log
+        self._said = None  # the last status reported on the console
 
     def isconnected(self):
         return self.wlan.isconnected()
 
-    async def open(self, host, port, ssl=None, server_hostname=None):
-        if not self.wlan.isconnected():
-            self.wlan.active(True)
-            if self.ssid:
-                self.wlan.connect(self.ssid, self.password)
-            for _ in range(150):  # up to 15 s, without blocking the loop
-                if self.wlan.isconnected():
-                    break
-                await sleep_ms(100)
-            else:
-                raise OSError("wifi: not connected")
-        if ssl is None:
-            return await asyncio.open_connection(host, port)
-        return await asyncio.open_connection(host, port, ssl=ssl, server_hostname=server_hostname)
+    async def join(self):
+        """Returns once the station has an address; OSError (with the status) after 8 s, inside
+        the MQTT client's 10 s connect timeout (which would otherwise cut this wait short and
+        hide the status)."""
+        w = self.wlan
+        if w.isconnected():
+            self._said = None
+            return
+        if not self.ssid:
+            raise OSError("wifi: no ssid configured")
+        if not w.active():
+            w.active(True)
+        if w.status() == network.STAT_IDLE:  # never asked, or disconnected: not retrying
+            try:
+                w.connect(self.ssid, self.password)
+            except OSError as e:  # the driver kept trying across a soft reset: let it
+                self.log("wifi: connect: %s (status %s)" % (e, self._status()))
+        for _ in range(80):  # up to 8 s, without blocking the loop
+            if w.isconnected():
+                self._said = None
+                return
+            await sleep_ms(100)
+        st = self._status()
+        if st != self._said:  # once per status, not every attempt
+            self._said = st
+            self.log("wifi: not connected, status %s" % st)
+        raise OSError("wifi: not connected (%s)" % st)
+
+    def _status(self):
+        st = self.wlan.status()
+        return "%d %s" % (st, _WIFI_STATUS.get(st, "?")) if isinstance(st, int) else str(st)
+
+    def getaddrinfo(self, host, port):
+        return link.lookup(host, port)
+
+    def connect(self, addr, ssl=None, server_hostname=None):
+        return link.open_stream(addr, ssl, server_hostname)
 
 
 class Watchdog:
     """The ESP32's hardware watchdog. The app feeds it every feed_ms while all its critical
-    tasks are healthy; past timeout_ms without food the board resets (cause: watchdog)."""
+    tasks are healthy; past timeout_ms without food the board resets (cause: watchdog).
+    machine.WDT is one watchdog: constructing it again re-times the running one (same object),
+    it cannot be stopped and it outlives soft reboots (ports/esp32/machine_wdt.c, main.c)."""
 
     feed_ms = 5000
+    TIMER = 3  # hardware timer 3 of 0-3 feeds it while the app is not running
 
     def __init__(self, timeout_ms=30000):
         self._wdt = machine.WDT(timeout=timeout_ms)
-        self._timer = None
+        self._held = True  # boot.py's timer may be feeding it: stopped by the app's first feed
 
     def feed(self):
+        if self._held:
+            # The app's own feeding starts: a timer would keep feeding a hung app too.
+            machine.Timer(self.TIMER).deinit()
+            self._held = False
         self._wdt.feed()
 
-    def hold_for_repl(self):
-        # A technician stopped main.py (Ctrl-C) to work at the REPL. Once started the watchdog
-        # cannot be stopped, so a timer keeps feeding it while the app is not running.
-        self._timer = machine.Timer(0)
-        self._timer.init(period=self.feed_ms, callback=lambda t: self._wdt.feed())
+    def hold(self):
+        # Nobody checks the app's health now (boot.py; a technician at the REPL after Ctrl-C):
+        # a soft timer feeds the watchdog. It runs between bytecodes, so a Python loop that
+        # never ends is not caught, but a blocking call longer than the timeout still is.
+        wdt = self._wdt
+        machine.Timer(self.TIMER).init(period=self.feed_ms, callback=lambda t: wdt.feed())
+        self._held = True
+
+    hold_for_repl = hold
 
 
 class Thermometer:
-    """DS18B20 on a 1-Wire bus (onewire and ds18x20 are frozen into stock ESP32 firmware)."""
+    """DS18B20 on a 1-Wire bus (onewire and ds18x20 are frozen into stock ESP32 firmware). A
+    sensor that stops answering (unplugged, wire cut, replaced by one with another ROM code) is
+    looked for again on the next reading, not asked for by its old ROM code for ever."""
 
     def __init__(self, pin):
         import ds18x20
@@ -107,9 +190,13 @@ class Thermometer:
             self.roms = self.ds.scan()
             if not self.roms:
                 raise OSError("no DS18B20")
-        self.ds.convert_temp()
-        await sleep_ms(750)  # conversion time at 12-bit resolution
-        return self.ds.read_temp(self.roms[0])
+        try:
+            self.ds.convert_temp()
+            await sleep_ms(750)  # conversion time at 12-bit resolution
+            return self.ds.read_temp(self.roms[0])
+        except Exception:  # onewire.OneWireError, "CRC error": scan the bus again next time
+            self.roms = []
+            raise
 
 
 class Hardware:
@@ -133,6 +220,9 @@ class Hardware:
         self.mains = inp("mains")
         self.lock_sense = inp("lock_sense", Pin.PULL_UP)
         self.lock = out("lock")
+        # Ends a lock output even while the asyncio loop is stalled (aedgate/lock.py). Timer 0
+        # feeds the watchdog at the REPL; the ESP32 has ids 0-3 (machine_timer.c).
+        self.lock_timer = machine.Timer(LOCK_TIMER_ID) if self.lock and hasattr(machine, "Timer") else None
         self.siren = out("siren")
         self.led = out("led")
         self.battery = None
@@ -143,6 +233,8 @@ class Hardware:
         self.log = None
 
     def tls_context(self, cfg):
+        # Called once per boot (App keeps it): parsing the CA and a new SSLContext cost heap and
+        # time on every reconnect attempt otherwise.
         # Verify the broker's certificate against the CA file on flash (MicroPython verifies
         # only with a context set up like this, not with a bare ssl=True).
         # MicroPython's mbedTLS takes the CA as DER bytes, passed positionally (the unix port

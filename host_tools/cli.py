@@ -26,9 +26,9 @@ def build_parser():
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in _COMMAND_MODULES:
         try:
-            mod = importlib.import_module("host_tools." + name)
+            mod = importlib.import_module("host_tools.commands." + name)
         except ModuleNotFoundError as e:
-            if e.name != "host_tools." + name:
+            if e.name != "host_tools.commands." + name:
                 raise
             continue
         mod.register(sub)

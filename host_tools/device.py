@@ -77,8 +77,10 @@ class Device:
             print(dev.eval("1+1"))
     """
 
-    def __init__(self, port: str, timeout: float = 10.0, soft_reset: bool = True) -> None:
+    def __init__(self, port: str, timeout: float = 10.0, soft_reset: bool = True,
+                 full_hint: str = "remove files (mpremote rm) or use --mpy to ship smaller files") -> None:
         self.port = port
+        self.full_hint = full_hint  # what to do when the flash is full: the caller knows what it sent
         self.timeout = timeout
         self.soft_reset = soft_reset
         self.transport = None
@@ -158,12 +160,13 @@ class Device:
         except TransportExecError as e:
             text = e.error_output
             if "ENOSPC" in text or "Errno 28" in text or "OSError: 28" in text:
-                raise DeviceError("the device's flash is full%s: remove files (mpremote rm) or "
-                                  "use --mpy to ship smaller files" % (" writing " + what if what else "")) from None
+                raise DeviceError("the device's flash is full%s: %s"
+                                  % (" writing " + what if what else "", self.full_hint)) from None
             raise DeviceError("device error%s: %s" % (" (" + what + ")" if what else "", _last_line(text))) from None
         except OSError as e:
             if e.errno == errno.ENOSPC:
-                raise DeviceError("the device's flash is full%s" % (" writing " + what if what else "")) from None
+                raise DeviceError("the device's flash is full%s: %s"
+                                  % (" writing " + what if what else "", self.full_hint)) from None
             raise DeviceError("lost the connection to %s: %s" % (self.port, e.strerror or e)) from None
         except (TransportError, serial.SerialException) as e:
             raise DeviceError("lost the device on %s (%s): check the cable and try again"

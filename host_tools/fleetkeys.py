@@ -98,5 +98,5 @@ def derive_device_key(master_key: bytes, device_id: str) -> bytes:
 
 def key_id(device_key: bytes) -> bytes:
     """Default COSE kid of a device key: HMAC-SHA256(key, b"aedgate/v1 kid")[:8]. The device
-    computes the same value from the key it holds (firmware aedgate.mac.key_id)."""
+    computes the same value from the key it holds (firmware aedgate.hmac_sha256.key_id)."""
     return hmac.new(device_key, KID_LABEL, hashlib.sha256).digest()[:8]

@@ -9,7 +9,7 @@ import time
 from pathlib import Path
 
 import simulator  # noqa: F401
-from simulator.workload import PROFILES as _PROFILES
+from simulator.fleet.workload import PROFILES as _PROFILES
 
 PROFILE_NAMES = tuple(_PROFILES)
 
@@ -35,17 +35,19 @@ def _fleet_key(path: str | None) -> bytes | None:
 
 
 async def _run(args) -> int:
-    from simulator.scale import RunSpec, ScaleError, Workers, check_fd_budget, plan_sources, \
+    from simulator.fleet.workers import RunSpec, ScaleError, Workers, check_fd_budget, plan_sources, \
         raise_nofile, run_slice
-    from simulator import scaleview
+    from simulator.fleet import view as scaleview
 
     broker = None
     url = args.broker
     if url is None:
-        from simulator.broker import EmbeddedBroker
-        broker = await EmbeddedBroker().start()
+        from simulator.brokers.embedded import EmbeddedBroker
+        broker = await EmbeddedBroker(prefer=args.embedded).start()
         url = broker.url
-        print("embedded MQTT broker: %s" % url, flush=True)
+        print("embedded MQTT broker: %s" % broker.describe(), flush=True)
+        if broker.warning:
+            print("aedsim: warning: %s" % broker.warning, file=sys.stderr, flush=True)
     brokers = [u.strip() for u in url.split(",") if u.strip()]
     big = args.cabinets > 1000
     flash = args.flash or ("memory" if big else "dir")
@@ -76,7 +78,7 @@ async def _run(args) -> int:
     else:
         workers.start()
     if small:
-        from simulator.observer import Observer
+        from simulator.fleet.observer import Observer
         obs = await Observer(brokers[0]).start()
     print("running %d cabinets (%s … %s) in %d worker(s) on %d broker(s) at speed x%g, "
           "profile %s; world control: aedsim/world/<device_id> on the cabinet's broker"
@@ -167,7 +169,8 @@ def build_parser() -> argparse.ArgumentParser:
                "  aedsim run --cabinets 500 --broker mqtt://127.0.0.1:1883 --speed 60\n"
                "  aedsim run --cabinets 30000 --workers 2 --ramp 2000 --heartbeat 60 \\\n"
                "      --broker mqtt://127.0.0.1:1883,mqtt://127.0.0.1:1884 --plain\n"
-               "  mosquitto_pub -t aedsim/world/cab-0002 -m '{\"door\": \"open\"}'",
+               "  mosquitto_pub -p PORT -t aedsim/world/cab-0002 -m '{\"door\": \"open\"}'\n"
+               "      (PORT: the one `aedsim run` printed; -h HOST for a --broker elsewhere)",
         formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
 
@@ -179,6 +182,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--broker", metavar="URL[,URL…]",
                      help="mqtt://host:port, or several comma-separated (shards: cabinets are spread "
                           "over them round robin); default: start an embedded broker")
+    run.add_argument("--embedded", choices=("auto", "mosquitto", "amqtt"), default="auto",
+                     help="which embedded broker without --broker: auto (default) = Mosquitto "
+                          "when installed, else amqtt in this process")
     run.add_argument("--fleet-key", metavar="FILE", help="fleet master key file (64 hex chars): "
                      "each cabinet's token key is derived from it (and missions can be signed)")
     run.add_argument("--speed", type=float, default=1.0, metavar="X",
@@ -235,20 +241,20 @@ def build_parser() -> argparse.ArgumentParser:
                                       "MicroPython unix port with ESP32 REPL semantics, so mpremote, "
                                       "pyserial and `aedgate provision/selftest/console` work on it. "
                                       "Prints the pty path as the first line; runs until Ctrl-C.")
-    from simulator import vdev as _vdev
+    from simulator.vdev import device as _vdev
     _vdev.add_arguments(vdev)
     vdev.set_defaults(func=lambda a: asyncio.run(_vdev.run(a)))
 
-    from simulator import bench
+    from simulator.bench import fleet_bench as bench
     bench.register(sub)
-    from simulator import soak
+    from simulator.bench import soak
     soak.register(sub)
     return p
 
 
 async def _demo(args) -> int:
     from simulator.demo import play
-    from simulator.scenario import ScenarioError
+    from simulator.world.scenario import ScenarioError
     try:
         return await play(plain=args.plain or not sys.stdout.isatty(), scenario_name=args.scenario)
     except ScenarioError as e:
@@ -256,7 +262,7 @@ async def _demo(args) -> int:
 
 
 async def _scenario(args) -> int:
-    from simulator import scenario
+    from simulator.world import scenario
     try:
         story = scenario.load(args.file)
     except scenario.ScenarioError as e:

@@ -3,18 +3,21 @@ from __future__ import annotations
 
 import asyncio
 import json
+import sys
 import time
 
-from simulator.broker import EmbeddedBroker
-from simulator.fleet import Fleet
-from simulator.observer import Observer
-from simulator import scenario as scenarios
+from simulator.brokers.embedded import EmbeddedBroker
+from simulator.fleet.runner import Fleet
+from simulator.fleet.observer import Observer
+from simulator.world import scenario as scenarios
 from host_tools.fleetview import describe, screen
 
 async def play(plain: bool, scenario_name: str = "demo") -> int:
     story = scenarios.load(scenario_name)
     broker = await EmbeddedBroker().start()
-    print("embedded MQTT broker: %s" % broker.url, flush=True)
+    print("embedded MQTT broker: %s" % broker.describe(), flush=True)
+    if broker.warning:
+        print("aedsim: warning: %s" % broker.warning, file=sys.stderr, flush=True)
     fleet = Fleet(4, broker.url, heartbeat_s=600, extra_config={"sample_s": 2, "siren_s": 5})
     obs = await Observer(broker.url).start()
     await fleet.start()

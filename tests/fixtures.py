@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from simulator.mosquitto import Mosquitto as _Mosquitto, MosquittoMissing
+from simulator.brokers.mosquitto import Mosquitto as _Mosquitto, MosquittoMissing
 
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
@@ -32,7 +32,7 @@ def require_tool(name, how):
 
 
 def free_port():
-    from simulator.mosquitto import free_port as _free
+    from simulator.brokers.mosquitto import free_port as _free
     return _free()
 
 
@@ -131,7 +131,7 @@ class SimThread:
 
     def __init__(self, **fleet_kw):
         import asyncio
-        from simulator.fleet import Fleet
+        from simulator.fleet.runner import Fleet
         self.asyncio = asyncio
         self.loop = asyncio.new_event_loop()
         self.logs = []

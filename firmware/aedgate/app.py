@@ -3,19 +3,25 @@
 # builds `hw` from machine.Pin & co.) and in the simulator (simulated `hw`).
 import json
 
-from aedgate import VERSION, config, service
-from aedgate.cabinet import Cabinet
+from aedgate import VERSION, config
+from aedgate import lock as locks
+from aedgate.cabinet import Cabinet, battery_mv
+from aedgate.commands import Commands
 from aedgate.compat import Flag, asyncio, sleep_ms, ticks_add, ticks_diff, ticks_ms
 from aedgate.gate import Gate
-from aedgate.mission import Missions
+from aedgate.link import Broker
 from aedgate.mqtt import MQTTClient, backoff_ms
 from aedgate.outbox import Outbox
+from aedgate.window import UnlockWindow
 
 _EXPIRY_FILE = "expiry"
 _STATE_MIN_INTERVAL_MS = 1000  # at most one state message a second, however busy the cabinet
 # Longest wait between two connection attempts: long enough to spread a national fleet's
 # reconnects after a broker outage, short enough that a cabinet is never unreachable for long.
 _BACKOFF_CAP_MS = 120000
+# SNTP: again a day after a good answer, 5 minutes after a failed one (ticks: < 6 days).
+_SNTP_EVERY_MS = 86400000
+_SNTP_RETRY_MS = 300000
 
 
 class App:
@@ -24,20 +30,29 @@ class App:
         self.flash = flash
         self.clock = hw.clock
         self.log = getattr(hw, "log", None) or print
-        self.boot_ts = self.clock.time()
         self.cfg, errors = config.load(flash, hw.unique_id)
         self.device_id = self.cfg["device_id"]
+        self.gate = Gate(flash, self.cfg, self.device_id)
+        self._sntp_due = ticks_ms()
+        self.boot_ts = self.offline_since = self.clock.time()
+        # An ESP32 powers on in 2000: never earlier than the floor. A clock already past the
+        # floor was set before this reset (the RTC outlives all but power-on): it is believed,
+        # and so is one set later by SNTP or a signed time (the gate's iat bound needs it).
+        self.clock_known = self.clock.time() >= self.gate.floor.floor()
+        self._clock_to_floor()
         self.topic = "aed/v1/" + self.device_id + "/"
         self.outbox = Outbox(flash, self.cfg["outbox_limit"])
         self.wake = Flag()            # something is waiting to be published
         self.online = False
         self.mqtt = None
+        # The broker's address is looked up once and kept (a lookup blocks the whole board).
+        self.broker = Broker(hw.net, self.log, self.cfg["broker_resolve_after"])
+        self._tls = None              # the SSLContext, made once (CA parsed once)
         self._link_lost = False
         self._state_sent = ticks_ms() - _STATE_MIN_INTERVAL_MS
         self._acks = []               # command results waiting to be sent (RAM: not events)
         self._timers = {}             # name -> task (door left open, siren)
         self._promises = {}           # critical task -> ticks by which it checks in again
-        self.offline_since = self.boot_ts
         self.cabinet = Cabinet(self.cfg, self.emit, VERSION)
         self.emit({"type": "boot", "cause": hw.reset_cause, "fw": VERSION})
         for field, reason in errors:
@@ -47,24 +62,64 @@ class App:
             self.emit({"type": "events_dropped", "count": self.outbox.corrupt, "reason": "corrupt"})
         self.commands = {}            # cmd name -> callable(payload, dup)
         self.cabinet.load_expiry(flash.read(_EXPIRY_FILE))
-        self.gate = Gate(flash, self.cfg, self.device_id)
-        self.missions = Missions(self, self.gate)
-        self.commands["service"] = lambda raw, dup: service.on_command(self, self.gate, self.missions, raw)
+        # The lock driver bounds its own output (aedgate/lock.py); the window decides when.
+        self.lock = locks.make(self.cfg, hw.lock, getattr(hw, "lock_sense", None),
+                               getattr(hw, "lock_timer", None)) if hw.lock else None
+        self.window = UnlockWindow(self, self.lock)
+        Commands(self, self.gate, self.window)
+
+    # -- time ------------------------------------------------------------------------------
+    def now(self):
+        """Unix time for timestamps and expiry: the clock, never below the time floor."""
+        return self.gate.now(self.clock.time())
+
+    def _set_clock(self, t):
+        """Set the board's clock (never below the floor). Times taken from the old clock move
+        with it, so uptime and offline_since stay right."""
+        t = max(int(t), self.gate.floor.floor())
+        step = t - self.clock.time()
+        if -2 < step < 2 or not hasattr(self.clock, "set"):
+            return
+        self.clock.set(t)
+        self.boot_ts += step
+        self.offline_since += step
+        self.log("clock set %+d s" % step)
+
+    def _clock_to_floor(self):
+        if self.clock.time() < self.gate.floor.floor():
+            self._set_clock(self.gate.floor.floor())
+
+    def _sntp(self):
+        """SNTP once Wi-Fi is up, then daily (blocks for at most ntptime's 1 s time-out after the
+        name lookup). An answer behind the floor (spoofed, or a bad server) sets the floor."""
+        host = self.cfg["ntp_host"]
+        if not host or ticks_diff(ticks_ms(), self._sntp_due) < 0 or not self.hw.net.isconnected() \
+                or not hasattr(self.clock, "sntp"):
+            return
+        try:
+            t = self.clock.sntp(host)
+        except Exception as e:  # OSError (time-out, DNS), a short answer: try again later
+            self.log("sntp %s: %s %s" % (host, type(e).__name__, e))
+            self._sntp_due = ticks_add(ticks_ms(), _SNTP_RETRY_MS)
+            return
+        self._sntp_due = ticks_add(ticks_ms(), _SNTP_EVERY_MS)
+        self._set_clock(t)
+        self.clock_known = True
 
     # -- events and state ----------------------------------------------------------------
     def emit(self, ev):
         ev["v"] = 1
-        ev["ts"] = self.clock.time()
-        self.outbox.add(ev)
-        self.log("event %s seq=%d" % (ev["type"], ev["seq"]))
-        if self.outbox.dropped:
+        ev["ts"] = self.now()
+        self.outbox.add(ev)  # on a full flash a routine event is dropped (no seq), and counted
+        self.log("event %s seq=%s" % (ev["type"], ev.get("seq", "dropped")))
+        if self.outbox.dropped and ("seq" in ev or ev["type"] != "events_dropped"):
             count, self.outbox.dropped = self.outbox.dropped, 0
             self.emit({"type": "events_dropped", "count": count})
         self.wake.set()
 
     def ack(self, payload):
         payload["v"] = 1
-        payload["ts"] = self.clock.time()
+        payload["ts"] = self.now()
         # Acks answer live requests and stay in RAM, at most 16. When full, a rejection makes
         # room first: garbage must never crowd out the ack of a genuine unlock.
         if len(self._acks) >= 16:
@@ -82,8 +137,8 @@ class App:
         self.wake.set()
 
     def state_payload(self):
-        now = self.clock.time()
-        s = self.cabinet.state(now, now - self.boot_ts, len(self.outbox))
+        now = self.now()
+        s = self.cabinet.report_state(now, now - self.boot_ts, len(self.outbox))
         s["v"] = 1
         s["ts"] = now
         return json.dumps(s)
@@ -107,8 +162,8 @@ class App:
     def _door(self, level):
         is_open = level == self.cfg["door_open_level"]
         if is_open and self.cabinet.door == "closed":
-            self.missions.door_opened()
-        siren = self.cabinet.door_changed(is_open, self.clock.time())
+            self.window.door_opened()
+        siren = self.cabinet.door_changed(is_open, self.now())
         if is_open:
             self._start_timer("door", self._door_left_open())
             if siren:
@@ -125,13 +180,13 @@ class App:
 
     def _button(self, level):
         if level == 0:  # pressed: the button pulls its input low
-            self.missions.button_pressed()
+            self.window.button_pressed()
 
     async def _door_left_open(self):
         # Reported at the limit, then again every 1800 s while the door stays open.
         await self.clock.sleep_ms(self.cfg["door_left_open_s"] * 1000)
         while True:
-            self.cabinet.door_still_open(self.clock.time())
+            self.cabinet.door_still_open(self.now())
             self.wake.set()
             await self.clock.sleep_ms(1800 * 1000)
 
@@ -157,18 +212,23 @@ class App:
 
     # -- slow sensors and heartbeat ------------------------------------------------------
     def read_battery_mv(self):
-        uv = self.hw.battery.read_uv()
-        return int(uv * self.cfg["battery_divider"] * self.cfg["battery_cal"] / 1000)
+        """(mV, beyond the ADC's linear range?) from `battery_samples` conversions."""
+        adc = self.hw.battery
+        return battery_mv([adc.read_uv() for _ in range(self.cfg["battery_samples"])], self.cfg)
 
     async def sample(self):
         if self.hw.battery:
-            self.cabinet.battery_reading(self.read_battery_mv())
+            mv, over = self.read_battery_mv()
+            if over != self.cabinet.battery_over_range:
+                self.log("battery: %s the ADC's linear range" % ("beyond" if over else "back within"))
+            self.cabinet.battery_reading(mv, over)
         if self.hw.temp:
             try:
                 self.cabinet.temp_reading(await self.hw.temp.read_c())
             except Exception:  # OSError, onewire.OneWireError, a CRC error: all the same to us
                 self.cabinet.temp_failed()
-        if self.cabinet.check_expiry(self.clock.time()):
+        self._sntp()
+        if self.cabinet.check_expiry(self.now()):
             self.flash.write(_EXPIRY_FILE, self.cabinet.dump_expiry())
         if self.cabinet.changed:
             self.wake.set()
@@ -213,7 +273,7 @@ class App:
 
     # -- MQTT session --------------------------------------------------------------------
     def _status(self, online):
-        s = {"v": 1, "ts": self.clock.time(), "online": online}
+        s = {"v": 1, "ts": self.now(), "online": online}
         if online:
             s["fw"] = VERSION
             s["reset_cause"] = self.hw.reset_cause
@@ -249,13 +309,20 @@ class App:
             self.alive("session", 45000)
             client = None
             try:
+                self._sntp()
+                self._clock_to_floor()  # the floor may have risen past the clock (a token's iat)
+                if cfg["broker_tls"] and self.clock.time() < self.gate.floor.floor():
+                    # ESP32 builds check certificate dates against this clock
+                    raise OSError("clock behind the time floor: no TLS yet")
+                if cfg["broker_tls"] and self._tls is None:
+                    # A missing or bad CA file fails here, each attempt, and is logged below.
+                    self._tls = self.hw.tls_context(cfg)
                 client = MQTTClient(
-                    self.device_id, self.hw.net, cfg["broker_host"], cfg["broker_port"],
+                    self.device_id, self.broker, cfg["broker_host"], cfg["broker_port"],
                     keepalive=cfg["keepalive_s"], user=cfg["broker_user"] or None,
                     password=cfg["broker_password"] or None,
                     will=(self.topic + "status", self._status(False), 1, True),
-                    # A missing or bad CA file fails here, each attempt, and is logged below.
-                    ssl=self.hw.tls_context(cfg) if cfg["broker_tls"] else None,
+                    ssl=self._tls if cfg["broker_tls"] else None,
                     server_hostname=cfg["broker_host"] if cfg["broker_tls"] else None,
                     on_message=self._on_message)
                 # A persistent session: the broker keeps commands sent during a short blip.
@@ -266,7 +333,7 @@ class App:
             if self.online:
                 attempt = 0  # we were up: the next outage starts its backoff afresh
             if self.online:
-                self.offline_since = self.clock.time()
+                self.offline_since = self.now()
             self.online = False
             self.mqtt = None
             if client:
@@ -285,6 +352,7 @@ class App:
 
     async def _connected(self, client):
         self._link_lost = False
+        self._sntp()  # Wi-Fi is up now: the first sync comes before the status and the events
         reader = asyncio.create_task(self._read(client))  # acks arrive through the reader
         try:
             await client.subscribe(self.topic + "cmd/#", 1)
@@ -308,10 +376,15 @@ class App:
     async def _publish_all(self, client):
         """Send, in order: acks (dispatch is waiting for them), outbox events (removed only
         after PUBACK), then the state (at most one a second)."""
+        # Progress keeps the promise: each publish is bounded by the client's timeout (write and
+        # PUBACK), so a slow broker that still answers renews it with every PUBACK, however long
+        # the backlog; a session that stops getting anywhere lets it lapse (the board resets).
+        progress_ms = 2 * client.timeout_ms + 10000
         while not self._link_lost:
             if self._acks:
                 await client.publish(self.topic + "ack", json.dumps(self._acks[0]), 1)
                 self._acks.pop(0)
+                self.alive("session", progress_ms)
                 continue
             seq = self.outbox.oldest()
             if seq is not None:
@@ -319,6 +392,7 @@ class App:
                 if payload is not None:
                     await client.publish(self.topic + "event", payload, 1)
                 self.outbox.remove(seq)
+                self.alive("session", progress_ms)
                 continue
             if self.cabinet.changed:
                 wait = _STATE_MIN_INTERVAL_MS - ticks_diff(ticks_ms(), self._state_sent)
@@ -327,6 +401,7 @@ class App:
                     continue
                 await client.publish(self.topic + "state", self.state_payload(), 1, True)
                 self._state_sent = ticks_ms()
+                self.alive("session", progress_ms)
                 continue
             # Idle: check in once per keepalive (the reader proves the link by itself).
             ka = self.cfg["keepalive_s"] * 1000
@@ -353,5 +428,5 @@ class App:
         finally:
             for t in tasks + list(self._timers.values()):
                 t.cancel()
-            self.missions.stop()
+            self.window.stop()
             self._siren_off()

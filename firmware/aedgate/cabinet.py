@@ -3,6 +3,24 @@
 # no network, no timers here (the app owns those), so every rule is easy to test.
 
 _DAY_S = 86400
+# Top of the ESP32 ADC's linear range at ATTN_11DB (MicroPython docs/esp32/quickref.rst:
+# 150-2450 mV); above it read_uv() reads short.
+_ADC_LINEAR_UV = 2450000
+
+
+def battery_mv(uvs, cfg):
+    """The battery voltage from several ADC conversions (microvolts at the pin): sorted, the
+    lowest and highest quarter dropped (spikes), the rest averaged, because one conversion's
+    noise times the divider is larger than a real change (docs/twin.md). Returns (mV, over):
+    a reading beyond the ADC's linear range is clamped there and flagged, not trusted."""
+    uvs = sorted(uvs)
+    cut = len(uvs) // 4
+    kept = uvs[cut:len(uvs) - cut]
+    uv = sum(kept) // len(kept)
+    over = uv > _ADC_LINEAR_UV
+    if over:
+        uv = _ADC_LINEAR_UV
+    return int(uv * cfg["battery_divider"] * cfg["battery_cal"] / 1000), over
 
 
 class Cabinet:
@@ -23,6 +41,8 @@ class Cabinet:
         self.changed = True          # state differs from what was last published
         self._reported_mv = None
         self._reported_temp = None
+        self.battery_over_range = False  # the ADC reading was beyond its linear range (clamped)
+        self._temp_fresh = True      # no good reading since boot or since the sensor failed
 
     # -- helpers -------------------------------------------------------------------------
     def _event(self, kind, extra=None):
@@ -72,10 +92,13 @@ class Cabinet:
             self._event("door_left_open", {"open_s": now - (self.door_opened_at or now)})
 
     # -- power ---------------------------------------------------------------------------
-    def battery_reading(self, mv):
+    def battery_reading(self, mv, over_range=False):
         cfg = self.cfg
         # Report a new state for a real change only: ADC noise must not publish every sample.
-        if self._reported_mv is None or abs(mv - self._reported_mv) >= 50:
+        if self._reported_mv is None or abs(mv - self._reported_mv) >= cfg["battery_report_mv"]:
+            self.changed = True
+        if over_range != self.battery_over_range:
+            self.battery_over_range = over_range
             self.changed = True
         self.battery_mv = mv
         low, crit, hyst = cfg["battery_low_mv"], cfg["battery_critical_mv"], cfg["battery_hysteresis_mv"]
@@ -121,6 +144,12 @@ class Cabinet:
     def temp_reading(self, c):
         if c is None:
             return
+        if c == 85.0 and self._temp_fresh:
+            # The DS18B20's power-on value: its first conversion did not happen (power-up, a
+            # sensor plugged back in, a brownout). Not a reading; a second 85.0 in a row is real.
+            self._temp_fresh = False
+            return
+        self._temp_fresh = False
         c = round(c, 1)
         if self._reported_temp is None or abs(c - self._reported_temp) >= 0.5:
             self.changed = True
@@ -137,6 +166,7 @@ class Cabinet:
 
     def temp_failed(self):
         """The sensor did not answer: drop temp_c from the state (docs/protocol.md), no event."""
+        self._temp_fresh = True  # when it answers again it has just powered up
         if self.temp_c is not None:
             self.temp_c = None
             self._reported_temp = None
@@ -207,7 +237,7 @@ class Cabinet:
                 self._event(name + "_expiring", info)
 
     # -- report --------------------------------------------------------------------------
-    def state(self, now, uptime_s, outbox):
+    def report_state(self, now, uptime_s, outbox):
         """The full state payload (without v/ts); marks it as reported."""
         today = now // _DAY_S
         self.changed = False
@@ -232,6 +262,8 @@ class Cabinet:
             s["mains"] = self.mains
         if self.temp_c is not None:
             s["temp_c"] = self.temp_c
+        if self.battery_over_range:
+            s["battery_over_range"] = True
         if self.mission:
             s["mission"] = self.mission
         return s

@@ -18,6 +18,7 @@ SCHEMA = {
     "broker_user": ("str", "", 0, 128),
     "broker_password": ("secret", "", 0, 128),
     "keepalive_s": ("int", 60, 10, 1200),
+    "broker_resolve_after": ("int", 5, 1, 100),  # failed connects before the name is looked up again
     "wifi_ssid": ("str", "", 0, 32),
     "wifi_password": ("secret", "", 0, 64),
     "heartbeat_s": ("int", 900, 10, 86400),
@@ -27,7 +28,9 @@ SCHEMA = {
     "debounce_ms": ("int", 20, 5, 2000),         # reed and micro switches settle in < 10 ms
     "mains_debounce_ms": ("int", 5000, 5, 60000),  # a flickering supply is not an outage
     "door_open_level": ("int", 1, 0, 1),         # pin level that means "door open"
-    "battery_divider": ("num", 5.0, 1.0, 20.0),  # battery volts per volt at the ADC pin
+    "battery_divider": ("num", 6.0, 1.0, 20.0),  # battery volts per volt at the ADC pin
+    "battery_samples": ("int", 16, 1, 64),       # ADC conversions averaged per battery reading
+    "battery_report_mv": ("int", 100, 10, 2000),  # a new state when the battery moved this much
     "battery_cal": ("num", 1.0, 0.5, 1.5),       # per-board calibration factor
     "battery_full_mv": ("int", 12700, 1000, 60000),
     "battery_empty_mv": ("int", 11000, 1000, 60000),
@@ -40,18 +43,27 @@ SCHEMA = {
     "pads_expiry": ("date", None, 0, 0),
     "aed_battery_expiry": ("date", None, 0, 0),
     "expiry_warn_days": ("ints", [30, 7], 0, 3650),
-    "pins": ("pins", {}, 0, 48),
+    "pins": ("pins", {}, 0, 0),                  # checked pin by pin: _pin_problem()
+    "ntp_host": ("str", "pool.ntp.org", 0, 253),  # SNTP after Wi-Fi; "" = signed time only
     "issuer": ("str", "dispatch", 1, 64),
     "keys": ("keys", [], 0, 0),                  # mission-token key slots: current and next
     "max_window_s": ("int", 300, 5, 1800),
+    "iat_max_future_s": ("int", 3600, 60, 31536000),  # how far ahead of a known clock a token's iat may be
     "release_keys": ("keys", [], 0, 0),          # Ed25519 release keys: current and next
     "outbox_limit": ("int", 200, 20, 2000),      # events kept on flash through an outage
     "lock_type": ("choice", "pulse", 0, 0),
     "lock_pulse_ms": ("int", 3000, 100, 10000),
-    "lock_cooldown_ms": ("int", 2000, 0, 60000),
+    "lock_cooldown_ms": ("int", 2000, 500, 60000),  # floor: lock.MIN_COOLDOWN_MS
 }
 CHOICES = {"lock_type": ("pulse", "hold", "motor")}
 PIN_NAMES = ("door", "lock", "lock_sense", "siren", "led", "battery_adc", "mains", "temp", "button")
+_OUTPUTS = ("lock", "siren", "led")
+_PULLED = ("door", "button", "lock_sense")  # inputs that need the chip's pull-up
+# GPIOs of the ESP32 classic that exist (ports/esp32/machine_pin.h: 0-23, 25-27, 32-39), less 20
+# (not on WROOM/WROVER modules). 6-11 are the module's flash bus, 34-39 are inputs without pulls,
+# 0/2/5/12/15 are strapping pins whose level at reset selects the boot mode or flash voltage, or
+# (5, 15) is pulled high until the firmware runs. See docs/twin.md.
+_STRAPPING = (0, 2, 5, 12, 15)
 _ID_CHARS = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_-"
 
 
@@ -101,13 +113,7 @@ def _check(name, v):
                 return "bad_value"
         return None
     if kind == "pins":
-        if not isinstance(v, dict):
-            return "bad_type"
-        for k in v:
-            p = v[k]
-            if k not in PIN_NAMES or not (p is None or (_is_int(p) and lo <= p <= hi)):
-                return "bad_value"
-        return None
+        return None if isinstance(v, dict) else "bad_type"
     if kind == "keys":
         if not isinstance(v, list) or len(v) > 2:
             return "bad_type"
@@ -116,6 +122,38 @@ def _check(name, v):
                 return "bad_value"
         return None
     return "bad_type"
+
+
+def _pin_problem(name, p):
+    """None when GPIO `p` may carry `name` on an ESP32, else the reason code."""
+    if name not in PIN_NAMES:
+        return "unknown_key"
+    if p is None:
+        return None
+    if not _is_int(p):
+        return "bad_type"
+    if not (0 <= p <= 39) or p in (20, 24, 28, 29, 30, 31):
+        return "invalid_pin"          # machine.Pin raises ValueError("invalid pin")
+    if 6 <= p <= 11:
+        return "flash_bus"
+    if p >= 34 and (name in _OUTPUTS or name in _PULLED or name == "temp"):
+        return "input_only"           # Pin.OUT raises "pin can only be input"; no pull-ups
+    if p in _STRAPPING and name != "led":
+        return "strapping_pin"
+    return None
+
+
+def _check_pins(raw, errors):
+    """The valid entries of `raw` (a dict); each bad one is reported as pins.<name> and left out,
+    so that pin keeps its default wiring."""
+    pins = {}
+    for name in raw:
+        reason = _pin_problem(name, raw[name])
+        if reason:
+            errors.append(("pins." + str(name)[:24], reason))
+        else:
+            pins[name] = raw[name]
+    return pins
 
 
 def _hex_ok(s, lo, hi):
@@ -143,6 +181,8 @@ def validate(raw):
         if reason:
             errors.append((name, reason))
             cfg[name] = default
+        elif name == "pins":
+            cfg[name] = _check_pins(raw[name], errors)
         else:
             cfg[name] = raw[name]
     for name in raw:
@@ -185,5 +225,8 @@ def load(flash, fallback_id):
     if cfg["device_id"] is None:
         cfg["device_id"] = fallback_id
     if data is not None and not errors and flash.read(LAST_GOOD_FILE) != data:
-        flash.write(LAST_GOOD_FILE, data)
+        try:
+            flash.write(LAST_GOOD_FILE, data)
+        except OSError:
+            pass  # a full flash (ENOSPC): keep the older copy; the next boot tries again
     return cfg, errors

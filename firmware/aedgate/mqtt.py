@@ -1,6 +1,6 @@
 # The cabinet's asyncio MQTT 3.1.1 client (QoS 0/1, keepalive, LWT, bounded waits, receive cap).
-# Why we carry our own: docs ARCHITECTURE.md, "Why the firmware carries its own small MQTT
-# client". The same file runs on the ESP32, the MicroPython unix port and CPython (simulator).
+# Why we carry our own: docs/design.md, "Why our own MQTT client".
+# The same file runs on the ESP32, the MicroPython unix port and CPython (simulator).
 #
 # Choices worth knowing:
 # - Every wait is bounded so a dead link never freezes the cabinet: a write, or a write and its

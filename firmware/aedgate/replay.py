@@ -1,4 +1,4 @@
-# Single use of mission tokens (SECURITY.md rule 3): a persisted set of the cti values of
+# Single use of mission tokens (docs/security.md rule 3): a persisted set of the cti values of
 # accepted tokens, each kept until its exp falls below the time floor. QoS 1 redelivery, a
 # retained copy or a captured token presented again all find their cti here.
 #
@@ -72,11 +72,15 @@ class Replay:
         for k in [k for k in entries if entries[k][0] < floor]:
             del entries[k]
 
+    def forget_before(self, t):
+        """Every token with iat <= t counts as seen from now on (persisted): after the time
+        floor was lowered, tokens forgotten under the old floor cannot come back."""
+        if t > self._guard:
+            self._guard = int(t)
+            self._flash.write(self._name, self._encode())
+
     def __len__(self):
         return len(self._entries)
-
-    def guard(self):
-        return self._guard
 
     def _encode(self):
         parts = [_MAGIC, self._guard.to_bytes(8, "big"), bytes((len(self._entries),))]

@@ -40,9 +40,10 @@ async def _lock(hw, cfg):
     if hw.lock is None:
         return _FAIL, "no lock output configured"
     from aedgate import lock
-    drv = lock.make(cfg, hw.lock, hw.lock_sense)
+    drv = lock.make(cfg, hw.lock, hw.lock_sense, getattr(hw, "lock_timer", None))
     try:
-        fault = await drv.release(1000)
+        # A fresh driver assumes a hot coil: the pulse may wait up to 3 x lock_pulse_ms.
+        fault = await drv.release(40000)
         if cfg["lock_type"] == "hold":
             fault = fault or await drv.secure()
     finally:
@@ -69,7 +70,10 @@ async def _siren(hw):
 def _battery(hw, cfg):
     if hw.battery is None:
         return _SKIP, "no battery ADC configured"
-    mv = int(hw.battery.read_uv() * cfg["battery_divider"] * cfg["battery_cal"] / 1000)
+    from aedgate.cabinet import battery_mv
+    mv, over = battery_mv([hw.battery.read_uv() for _ in range(cfg["battery_samples"])], cfg)
+    if over:
+        return _WARN, "%d mV or more: beyond the ADC's linear range, check battery_divider" % mv
     if mv < 1000:
         return _FAIL, "%d mV: battery disconnected or ADC miswired" % mv
     if mv <= cfg["battery_critical_mv"]:
@@ -92,6 +96,8 @@ async def _temp(hw, cfg):
         return _SKIP, "no temperature sensor configured"
     try:
         t = await hw.temp.read_c()
+        if t == 85.0:  # the DS18B20's power-on value, not a reading: ask again once
+            t = await hw.temp.read_c()
     except Exception as e:  # OSError, a bus error: both mean no usable reading
         return _FAIL, "no reading: %s" % e
     if not cfg["temp_min_c"] <= t <= cfg["temp_max_c"]:
@@ -104,14 +110,12 @@ async def _wifi(hw, cfg):
     if not wlan.isconnected():
         if not cfg["wifi_ssid"]:
             return _FAIL, "not connected and no wifi_ssid configured"
-        wlan.active(True)
-        wlan.connect(cfg["wifi_ssid"], cfg["wifi_password"])
-        for _ in range(100):
-            if wlan.isconnected():
-                break
-            await sleep_ms(100)
-        else:
-            return _FAIL, "cannot join %r (status %s)" % (cfg["wifi_ssid"], wlan.status())
+        # board.WiFi.join: connect() only if the driver is not already at it (a second one
+        # raises "Wifi Internal Error" on the ESP32), then waits.
+        try:
+            await hw.net.join()
+        except OSError as e:
+            return _FAIL, "cannot join %r (%s)" % (cfg["wifi_ssid"], e)
     return _PASS, "%s, address %s" % (cfg["wifi_ssid"] or "connected", wlan.ifconfig()[0])
 
 

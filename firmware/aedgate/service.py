@@ -8,7 +8,7 @@ from aedgate import config, token
 from aedgate.compat import parse_date
 
 _DATE_FIELDS = {"set_pads_expiry": "pads_expiry", "set_aed_battery_expiry": "aed_battery_expiry"}
-_SERVICE_FILE = "service"
+SERVICE_FILE = "service"  # present while service_needed (written by aedgate/window.py)
 
 
 def check(claims):
@@ -25,28 +25,38 @@ def apply(flash, cfg, claims):
     """Carry out a verified service action on flash and in `cfg`. Returns the event to emit."""
     action, value = claims["action"], claims["value"]
     if action == "aed_checked":
-        flash.remove(_SERVICE_FILE)
+        flash.remove(SERVICE_FILE)
         return {"type": "service_done"}
     field = _DATE_FIELDS[action]
-    raw = flash.read(config.CONFIG_FILE)
-    try:
-        stored = json.loads(raw) if raw else {}
-    except ValueError:
-        stored = {}
-    if not isinstance(stored, dict):
-        stored = {}
+    stored = _stored_config(flash, cfg)
     stored[field] = value
     flash.write(config.CONFIG_FILE, json.dumps(stored))
     cfg[field] = value
     return {"type": "service_done", "action": action, field: value}
 
 
-def on_command(app, gate, missions, raw):
-    """cmd/service over MQTT, inside the running app."""
+def _stored_config(flash, cfg):
+    """The configuration to change, as the file holds it: config.json, or when that does not
+    parse the last good copy the app actually loaded (config.good), or as a last resort the
+    running configuration. Never a stub: the result is written over config.json, and the next
+    clean boot copies it over config.good too."""
+    for name in (config.CONFIG_FILE, config.LAST_GOOD_FILE):
+        raw = flash.read(name)
+        try:
+            stored = json.loads(raw) if raw else None
+        except (ValueError, UnicodeError, MemoryError):
+            stored = None
+        if isinstance(stored, dict):
+            return stored
+    return dict(cfg)
+
+
+def on_command(app, gate, reject, raw):
+    """cmd/service over MQTT, inside the running app; `reject(cmd, error)` reports a refusal."""
     try:
-        claims = gate.admit(raw, "service", app.clock.time(), check)
+        claims = gate.admit(raw, "service", app.clock.time(), check, app.clock_known)
     except token.TokenError as e:
-        missions._reject("service", e)
+        reject("service", e)
         return
     ev = apply(app.flash, app.cfg, claims)
     if claims["action"] == "aed_checked":
@@ -78,7 +88,7 @@ def apply_serial(raw, root="/"):
         return result
     ev = apply(flash, cfg, claims)
     ev["v"] = 1
-    ev["ts"] = unix_time()
+    ev["ts"] = gate.now(unix_time())  # the board may still read 2000: never below the floor
     Outbox(flash).add(ev)
     result["result"] = "accepted"
     result["cti"] = claims["cti"].hex()

@@ -1,4 +1,5 @@
-# Flash storage behind one small interface: read a file, replace it atomically, list, remove.
+# Flash storage behind one small interface: read a file, replace it atomically, append to it,
+# list, remove, and a sub-folder as its own Flash.
 # On the device `root` is a folder of the littlefs filesystem; the simulator gives every cabinet
 # its own folder (or its own Flash subclass that injects power cuts mid-write).
 import os
@@ -30,9 +31,23 @@ class Flash:
         if isinstance(data, str):
             data = data.encode()
         tmp = self._path(name + ".tmp")
-        with open(tmp, "wb") as f:
+        try:
+            with open(tmp, "wb") as f:
+                f.write(data)
+            os.rename(tmp, self._path(name))
+        except OSError:
+            self.remove(name + ".tmp")  # a full flash (ENOSPC): give back what the try took
+            raise
+
+    def append(self, name, data):
+        """Add `data` at the end of `name` (created if missing). On littlefs the file is synced
+        on close, so a power cut leaves it with or without `data`, never half of it."""
+        with open(self._path(name), "ab") as f:
             f.write(data)
-        os.rename(tmp, self._path(name))
+
+    def sub(self, name):
+        """The folder `name` inside this one, as its own Flash."""
+        return Flash(self._path(name))
 
     def remove(self, name):
         try:

@@ -1,4 +1,4 @@
-# The time floor (SECURITY.md rule 2): a Unix time that never goes backwards and is raised only
+# The time floor (docs/security.md rule 2): a Unix time that never goes backwards and is raised only
 # by authenticated sources: the firmware build time, the iat of a verified token, signed time
 # from the backend. It is a lower bound on the real time. SNTP or an RTC may show a later time
 # (now() takes the larger of the two) but never lowers the floor, so an attacker who spoofs
@@ -10,9 +10,10 @@
 # loses nothing; with both copies unreadable the floor falls back to the build time, which is
 # the best lower bound left.
 #
-# Caveat worth knowing: a token whose iat is far in the future (a dispatch clock gone wrong)
-# would raise the floor that far and make every later token look expired. The dispatch backend
-# must keep its clock right; verify() bounds a token's life (max_ttl_s) but not its iat.
+# A token whose iat is far in the future (a dispatch clock gone wrong) would raise the floor
+# that far and make every later token look expired. Two guards (docs/protocol.md, "Time and
+# clocks"): the gate refuses an iat further than iat_max_future_s ahead of a clock the device
+# believes, and a signed cmd/time naming the current floor exactly may lower it (reset_to).
 import hashlib
 
 from aedgate.compat import const
@@ -51,6 +52,18 @@ class TimeFloor:
         self._flash.write(self._name + ".b", data)
         self._floor = t
         return True
+
+    def reset_to(self, t):
+        """Set the floor to `t`, lower than now: only for an authenticated reset (gate.py)."""
+        t = int(t)
+        if not 0 <= t < 1 << 63:
+            raise ValueError("time out of range")
+        data = _encode(t)
+        # Both copies, as raise_to does; a power cut between the two leaves the higher (old)
+        # copy winning at boot: the reset did not happen, and dispatch sends it again.
+        self._flash.write(self._name + ".b", data)
+        self._flash.write(self._name + ".a", data)
+        self._floor = t
 
     def now(self, clock=None):
         """Time for checking token expiry: the clock (SNTP/RTC, unauthenticated) when it is ahead

@@ -1,5 +1,5 @@
 # Command token verification: COSE_Mac0 (RFC 9052) carrying CWT claims (RFC 8392), profile
-# fixed in docs/protocol.md ("Mission token profile"), checks in the order of SECURITY.md rule 1.
+# fixed in docs/protocol.md ("Mission token profile"), checks in the order of docs/security.md rule 1.
 # This module only says whether a token is genuine and current; the caller then checks replay
 # (aedgate.replay), persists the cti, raises the time floor and actuates.
 #
@@ -20,7 +20,7 @@
 #   - iat is compared with now only when `max_future_s` is given (default off), for callers that
 #     hold a trusted clock.
 from aedgate import cbor
-from aedgate.mac import equal, hmac_sha256
+from aedgate.hmac_sha256 import equal, hmac_sha256
 from aedgate.compat import const
 
 MAX_TOKEN_BYTES = const(512)
@@ -37,6 +37,7 @@ _C_MISSION = const(-65537)
 _C_WINDOW = const(-65538)
 _C_ACTION = const(-65539)
 _C_VALUE = const(-65540)
+_C_FLOOR = const(-65541)  # cmd/time only: the floor a reset expects to lower (docs/protocol.md)
 _TAG_LEN = const(32)
 _TIME_LIMIT = const(1 << 63)  # times must fit the 8-byte fields of the replay and floor files
 
@@ -186,7 +187,8 @@ def _verify(raw, device_id, keys, now, issuer, max_window_s, min_window_s, kind,
             window = max_window_s
     action = claims.get(_C_ACTION)
     return {"kind": kind, "mission": mission, "cti": cti, "exp": exp, "iat": iat,
-            "window_s": window, "kid": kid, "action": action, "value": claims.get(_C_VALUE)}
+            "window_s": window, "kid": kid, "action": action, "value": claims.get(_C_VALUE),
+            "floor": claims.get(_C_FLOOR)}
 
 
 def _command_claims_ok(claims, kind, mission):
@@ -195,6 +197,8 @@ def _command_claims_ok(claims, kind, mission):
     window = claims.get(_C_WINDOW)
     action = claims.get(_C_ACTION)
     value = claims.get(_C_VALUE)
+    if _C_FLOOR in claims and kind != "time":
+        return False  # only a time command may reset the floor
     if kind == "unlock":
         return (isinstance(mission, str) and 1 <= len(mission) <= 64
                 and type(window) is int and window >= 1
@@ -203,8 +207,10 @@ def _command_claims_ok(claims, kind, mission):
         return ((mission is None or (isinstance(mission, str) and 1 <= len(mission) <= 64))
                 and window is None and isinstance(action, str) and 1 <= len(action) <= 32
                 and (value is None or (isinstance(value, str) and len(value) <= 32)))
+    floor = claims.get(_C_FLOOR)
     if kind == "time":
-        return mission is None and window is None and action is None and value is None
+        return (mission is None and window is None and action is None and value is None
+                and (floor is None or (type(floor) is int and 0 <= floor < _TIME_LIMIT)))
     return False
 
 

@@ -13,6 +13,7 @@ gc.collect()
 base = gc.mem_alloc()
 
 from aedgate.app import App  # noqa: E402
+from aedgate import link  # noqa: E402
 from aedgate.compat import asyncio, sleep_ms  # noqa: E402
 from fwtest import Hardware, temp_flash, wipe  # noqa: E402
 
@@ -24,8 +25,14 @@ class Net:
     def isconnected(self):
         return True
 
-    async def open(self, host, port, ssl=None, server_hostname=None):
-        return await asyncio.open_connection(host, port)
+    async def join(self):
+        pass
+
+    def getaddrinfo(self, host, port):
+        return link.lookup(host, port)
+
+    def connect(self, addr, ssl=None, server_hostname=None):
+        return link.open_stream(addr, ssl, server_hostname)
 
 
 flash = temp_flash()

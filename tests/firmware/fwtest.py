@@ -1,5 +1,7 @@
 # Helpers for firmware unit tests; runs under CPython and the MicroPython unix port alike.
+import _thread
 import os
+import time
 
 from aedgate.compat import sleep_ms
 from aedgate.storage import Flash
@@ -12,12 +14,58 @@ def temp_flash():
 
 
 def wipe(flash):
-    for n in flash.names():
-        flash.remove(n)
-    try:
-        os.rmdir(flash.root)
-    except OSError:
-        pass
+    _rmtree(flash.root)
+
+
+def _rmtree(path):
+    for name in os.listdir(path):
+        p = path + "/" + name
+        if os.stat(p)[0] & 0x4000:
+            _rmtree(p)
+        else:
+            os.remove(p)
+    os.rmdir(path)
+
+
+class FullFlash:
+    """A flash whose filesystem fills up: past `room` bytes of new data (or at once, room=0),
+    writes and appends raise OSError(ENOSPC) as littlefs does; removing frees room."""
+
+    def __init__(self, inner, room=0, top=None):
+        self.inner = inner
+        self.top = top or self
+        self.room = room
+        self.refused = 0
+
+    def _take(self, n):
+        if self.top.room < n:
+            self.top.refused += 1
+            raise OSError(28, "ENOSPC")
+        self.top.room -= n
+
+    def read(self, name):
+        return self.inner.read(name)
+
+    def names(self):
+        return self.inner.names()
+
+    def write(self, name, data):
+        old = self.inner.read(name)
+        self._take(max(0, len(data) - (len(old) if old else 0)))
+        self.inner.write(name, data)
+
+    def append(self, name, data):
+        self._take(len(data))
+        self.inner.append(name, data)
+
+    def remove(self, name):
+        old = self.inner.read(name)
+        if old is not None:
+            self.top.room += len(old)
+        self.inner.remove(name)
+
+    def sub(self, name):
+        return FullFlash(self.inner.sub(name), top=self.top)
 
 
 class Pin:
@@ -45,12 +93,79 @@ class Pin:
                 self.handler(self)
 
 
+class Timer:
+    """A one-shot hardware timer that behaves like the ESP32's machine.Timer (hw.lock_timer):
+    ONE_SHOT = 0, init(mode=, period=, callback=), deinit(); the callback is *scheduled*, not run
+    in an interrupt (ports/esp32/machine_timer.c: mp_sched_schedule). On MicroPython a thread
+    waits out the period and hands the callback to micropython.schedule, exactly that path.
+    Under CPython the thread calls it itself; the GIL passes between bytecodes of the main
+    thread, or while it waits in a call that releases the GIL (as time.sleep, which on the ESP32
+    runs scheduled callbacks too)."""
+
+    ONE_SHOT = 0
+    PERIODIC = 1
+
+    def __init__(self):
+        self._gen = 0
+        self.fired = 0
+        self.armed = False
+
+    def init(self, mode=1, period=0xFFFFFFFF, callback=None):
+        if mode != self.ONE_SHOT:
+            raise ValueError("only ONE_SHOT here")
+        self._gen += 1
+        self.armed = True
+        _thread.start_new_thread(self._wait, (self._gen, period, callback))
+
+    def deinit(self):
+        self._gen += 1
+        self.armed = False
+
+    def _wait(self, gen, period, callback):
+        time.sleep(period / 1000)
+        if _schedule:
+            _schedule(self._fire, (gen, callback))
+        else:
+            self._fire((gen, callback))
+
+    def _fire(self, arg):
+        gen, callback = arg
+        if gen != self._gen:
+            return  # deinit() or a new init() came first
+        self._gen += 1
+        self.armed = False
+        self.fired += 1
+        callback(self)
+
+
+try:
+    from micropython import schedule as _schedule
+except ImportError:
+    _schedule = None
+
+
 class Clock:
-    def __init__(self, t=1795000000):
+    """A board's clock: Unix seconds, settable (RTC), with an SNTP server answering `sntp_t`
+    (an exception instance: the server fails so)."""
+
+    def __init__(self, t=1796000000):
         self.t = t
+        self.sntp_t = None
+        self.asked = []
 
     def time(self):
         return self.t
+
+    def set(self, t):
+        self.t = t
+
+    def sntp(self, host):
+        self.asked.append(host)
+        if isinstance(self.sntp_t, Exception):
+            raise self.sntp_t
+        if self.sntp_t is None:
+            raise OSError(110)
+        return self.sntp_t
 
     def sleep_ms(self, ms):
         return sleep_ms(ms)
@@ -73,10 +188,18 @@ class Thermo:
 
 
 class NoNet:
-    def isconnected(self):
-        return False
+    up = False  # Wi-Fi associated (the broker is still unreachable)
 
-    async def open(self, host, port, ssl=None, server_hostname=None):
+    def isconnected(self):
+        return self.up
+
+    async def join(self):
+        raise OSError("no network in this test")
+
+    def getaddrinfo(self, host, port):
+        raise OSError(-202)
+
+    async def connect(self, addr, ssl=None, server_hostname=None):
         raise OSError("no network in this test")
 
 
@@ -91,9 +214,10 @@ class Hardware:
         self.button = Pin(0)
         self.lock = Pin(0)
         self.lock_sense = None
+        self.lock_timer = Timer()
         self.siren = Pin(0)
         self.led = Pin(0)
-        self.battery = ADC(2500000)  # 2.5 V at the pin x 5.0 divider = 12.5 V
+        self.battery = ADC(2083334)  # 2.083 V at the pin x 6.0 divider = 12.5 V
         self.temp = Thermo(21.0)
         self.lines = []
         self.log = self.lines.append

@@ -14,12 +14,12 @@ def _app(cfg=None):
 
 
 def _types(app):
-    return [app.outbox.get(s)["type"] for s in app.outbox._pending]
+    return [app.outbox.get(s)["type"] for s in app.outbox.pending()]
 
 
 def test_boot_event_and_config_errors():
     app, hw, f = _app({"device_id": "cab-0007", "heartbeat_s": "often"})
-    evs = [app.outbox.get(s) for s in app.outbox._pending]
+    evs = [app.outbox.get(s) for s in app.outbox.pending()]
     assert evs[0]["type"] == "boot" and evs[0]["cause"] == "power_on" and evs[0]["seq"] == 1
     assert evs[1] == {"type": "config_error", "field": "heartbeat_s", "reason": "bad_type",
                       "v": 1, "ts": hw.clock.t, "seq": 2}

@@ -143,7 +143,7 @@ def test_state_has_fixed_fields():
     cab, ev = make(pads_expiry="2027-01-01")
     cab.battery_reading(12200)
     cab.temp_reading(21.04)
-    s = cab.state(parse_date("2026-12-31") * DAY, 5, 0)
+    s = cab.report_state(parse_date("2026-12-31") * DAY, 5, 0)
     for k in ("door", "lock", "battery_mv", "battery_pct", "pads_expiry", "pads_days_left",
               "aed_battery_expiry", "aed_battery_days_left", "alarms", "fw", "uptime_s"):
         assert k in s, k

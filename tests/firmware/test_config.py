@@ -40,9 +40,38 @@ def test_contradicting_thresholds_reset_together():
 
 def test_pins_and_keys_checked():
     cfg, errors = config.validate({"pins": {"door": 4, "lazer": 3}, "keys": [{"kid": "01", "key": "zz"}]})
-    assert dict(errors) == {"pins": "bad_value", "keys": "bad_value"}
+    assert dict(errors) == {"pins.lazer": "unknown_key", "keys": "bad_value"}
+    assert cfg["pins"] == {"door": 4}  # the good entries are kept
     cfg, errors = config.validate({"pins": {"door": 4, "temp": None}, "keys": [{"kid": "", "key": "ab" * 32}]})
     assert errors == []
+
+
+def test_pins_the_esp32_refuses_fall_back_one_by_one_naming_the_pin():
+    # machine.Pin raises for these on the board (ports/esp32/machine_pin.c; docs/twin.md): a
+    # bad lock pin must never reach Pin() in boot.py. Each falls back to its default wiring.
+    cfg, errors = config.validate({"pins": {
+        "lock": 40, "siren": 34, "door": 36, "button": 0, "led": 24, "temp": 7, "mains": 39,
+        "lock_sense": "5", "battery_adc": 35}})
+    assert dict(errors) == {"pins.lock": "invalid_pin", "pins.siren": "input_only",
+                            "pins.door": "input_only", "pins.button": "strapping_pin",
+                            "pins.led": "invalid_pin", "pins.temp": "flash_bus",
+                            "pins.lock_sense": "bad_type"}
+    assert cfg["pins"] == {"mains": 39, "battery_adc": 35}
+    cfg, errors = config.validate({"pins": {"lock": 5}})  # pulled up at reset: fires the lock
+    assert errors == [("pins.lock", "strapping_pin")]
+    cfg, errors = config.validate({"pins": {"lock": 26, "led": 2, "mains": None}})
+    assert errors == [] and cfg["pins"] == {"lock": 26, "led": 2, "mains": None}
+    cfg, errors = config.validate({"pins": [4]})
+    assert errors == [("pins", "bad_type")] and cfg["pins"] == {}
+
+
+def test_ntp_host_is_checked():
+    cfg, errors = config.validate({})
+    assert cfg["ntp_host"] == "pool.ntp.org"
+    cfg, errors = config.validate({"ntp_host": "x" * 254})
+    assert errors == [("ntp_host", "out_of_range")] and cfg["ntp_host"] == "pool.ntp.org"
+    cfg, errors = config.validate({"ntp_host": ""})  # no SNTP: the clock follows signed time only
+    assert errors == [] and cfg["ntp_host"] == ""
 
 
 def test_corrupt_file_uses_last_good_copy():

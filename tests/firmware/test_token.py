@@ -1,16 +1,18 @@
-# aedgate.token.verify and aedgate.cbor against valid and hostile tokens (SECURITY.md "Test
-# ideas"). Tokens are built here with a tiny CBOR encoder so the file runs unchanged under
+# aedgate.token.verify and aedgate.cbor against valid and hostile tokens (the threats in
+# docs/security.md). Tokens are built here with a tiny CBOR encoder so the file runs unchanged under
 # CPython and the MicroPython unix port; tests/host/ cross-checks against cbor2 and `cwt`.
 import struct
 
-from aedgate import cbor, mac, token
+from aedgate import cbor, token
+from aedgate import hmac_sha256 as mac
+import hkdf
 from aedgate.token import TokenError
 
 MASTER = bytes(range(32))
 DEV = "cab-0001"
-KEY = mac.device_key(MASTER, DEV)
+KEY = hkdf.device_key(MASTER, DEV)
 KID = mac.key_id(KEY)
-NEXT_KEY = mac.hkdf_sha256(b"next fleet key", b"aedgate/v1", b"device-key:" + DEV.encode(), 32)
+NEXT_KEY = hkdf.hkdf_sha256(b"next fleet key", b"aedgate/v1", b"device-key:" + DEV.encode(), 32)
 NEXT_KID = b"next"
 SLOTS = [(KID, KEY), (NEXT_KID, NEXT_KEY)]
 NOW = 1800000000
@@ -128,7 +130,7 @@ def test_valid_token_accepted_in_every_wrapping():
         got = token.verify(raw, DEV, SLOTS, NOW)
         assert got == {"kind": "unlock", "mission": "M-2291", "cti": b"\x5a" * 16,
                        "exp": NOW + 120, "iat": NOW, "window_s": 120, "kid": KID,
-                       "action": None, "value": None}, got
+                       "action": None, "value": None, "floor": None}, got
 
 
 def test_next_key_slot_and_bytearray_input():
@@ -235,7 +237,7 @@ def test_extra_header_parameters_rejected():
 
 
 def test_mac_checks():
-    assert reason(make(key=mac.device_key(MASTER, "cab-0002"))) == "bad_mac"
+    assert reason(make(key=hkdf.device_key(MASTER, "cab-0002"))) == "bad_mac"
     assert reason(make(mac_tag=b"\x00" * 32)) == "bad_mac"
     good = mac.hmac_sha256(KEY, enc(["MAC0", enc({1: 5, 4: KID}), b"", enc(claims())]))
     assert reason(make(mac_tag=good[:16])) == "malformed"  # tag must be 32 bytes

@@ -4,9 +4,9 @@ import asyncio
 import gc
 import time
 
-from simulator.fleet import FleetCounters
-from simulator.loophealth import FleetCollector
-from simulator.world import SimWDT
+from simulator.fleet.runner import FleetCounters
+from simulator.fleet.loophealth import FleetCollector
+from simulator.world.hardware import SimWDT
 
 
 def test_collector_boot_without_collections_then_young_only(monkeypatch):

@@ -9,7 +9,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from host_tools.cli import CliError
-from host_tools.provision import ca_der
+from host_tools.commands.provision import ca_der
 
 
 def _cert():

@@ -11,7 +11,9 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from cwt import COSE, CWT, COSEKey
 
-from aedgate import mac, token  # firmware, on sys.path via tests/conftest.py
+from aedgate import token  # firmware, on sys.path via tests/conftest.py
+from aedgate import hmac_sha256 as mac
+import hkdf  # tests/firmware/hkdf.py: the derivation on the firmware's HMAC
 from host_tools import fleetkeys, tokens
 
 MASTER = bytes(range(32))
@@ -44,34 +46,34 @@ def _cwt_key(device_id: str = DEV, alg: str = "HS256") -> tuple[COSEKey, bytes, 
 @pytest.mark.parametrize("device_id", ["cab-0001", "cab-0002", "A", "x" * 64, "Z_9-z"])
 def test_device_key_firmware_equals_cryptography(device_id: str) -> None:
     want = _hkdf(MASTER, device_id)
-    assert mac.device_key(MASTER, device_id) == want
+    assert hkdf.device_key(MASTER, device_id) == want
     assert fleetkeys.derive_device_key(MASTER, device_id) == want
     assert mac.key_id(want) == fleetkeys.key_id(want)
 
 
 def test_device_keys_of_the_protocol_document() -> None:
     # docs/protocol.md, "Key derivation (fixed)", worked example.
-    assert mac.device_key(MASTER, "cab-0001").hex() == \
+    assert hkdf.device_key(MASTER, "cab-0001").hex() == \
         "fe3568814b3a44a6621ea8aec9f8d607b814996407006d6859387615960f2199"
-    assert mac.device_key(MASTER, "cab-0002").hex() == \
+    assert hkdf.device_key(MASTER, "cab-0002").hex() == \
         "b9796159167ad9e6375cb9c9e25d5c1335323c68200921d10f4b269cb54c450d"
 
 
 def test_worked_token_of_the_protocol_document() -> None:
     raw = bytes.fromhex(
-        "d18443a10105a104426b31584ba70168646973706174636803686361622d30303031041a6955ba2c061a"
+        "d18443a10105a10448d75fb396cb3d9d13584ba70168646973706174636803686361622d30303031041a6955ba2c061a"
         "6955b90007500102030405060708090a0b0c0d0e0f103a000100006b4d2d323032362d303030313a0001"
         "000118b45820e79d5eaa0d86dbd75dd43ef5ccb3c017e8daedc5fd3feea5565fe7dd70472752")
-    key = mac.device_key(MASTER, DEV)
-    got = token.verify(raw, DEV, [(b"k1", key)], 1767225600)
+    key = hkdf.device_key(MASTER, DEV)
+    got = token.verify(raw, DEV, [(mac.key_id(key), key)], 1767225600)  # the default kid
     assert got["mission"] == "M-2026-0001" and got["window_s"] == 180
     assert got["cti"] == bytes(range(1, 17))
     # Our minting code produces exactly these bytes from the same inputs.
     assert tokens.mint_with_device_key(key, DEV, "M-2026-0001", 180, ttl_s=300, now=1767225600,
-                                       kid=b"k1", kid_in_protected=False,
+                                       kid=mac.key_id(key), kid_in_protected=False,
                                        cti=bytes(range(1, 17))) == raw
     assert tokens.inspect(raw, MASTER, now=1767225600)["verdict"] == "valid"
-    cwt_key = COSEKey.from_symmetric_key(key, alg="HS256", kid="k1")
+    cwt_key = COSEKey.from_symmetric_key(key, alg="HS256", kid=mac.key_id(key))
     assert cbor2.loads(COSE.new().decode(raw, cwt_key))[-65537] == "M-2026-0001"
 
 

@@ -21,12 +21,27 @@ from pathlib import Path
 
 import pytest
 
-from host_tools import broker as broker_tool
+from host_tools.commands import broker as broker_tool
 from host_tools.cli import main as aedgate
 from tests.fixtures import ROOT, free_port, tool
 
 DEPLOY = ROOT / "docs" / "deploy" / "mosquitto"
-PLAIN, TLS_PW, TLS_CERT = 1883, 8883, 8884  # the production file's listener ports
+PLAIN, TLS_PW = 1883, 8883  # the production file's listener ports
+
+
+def listener_blocks(conf_text):
+    """[(port or None, [(key, value), ...]), ...]: the settings before the first listener, then
+    each listener's."""
+    blocks = [(None, [])]
+    for line in conf_text.splitlines():
+        words = line.split()
+        if not words or words[0].startswith("#"):
+            continue
+        if words[0] == "listener":
+            blocks.append((int(words[1]), []))
+        else:
+            blocks[-1][1].append((words[0], " ".join(words[1:])))
+    return blocks
 
 
 class ProductionBroker:
@@ -129,14 +144,18 @@ class ProductionBroker:
 class Client:
     """A paho-mqtt 2.x client that records what happens to it."""
 
-    def __init__(self, broker, user, password, client_id=None, port=None, tls=None):
+    def __init__(self, broker, user, password, client_id=None, port=None, tls=None,
+                 clean_session=True, will=None):
         import paho.mqtt.client as mqtt
         self.cond = threading.Condition()
         self.messages, self.granted, self.connack, self.disconnected = [], [], None, None
-        self.c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2,
+        self.disconnects = 0  # every disconnect, including the ones paho reconnects after
+        self.c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, clean_session=clean_session,
                              client_id=client_id if client_id is not None else (user or "anon"))
         if user is not None:
             self.c.username_pw_set(user, password)
+        if will:
+            self.c.will_set(*will, qos=1, retain=True)
         if tls:
             tls(self.c)
         self.c.on_connect = self._on_connect
@@ -162,7 +181,10 @@ class Client:
         self._note(lambda: self.granted.append([r.value for r in rcs]))
 
     def _on_disconnect(self, c, ud, flags, rc, props):
-        self._note(lambda: setattr(self, "disconnected", rc))
+        def note():
+            self.disconnected = rc
+            self.disconnects += 1
+        self._note(note)
 
     @property
     def ok(self):
@@ -217,9 +239,9 @@ def prod(tmp_path_factory):
 def clients(prod):
     made = []
 
-    def login(user, client_id=None, password=None):
+    def login(user, client_id=None, password=None, clean_session=True):
         c = Client(prod, user, PASSWORDS.get(user, "pw-evil") if password is None else password,
-                   client_id=client_id)
+                   client_id=client_id, clean_session=clean_session)
         made.append(c)
         return c
     yield login
@@ -233,8 +255,16 @@ def test_production_file_is_locked_down(prod):
     assert int(s["max_packet_size"][0]) <= 4096
     assert s["persistence"] == ["true"] and s["retain_available"] == ["true"]
     assert s["max_inflight_messages"] and s["password_file"] and s["acl_file"]
-    assert s["require_certificate"] == ["true"] and s["use_identity_as_username"] == ["true"]
-    assert sorted(int(v.split()[0]) for v in s["listener"]) == [PLAIN, TLS_PW, TLS_CERT]
+    # No listener asks for client certificates: the firmware cannot present one.
+    assert "require_certificate" not in s and "use_identity_as_username" not in s
+    assert sorted(int(v.split()[0]) for v in s["listener"]) == [PLAIN, TLS_PW]
+    # use_username_as_clientid is a listener setting (src/conf.c: cur_listener), not covered by
+    # per_listener_settings false: every listener block must have it, and none may come before
+    # the first listener (that would configure Mosquitto's default listener, an extra port 1883).
+    blocks = listener_blocks((DEPLOY / "mosquitto.conf").read_text())
+    assert blocks[0][0] is None and not any(k == "use_username_as_clientid" for k, _ in blocks[0][1])
+    for port, settings in blocks[1:]:
+        assert ("use_username_as_clientid", "true") in settings, port
     assert "127.0.0.1" in [v.split()[1] for v in s["listener"] if v.split()[0] == str(PLAIN)]
     assert broker_tool.acl_problems((DEPLOY / "acl").read_text()) == []
 
@@ -262,8 +292,10 @@ def test_device_telemetry_reaches_registry_and_dispatch_reaches_device(prod, cli
     dispatch.publish("aed/v1/cab-a/cmd/unlock", b"\xd1\x84token")
     a.got("aed/v1/cab-a/cmd/unlock", b"\xd1\x84token")
     registry.got("aed/v1/cab-a/cmd/unlock")  # registry reads everything under aed/v1/
-    # retained status/state: a backend starting later learns them at once
-    late = clients("registry", client_id="registry-late")
+    # retained status/state: a backend starting later learns them at once (the same account: the
+    # first registry client goes first, or the second would take over its session)
+    registry.close()
+    late = clients("registry")
     late.subscribe("aed/v1/+/status", "aed/v1/+/state")
     late.got("aed/v1/cab-a/status")
     late.got("aed/v1/cab-a/state")
@@ -300,7 +332,8 @@ def test_device_cannot_publish_as_another_device_or_into_commands(prod, clients)
     forged = [m for m in registry.messages + a.messages + b.messages if b"forged" in m[1]]
     assert forged == [] and a.ok, forged
     # nor was anything retained: a fresh subscriber sees no retained cab-b status
-    late = clients("registry", client_id="registry-late2")
+    registry.close()
+    late = clients("registry")
     late.subscribe("aed/v1/cab-b/status")
     time.sleep(0.3)
     assert late.messages == []
@@ -321,8 +354,7 @@ def test_device_cannot_subscribe_to_everything_or_sys(prod, clients):
     assert set(a.topics()) == {"aed/v1/cab-a/cmd/unlock"}, a.topics()
 
 
-@pytest.mark.parametrize("user,client_id", [("+", "plus"), ("cab-#", "hash"), ("cab-a", "cab+a"),
-                                            ("cab-a", "cab#a")])
+@pytest.mark.parametrize("user,client_id", [("+", "plus"), ("cab-#", "hash")])
 def test_wildcards_in_user_name_or_client_id_get_no_access(prod, clients, user, client_id):
     """With pattern ACLs, Mosquitto (since 1.4.12/CVE-2017-7650, still in 2.0) denies every
     access to a client whose user name or client id contains + or #. Without that, user "+"
@@ -340,7 +372,71 @@ def test_wildcards_in_user_name_or_client_id_get_no_access(prod, clients, user, 
     time.sleep(0.2)
     assert evil.messages == []  # ... but it can read nothing
     assert not [m for m in registry.messages if b"forged" in m[1]]  # ... and write nothing
-    assert ("dangerous %s" % ("username" if user != "cab-a" else "client id")) in prod.log_text()
+    assert "dangerous username" in prod.log_text()
+
+
+@pytest.mark.parametrize("client_id", ["cab+a", "cab#a", "cab-b"])
+def test_client_id_is_replaced_by_the_user_name(prod, clients, client_id):
+    """use_username_as_clientid: whatever client id a device sends, it gets its own user name's
+    session and its own topics, nothing more (a + or # in the id no longer matters either)."""
+    registry, dispatch = clients("registry"), clients("dispatch")
+    registry.subscribe("aed/v1/#")
+    a = clients("cab-a", client_id=client_id)
+    assert a.ok
+    a.subscribe("aed/v1/+/cmd/#")
+    a.publish("aed/v1/cab-b/status", b"forged-status")
+    a.publish("aed/v1/cab-a/event", b"own-event")
+    registry.got("aed/v1/cab-a/event", b"own-event")
+    dispatch.publish("aed/v1/cab-b/cmd/unlock", b"tok-b")
+    dispatch.publish("aed/v1/cab-a/cmd/unlock", b"tok-a")
+    a.got("aed/v1/cab-a/cmd/unlock", b"tok-a")
+    assert [m[1] for m in a.messages] == [b"tok-a"]
+    assert not [m for m in registry.messages if b"forged" in m[1]]
+    assert "New client connected from 127.0.0.1:%d as cab-a " % a.c.socket().getsockname()[1] \
+        in prod.log_text()
+
+
+@pytest.mark.parametrize("victim,victim_client_id", [("cab-b", "cab-b"),
+                                                     ("dispatch", "aedgate-dispatch")])
+def test_a_device_password_cannot_take_over_another_session(prod, clients, victim,
+                                                            victim_client_id):
+    """Issue 11 point 1: logged in with cab-a's own password but the victim's client id, an
+    attacker used to disconnect the victim (whose will then said `online: false`) and, with a
+    clean session, wipe its persistent session and the commands queued in it."""
+    registry = clients("registry")
+    registry.subscribe("aed/v1/+/status")
+    will = ("aed/v1/%s/status" % victim, b'{"online": false, "will": 1}')
+    v = Client(prod, victim, PASSWORDS[victim], client_id=victim_client_id, clean_session=False,
+               will=will if victim != "dispatch" else None)
+    cmd = "aed/v1/cab-b/cmd/#" if victim == "cab-b" else "aed/v1/+/ack"
+    v.subscribe(cmd)
+    for cid in {victim, victim_client_id}:
+        for clean in (True, False, True):  # kick it (clean session or not), three times over
+            evil = clients("cab-a", client_id=cid, clean_session=clean)
+            assert evil.ok
+            evil.publish("aed/v1/cab-a/event", b"evil-was-here")  # it is connected, as cab-a
+            evil.close()
+    time.sleep(0.3)
+    assert v.disconnects == 0 and v.ok, "the victim was disconnected %d times" % v.disconnects
+    # Its persistent session survives: taken offline cleanly, it still gets what was sent meanwhile.
+    v.c.disconnect()
+    v.c.loop_stop()
+    for cid in {victim, victim_client_id}:
+        evil = clients("cab-a", client_id=cid)
+        assert evil.ok
+        evil.close()
+    sender = clients("dispatch") if victim == "cab-b" else clients("cab-b")
+    if victim == "cab-b":
+        sender.publish("aed/v1/cab-b/cmd/unlock", b"queued-token")
+    else:
+        sender.publish("aed/v1/cab-b/ack", b'{"queued": "ack"}')
+    sender.close()
+    back = Client(prod, victim, PASSWORDS[victim], client_id=victim_client_id, clean_session=False)
+    try:
+        back.got(cmd.replace("+", "cab-b").replace("/#", "/unlock"), timeout=5)
+    finally:
+        back.close()
+    assert not [m for m in registry.messages if b'"will"' in m[1]], registry.messages
 
 
 def test_slash_in_user_name_is_not_stopped_by_mosquitto(prod, clients):
@@ -465,3 +561,31 @@ def test_add_device_help_teaches_with_an_example(capsys):
     assert e.value.code == 0
     out = capsys.readouterr().out
     assert "aedgate broker add-device --device cab-0001" in out and "reload" in out
+
+
+@pytest.mark.parametrize("device", ["dispatch", "registry", "monitor", "cab-0001"])
+def test_add_device_with_a_mistyped_acl_path_changes_nothing(tmp_path, capsys, device):
+    """Issue 11 point 11: with --acl pointing at a file that does not exist, add-device used to
+    create a fresh ACL (so it knew no service accounts) and replaced dispatch's password."""
+    pw = tmp_path / "passwd"
+    broker_tool.set_password(pw, "dispatch", "pw-dispatch", hash_with="builtin")
+    before = pw.read_text()
+    typo = tmp_path / "acl.typo"
+    assert aedgate(["broker", "add-device", "--device", device, "--password-file", str(pw),
+                    "--acl", str(typo), "--hash-with", "builtin"]) == 2
+    out, err = capsys.readouterr()
+    assert out == "" and err.startswith("aedgate: error: ") and err.count("\n") == 1, err
+    assert pw.read_text() == before and not typo.exists()
+
+
+@pytest.mark.parametrize("device", ["dispatch", "registry", "monitor", "dispatch-ops"])
+def test_reserved_names_refused_whatever_the_acl_says(tmp_path, capsys, device):
+    """A service account's name is refused even when the ACL has no `user` block for it."""
+    acl = tmp_path / "acl"
+    acl.write_text("".join(line + "\n" for line in (DEPLOY / "acl").read_text().splitlines()
+                           if line.startswith("pattern")))
+    pw = tmp_path / "passwd"
+    assert aedgate(["broker", "add-device", "--device", device, "--password-file", str(pw),
+                    "--acl", str(acl), "--hash-with", "builtin"]) == 2
+    assert "reserved" in capsys.readouterr().err
+    assert not pw.exists()

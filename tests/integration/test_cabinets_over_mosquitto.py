@@ -109,3 +109,28 @@ def test_killed_simulator_process_goes_offline_by_lwt(mosquitto, backend):
         proc.wait(5)
     for did in ("cab-0001", "cab-0002"):
         backend.wait_for(lambda t, o, d=did: t.endswith(d + "/status") and o.get("online") is False, timeout=10)
+
+
+def test_simulated_boards_start_in_2000_and_sync_by_sntp(mosquitto, backend, sim_factory):
+    """The fleet's cabinets model the ESP32's clock (docs/twin.md): 2000-01-01 at power-on, the
+    time floor at boot, the world's time after SNTP once online; a power cut restarts it at 2000,
+    and without an SNTP answer the firmware stays at the floor, never below it."""
+    import time as _time
+    from aedgate.timefloor import BUILD_TIME
+    sim = sim_factory(count=2, broker_url=mosquitto.url)
+    _, st = backend.wait_for(lambda t, o: t == "aed/v1/cab-0002/status" and o.get("online") is True, 20)
+    assert abs(st["ts"] - _time.time()) < 5 and st["boot_ts"] >= BUILD_TIME, st
+    cab = sim.fleet["cab-0002"]
+    assert abs(sim.do(cab.world.board_clock.time) - _time.time()) < 5
+    sim.do(cab.world.apply, {"sntp": "down", "power": "off"})
+    assert sim.do(cab.world.board_clock.time) > 946684800 + 86400  # off: the RTC keeps nothing yet...
+    with backend.cond:
+        backend.messages.clear()
+    sim.do(cab.world.apply, {"power": "on"})
+    _, boot = backend.wait_for(lambda t, o: t == "aed/v1/cab-0002/event" and o.get("type") == "boot"
+                               and o.get("cause") == "power_on", 20)
+    assert boot["ts"] == BUILD_TIME, boot  # ...and it restarts at 2000: the floor, never below
+    _, st = backend.wait_for(lambda t, o: t == "aed/v1/cab-0002/status" and o.get("online") is True, 20)
+    assert st["ts"] < _time.time() - 3600
+    sim.do(cab.world.apply, {"sntp": "up"})
+    assert sim.do(cab.world.board_clock.sntp, "pool.ntp.org") > BUILD_TIME

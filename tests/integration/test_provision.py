@@ -115,6 +115,12 @@ def test_provision_online_door_selftest_and_idempotent_rerun(vdev_factory, mosqu
     assert (again["copied"], again["bytes"]) == (0, 0) and again["unchanged"] == first["files"]
     assert again["seconds"] < first["seconds"], (first, again)
 
+    # A command signed for another cabinet is refused by the host tool, naming the board.
+    r = aedgate("service", "--port", v.path, "--fleet-key", str(fleet_key), "--device", "cab-0999",
+                "--pads-expiry", "2031-05-31")
+    assert r.returncode != 0 and "this board is %s, not cab-0999" % DEVICE in r.stderr, r.stdout + r.stderr
+    assert "unknown_kid" not in r.stdout + r.stderr
+
     # New pads, over USB at the cabinet (signed, verified by the firmware), then "AED checked"
     # over MQTT: both accepted, and the state reports the new date.
     r = aedgate("service", "--port", v.path, "--fleet-key", str(fleet_key), "--device", DEVICE,
@@ -165,6 +171,13 @@ def test_full_flash_is_one_line_and_leaves_a_marker_that_the_next_run_reports(vd
     assert r.returncode == 0, r.stdout + r.stderr
     assert "did not finish" in r.stdout
     assert not (v.flash / "provisioning").exists()
+
+
+def test_full_flash_with_mpy_does_not_suggest_mpy(vdev_factory, mosquitto, fleet_key):
+    v = vdev_factory("--device-id", DEVICE, "--flash-size", "48k")  # not even the .mpy files fit
+    r = provision(v.path, mosquitto.url, fleet_key, "--mpy")
+    err = one_line_error(r, "flash is full")
+    assert "--mpy" not in err and "do not fit either" in err, err
 
 
 def test_wrong_port(fleet_key):
@@ -227,3 +240,134 @@ def test_no_answer_times_out(fleet_key):
     finally:
         _close_fake(h)
     one_line_error(r, "no answer from %s within 2s" % path)
+
+
+def test_a_running_cabinet_survives_a_45_s_mpremote_exec(vdev_factory, mosquitto, backend, fleet_key):
+    """The app arms the WDT (30 s). mpremote interrupts main.py and enters the raw REPL by soft
+    reset: the WDT keeps running (ports/esp32/main.c), the timers stop. boot.py runs again on
+    that soft reset and feeds the WDT from a hardware timer, so a long command is not cut."""
+    v = vdev_factory("--device-id", DEVICE)
+    r = provision(v.path, mosquitto.url, fleet_key)
+    assert r.returncode == 0, r.stderr
+    backend.wait_for(lambda t, o: t == "aed/v1/%s/status" % DEVICE and o.get("online") is True, 20)
+    try:
+        r = subprocess.run([str(Path(sys.executable).parent / "mpremote"), "connect", v.path, "exec",
+                            "import time\ntime.sleep(45)\nprint('still here')"],
+                           capture_output=True, text=True, timeout=75)
+        out = r.stdout
+    except subprocess.TimeoutExpired:  # the board reset under mpremote, which waits for ever
+        out = "(mpremote hung: the board reset)"
+    assert "still here" in out, (out, v.log()[-2000:])
+    assert "watchdog timeout" not in v.log()
+
+
+def test_a_pin_the_chip_refuses_is_refused_before_the_board_is_touched(fleet_key):
+    r = aedgate("provision", "--port", "/dev/ttyNOPE0", "--device-id", DEVICE, "--broker",
+                "mqtt://127.0.0.1:1883", "--fleet-key", str(fleet_key), "--pin", "lock=40")
+    err = one_line_error(r, "--pin lock=40")
+    assert "GPIO40" in err and "no such port" not in err
+    r = aedgate("provision", "--port", "/dev/ttyNOPE0", "--device-id", DEVICE, "--broker",
+                "mqtt://127.0.0.1:1883", "--fleet-key", str(fleet_key), "--pin", "siren=35")
+    one_line_error(r, "input only")
+
+
+def test_a_pin_the_chip_refuses_in_config_json_never_stops_boot(vdev_factory, mosquitto, backend, fleet_key):
+    """A config.json edited by hand with lock on GPIO40: Pin(40) raises on the ESP32; had it
+    raised in boot.py, the board would skip main.py. The cabinet reports it and runs."""
+    v = vdev_factory("--device-id", DEVICE)
+    r = provision(v.path, mosquitto.url, fleet_key, "--no-reset")
+    assert r.returncode == 0, r.stderr
+    cfg = json.loads((v.flash / "config.json").read_text())
+    cfg["pins"] = {"lock": 40, "siren": 36}
+    (v.flash / "config.json").write_text(json.dumps(cfg))
+    subprocess.run([str(Path(sys.executable).parent / "mpremote"), "connect", v.path, "reset"], timeout=30)
+    _, ev = backend.wait_for(lambda t, o: t == "aed/v1/%s/event" % DEVICE and o.get("type") == "config_error"
+                             and o.get("field") == "pins.lock", 30)
+    assert ev["reason"] == "invalid_pin"
+    backend.wait_for(lambda t, o: t == "aed/v1/%s/event" % DEVICE and o.get("field") == "pins.siren"
+                     and o.get("reason") == "input_only", 10)
+    backend.wait_for(lambda t, o: t == "aed/v1/%s/status" % DEVICE and o.get("online") is True, 10)
+
+
+def test_a_provisioned_cabinet_sets_its_clock_by_sntp(vdev_factory, mosquitto, backend, fleet_key):
+    """The virtual board powers on at 2000-01-01 (epoch 2000, as the ESP32). The firmware sets
+    its clock to the time floor at boot and by SNTP once Wi-Fi is up (aedsim vdev answers SNTP
+    on loopback, no flag needed): the retained status says the real time, nothing says 2000."""
+    from aedgate.timefloor import BUILD_TIME
+    v = vdev_factory("--device-id", DEVICE)
+    r = provision(v.path, mosquitto.url, fleet_key)
+    assert r.returncode == 0, r.stderr
+    _, st = backend.wait_for(lambda t, o: t == "aed/v1/%s/status" % DEVICE and o.get("online") is True, 20)
+    assert abs(st["ts"] - time.time()) < 5, st
+    _, boot = backend.wait_for(lambda t, o: t == "aed/v1/%s/event" % DEVICE and o.get("type") == "boot", 10)
+    # provision ends with machine.reset(): HARD_RESET on the ESP32 (the old vdev said SOFT_RESET)
+    assert boot["ts"] >= BUILD_TIME and boot["cause"] == "hard", boot
+    # No SNTP answer and a power cut (the RTC restarts at 2000): the floor, never 2000.
+    v.world('{"sntp": "down"}')
+    v.world('{"power": "off"}')
+    time.sleep(0.5)
+    with backend.cond:
+        backend.messages.clear()
+    v.world('{"power": "on"}')
+    # (the first boot event may come again: delivery is at least once)
+    _, boot = backend.wait_for(lambda t, o: t == "aed/v1/%s/event" % DEVICE and o.get("type") == "boot"
+                               and o.get("cause") == "power_on", 30)
+    assert BUILD_TIME <= boot["ts"] < time.time() - 3600, boot
+
+
+def test_config_only_copies_the_config_and_ca_and_nothing_else(vdev_factory, mosquitto, backend, fleet_key, tmp_path):
+    """--config-only (for a board with the firmware frozen into its MicroPython): config.json and
+    the CA only; the modules on the board are left as they are. Without aedgate at all on the
+    board (frozen or copied) it says so instead of leaving a board that cannot run."""
+    v = vdev_factory("--device-id", DEVICE)
+    r = provision(v.path, mosquitto.url, fleet_key, "--config-only", "--no-reset")
+    err = one_line_error(r, "has no aedgate")
+    r = provision(v.path, mosquitto.url, fleet_key, "--no-reset")
+    assert r.returncode == 0, r.stderr
+    mine = (v.flash / "aedgate/cabinet.py").read_bytes() + b"\n# a technician's local patch\n"
+    (v.flash / "aedgate/cabinet.py").write_bytes(mine)
+    r = provision(v.path, mosquitto.url, fleet_key, "--config-only", "--pin", "lock_sense=23")
+    assert r.returncode == 0, r.stdout + r.stderr
+    s = summary(r.stdout)
+    assert (s["files"], s["copied"], s["removed"]) == (1, 1, 0), r.stdout
+    assert (v.flash / "aedgate/cabinet.py").read_bytes() == mine  # the modules untouched
+    assert json.loads((v.flash / "config.json").read_text())["pins"] == {"lock_sense": 23}
+    backend.wait_for(lambda t, o: t == "aed/v1/%s/status" % DEVICE and o.get("online") is True, 20)
+
+
+def test_tls_cabinet_comes_online_with_its_clock_set(vdev_factory, tmp_path, fleet_key):
+    """Issue 10's "done when": provisioned with --tls --ca against a TLS broker, the virtual
+    board (powered on in 2000) comes online with its clock within seconds of real time."""
+    from tests.fixtures import Backend, Mosquitto, free_port
+    from tests.integration.test_tls import make_pki
+    pki = make_pki(tmp_path)
+    tls_port = free_port()
+    conf = "listener %d 127.0.0.1\ncafile %s\ncertfile %s\nkeyfile %s\n" % (tls_port, pki["ca"], pki["cert"], pki["key"])
+    if os.geteuid() == 0:
+        conf += "user root\n"  # else Mosquitto drops to its own user, which cannot read tmp_path
+    broker = Mosquitto(tmp_path, extra_conf=conf).start()
+    backend = Backend(broker.url)
+    try:
+        v = vdev_factory("--device-id", DEVICE, "--broker", broker.url)
+        r = provision(v.path, "mqtts://localhost:%d" % tls_port, fleet_key, "--tls", "--ca", pki["ca"])
+        assert r.returncode == 0, r.stdout + r.stderr
+        _, st = backend.wait_for(lambda t, o: t == "aed/v1/%s/status" % DEVICE and o.get("online") is True, 40)
+        assert abs(st["ts"] - time.time()) < 5, st
+    finally:
+        backend.close()
+        broker.stop()
+
+
+def test_a_service_over_usb_before_the_clock_is_set_is_stamped_at_the_floor(vdev_factory, mosquitto, backend, fleet_key):
+    """`aedgate service --port` runs with the app stopped, maybe before anything set the clock
+    (the board reads 2000): its event's ts is the time floor, never 2000."""
+    from aedgate.timefloor import BUILD_TIME
+    v = vdev_factory("--device-id", DEVICE)
+    r = provision(v.path, mosquitto.url, fleet_key, "--no-reset")
+    assert r.returncode == 0, r.stderr
+    r = aedgate("service", "--port", v.path, "--fleet-key", str(fleet_key), "--device", DEVICE,
+                "--pads-expiry", "2031-05-31")
+    assert r.returncode == 0 and "accepted" in r.stdout, r.stdout + r.stderr
+    subprocess.run([str(Path(sys.executable).parent / "mpremote"), "connect", v.path, "reset"], timeout=30)
+    _, ev = backend.wait_for(lambda t, o: t == "aed/v1/%s/event" % DEVICE and o.get("type") == "service_done", 30)
+    assert ev["ts"] >= BUILD_TIME, ev

@@ -6,9 +6,11 @@ import os
 import random
 import signal
 import time
+from pathlib import Path
 
 import pytest
 
+from aedgate.outbox import ROUTINE
 from tests.fixtures import Backend, Mosquitto
 
 
@@ -40,6 +42,32 @@ def assert_no_gaps(backend, sim, allow_dropped=False):
         else:
             assert missing == [], "%s: seq gaps %s" % (did, missing[:20])
     return got
+
+
+def record_outbox(outbox):
+    """Watch a cabinet's outbox from the outside (it is the firmware's own object): every event
+    it stores ({seq: event}), and every event it drops as [(seq, the oldest routine event then
+    pending, index of the events_dropped report that must count it)]. The app takes the count
+    for a report before storing the report, so a drop while storing report k belongs to k+1."""
+    created, drops, taken = {}, [], [0]
+    add, make_room = outbox.add, outbox._make_room
+
+    def recording_add(event):
+        if event.get("type") == "events_dropped" and "reason" not in event:
+            taken[0] += 1
+        ev = add(event)
+        created[ev["seq"]] = dict(ev)
+        return ev
+
+    def recording_make_room():
+        before = list(outbox._pending)
+        routine = [s for s in before if created[s]["type"] in ROUTINE and "mission" not in created[s]]
+        make_room()
+        for seq in before:
+            if seq not in outbox._pending:
+                drops.append((seq, routine[0] if routine else None, taken[0] + 1))
+    outbox.add, outbox._make_room = recording_add, recording_make_room
+    return created, drops
 
 
 def wait_drained(sim, timeout=30):
@@ -130,11 +158,68 @@ def test_broker_killed_and_restarted_loses_nothing(durable_broker, sim_factory):
         be.close()
 
 
+def broker_unread_bytes(port):
+    """Bytes clients have sent to the broker on `port` that it has not read yet: the receive
+    queues of its established connections (/proc/net/tcp, column tx_queue:rx_queue)."""
+    total = 0
+    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+        f = line.split()
+        if int(f[1].split(":")[1], 16) == port and f[3] == "01":
+            total += int(f[4].split(":")[1], 16)
+    return total
+
+
+def test_broker_killed_with_publishes_in_flight_loses_nothing(durable_broker, sim_factory):
+    """The broker dies while PUBLISHes are on their way and their PUBACKs unsent: it is frozen
+    (SIGSTOP) while the cabinets keep producing events, so their PUBLISHes pile up unread in the
+    broker's sockets, then SIGKILLed. Nothing is flushed or drained before the kill."""
+    be = persistent_backend(durable_broker.url)
+    try:
+        sim = sim_factory(count=3, broker_url=durable_broker.url, extra_config={"debounce_ms": 5})
+        wait_drained(sim)
+        cabs = list(sim.fleet.cabinets.values())
+
+        def toggle(i):
+            for cab in cabs:
+                sim.do(cab.world.apply, {"door": "open" if i % 2 == 0 else "closed"})
+        for i in range(6):  # events flowing, the broker acking them
+            toggle(i)
+            time.sleep(0.03)
+        for cab in cabs:  # (the backend has had some: the broker is mid-stream)
+            be.wait_for(lambda t, o, d=cab.device_id: t == "aed/v1/%s/event" % d
+                        and o.get("type") == "door_opened")
+        os.kill(durable_broker.proc.pid, signal.SIGSTOP)
+        for i in range(6, 16):  # the broker reads nothing and acks nothing now
+            toggle(i)
+            time.sleep(0.03)
+        time.sleep(0.3)
+        unread = broker_unread_bytes(durable_broker.port)
+        waiting = {c.device_id: len(c.app.outbox) for c in cabs}
+        durable_broker.proc.kill()  # SIGKILL, still stopped: nothing saved, nothing acked
+        durable_broker.proc.wait(5)
+        assert unread > 0, "no PUBLISH was in flight when the broker died"
+        assert all(n > 0 for n in waiting.values()), waiting  # unacked events still on flash
+        for i in range(16, 20):  # and some more while it is down
+            toggle(i)
+            time.sleep(0.03)
+        durable_broker.start()
+        wait_drained(sim, 60)
+        time.sleep(1.0)
+        got = assert_no_gaps(be, sim)
+        for did, evs in got.items():
+            assert sum(1 for e in evs if e["type"] == "door_opened") >= 10, did
+        print("in flight at the kill: %d unread bytes in the broker's sockets, outboxes %s"
+              % (unread, waiting))
+    finally:
+        be.close()
+
+
 def test_long_outage_overflows_outbox_by_the_policy(mosquitto, backend, sim_factory):
     sim = sim_factory(count=1, broker_url=mosquitto.url,
                       extra_config={"debounce_ms": 5, "outbox_limit": 20, "siren_s": 0, "sample_s": 1})
     wait_drained(sim)
     cab = sim.fleet["cab-0001"]
+    created, drops = sim.do(record_outbox, cab.app.outbox)
     sim.do(cab.world.apply, {"wifi": "down"})
     for i in range(40):  # 40 openings: routine door_opened/closed, and a door_alarm each
         sim.do(cab.world.apply, {"door": "open"})
@@ -151,14 +236,26 @@ def test_long_outage_overflows_outbox_by_the_policy(mosquitto, backend, sim_fact
     types = [e["type"] for e in got]
     assert types.count("door_alarm") == 40          # no alarm was dropped
     assert "battery_critical" in types
-    dropped = [e for e in got if e["type"] == "events_dropped"]
-    assert dropped and sum(e["count"] for e in dropped) >= 40
+    reports = [e for e in got if e["type"] == "events_dropped"]
+    assert reports and sum(e["count"] for e in reports) >= 40
+    # Exactly the dropped events are missing, no other; each was the oldest routine event on
+    # flash when it went; and each events_dropped counts exactly the drops since the last one.
+    dropped = {seq for seq, _oldest_routine, _report in drops}
+    received = {e["seq"] for e in got}
+    assert set(created) - received == dropped and not dropped & received
+    for seq, oldest_routine, _report in drops:
+        assert seq == oldest_routine and created[seq]["type"] in ROUTINE, (seq, created[seq])
+    by_report = {}
+    for _seq, _oldest, report in drops:
+        by_report[report] = by_report.get(report, 0) + 1
+    assert [e["count"] for e in sorted(reports, key=lambda e: e["seq"])] == \
+        [by_report[k] for k in sorted(by_report)], (reports, by_report)
     status = backend.wait_for(lambda t, o: t == "aed/v1/cab-0001/status" and o.get("online") and o.get("outbox", 0) > 20)[1]
     assert status["offline_since"] >= status["boot_ts"]
 
 
 def test_hung_sensor_task_leads_to_watchdog_reset(mosquitto, backend, sim_factory, monkeypatch):
-    from simulator.world import SimWDT
+    from simulator.world.hardware import SimWDT
     monkeypatch.setattr(SimWDT, "timeout_ms", 4000)
     monkeypatch.setattr(SimWDT, "feed_ms", 500)
     sim = sim_factory(count=1, broker_url=mosquitto.url, extra_config={"sample_s": 1})
@@ -173,3 +270,32 @@ def test_hung_sensor_task_leads_to_watchdog_reset(mosquitto, backend, sim_factor
     st = backend.wait_for(lambda t, o: t.endswith("/status") and o.get("reset_cause") == "watchdog")[1]
     assert st["online"] is True
     sim.do(cab.world.apply, {"sensor": "ok"})
+
+
+def test_world_control_comes_back_after_a_broker_restart(tmp_path, sim_factory):
+    """Issue 11 point 8: `aedsim run`'s world-control client connected once and never came back,
+    so a door opened (through aedsim/world/<id>) after a broker restart produced nothing."""
+    from tests.fixtures import Mosquitto as M
+    broker = M(tmp_path).start()
+    try:
+        sim = sim_factory(count=1, broker_url=broker.url, extra_config={"debounce_ms": 5})
+        wait_drained(sim)
+        broker.stop()
+        broker.start()  # same port, empty broker: every session and subscription is gone
+        be = Backend(broker.url, topics=("aed/v1/+/event",))
+        try:
+            wait_drained(sim, 30)  # the cabinet is back
+            deadline = time.time() + 20
+            while time.time() < deadline:  # the control client reconnects with its own backoff
+                be.publish("aedsim/world/cab-0001", json.dumps({"door": "open"}), qos=0)
+                try:
+                    be.wait_for(lambda t, o: o.get("type") == "door_opened", timeout=1)
+                    break
+                except AssertionError:
+                    pass
+            else:
+                raise AssertionError("aedsim/world/cab-0001 reaches nobody after the restart")
+        finally:
+            be.close()
+    finally:
+        broker.stop()

@@ -6,7 +6,7 @@ import sys
 
 import pytest
 
-from simulator import scenario
+from simulator.world import scenario
 from tests.fixtures import ROOT
 
 

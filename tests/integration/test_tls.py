@@ -26,9 +26,9 @@ import subprocess
 import pytest
 
 from aedgate.mqtt import MQTTClient
-from host_tools import broker as broker_tool
+from host_tools.commands import broker as broker_tool
 from tests.fixtures import ROOT
-from tests.integration.test_broker_acl import TLS_CERT, TLS_PW, Client, ProductionBroker
+from tests.integration.test_broker_acl import TLS_PW, Client, ProductionBroker
 
 FIRMWARE = ROOT / "firmware"
 
@@ -158,26 +158,23 @@ def test_cpython_firmware_client_verifies_the_broker(tls_broker):
     assert not [m for m in tls_broker.registry.messages if m[1] == b"bad"]
 
 
-def test_certificate_listener_uses_the_cn_as_user_name(tls_broker):
-    """The client-certificate listener: no password, CN = device id = the ACL's %u."""
-    port = tls_broker.ports[TLS_CERT]
-    pki = tls_broker.pki
-    ctx = cpython_context(pki["ca"], (pki["dev_cert"], pki["dev_key"]))
-    asyncio.run(connect_publish(port, ctx, "localhost", "aed/v1/cab-cert/status", b"by-cert",
-                                cid="cab-cert", user=None, password=None))
-    tls_broker.registry.got("aed/v1/cab-cert/status", b"by-cert")
-    # The same certificate cannot write as another device (silently dropped, like any denial) ...
-    asyncio.run(connect_publish(port, ctx, "localhost", "aed/v1/cab-tls/status", b"cert-forged",
-                                cid="cab-cert", user=None, password=None))
-    # ... and without a client certificate the handshake fails.
-    with pytest.raises((ssl.SSLError, ConnectionError)):
-        asyncio.run(connect_publish(port, cpython_context(pki["ca"]), "localhost",
-                                    "aed/v1/cab-cert/status", b"no-cert", cid="cab-cert",
-                                    user=None, password=None))
-    asyncio.run(connect_publish(tls_broker.ports[TLS_PW], cpython_context(pki["ca"]), "localhost",
-                                "aed/v1/cab-tls/event", b"marker"))
-    tls_broker.registry.got("aed/v1/cab-tls/event", b"marker")
-    assert not [m for m in tls_broker.registry.messages if m[1] in (b"cert-forged", b"no-cert")]
+def test_tls_listener_ties_the_client_id_to_the_user_name(tls_broker):
+    """use_username_as_clientid holds on the cabinets' TLS listener too: cab-tls's password with
+    the registry's client id neither disconnects the registry (connected on the loopback
+    listener) nor gets its session."""
+    registry = tls_broker.registry
+    before = registry.disconnects
+    ca = tls_broker.pki["ca"]
+    evil = Client(tls_broker, "cab-tls", "pw-tls", client_id="registry",
+                  port=tls_broker.ports[TLS_PW],
+                  tls=lambda c: c.tls_set_context(cpython_context(ca)))
+    try:
+        assert evil.ok
+        evil.publish("aed/v1/cab-tls/event", b"as-cab-tls")
+        registry.got("aed/v1/cab-tls/event", b"as-cab-tls")  # it is cab-tls, and registry still reads
+        assert registry.disconnects == before and registry.ok
+    finally:
+        evil.close()
 
 
 MPY_SCRIPT = """\

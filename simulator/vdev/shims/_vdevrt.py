@@ -1,0 +1,212 @@
+# Runtime of the virtual device, inside the MicroPython unix port: the link to the harness
+# (simulator/vdev/device.py) that plays the cabinet's physical world, and the flash filesystem.
+#
+# Link protocol: JSON lines over a loopback TCP socket (port in $VDEV_CTL).
+#   harness -> device: a full snapshot of the inputs on connect and after every change:
+#     {"pins": {"4": 0, ...}, "adc": {"34": microvolts}, "temp_c": 21.0 | null,
+#      "wifi": true, "ap": [ssid | null, password | null]}
+#   device -> harness: {"hello": 1}, {"out": pin, "v": level}, {"reset": kind},
+#     {"wdt": timeout_ms}, {"feed": 1}, {"rtc": [host_s, device_s]} (the clock was set)
+import json
+import os
+import select
+import socket
+import sys
+import time
+
+state = {"pins": {}, "adc": {}, "temp_c": None, "wifi": True, "ap": [None, None]}
+_sock = None
+_poll = None
+_buf = b""
+_irq_pins = {}  # pin number -> Pin with an irq handler
+_pump_started = False
+flash = None        # the block device under "/" (shims/_vdevflash.py), with its counters
+
+
+def _apply(line):
+    global state
+    try:
+        new = json.loads(line)
+    except ValueError:
+        return
+    old = state["pins"]
+    state = new
+    if flash is not None:
+        _flash_fault(new.get("flash_full"))
+    for num in _irq_pins:
+        pin = _irq_pins[num]
+        a, b = old.get(str(num)), new["pins"].get(str(num))
+        if a is None or b is None or a == b:
+            continue
+        edge = pin.IRQ_RISING if b else pin.IRQ_FALLING
+        if pin._trigger & edge and pin._handler:
+            pin._handler(pin)
+
+
+def _flash_fault(full):
+    """World fault "flash": "full": something fills the filesystem until littlefs says ENOSPC
+    (the filler stays on flash, across resets, until "flash": "ok")."""
+    import _vdevflash
+    try:
+        os.stat(_vdevflash.FILLER + "4096")
+        filled = True
+    except OSError:
+        filled = False
+    if full and not filled:
+        _vdevflash.fill()
+    elif filled and not full:
+        _vdevflash.unfill()
+
+
+def drain():
+    """Take in every world update waiting on the link (never blocks)."""
+    global _buf
+    if _sock is None:
+        return
+    while _poll.poll(0):
+        try:
+            chunk = _sock.recv(1024)
+        except OSError:
+            return
+        if not chunk:
+            return
+        _buf += chunk
+        while b"\n" in _buf:
+            line, _buf = _buf.split(b"\n", 1)
+            _apply(line)
+
+
+def send(obj):
+    if _sock is None:
+        return
+    data = (json.dumps(obj) + "\n").encode()
+    while data:
+        try:
+            n = _sock.send(data)
+        except OSError:
+            time.sleep_ms(1)
+            continue
+        data = data[n:]
+
+
+async def _pump():
+    # Plays the interrupt controller: waits for world changes and fires pin handlers.
+    import asyncio
+    reader = asyncio.StreamReader(_sock)
+    global _buf
+    while True:
+        chunk = await reader.read(1024)
+        if chunk:
+            _buf += chunk
+            while b"\n" in _buf:
+                line, _buf = _buf.split(b"\n", 1)
+                _apply(line)
+        drain()
+        if chunk == b"":
+            return
+
+
+def watch(pin):
+    """A pin got an irq handler: make sure world changes reach it while asyncio runs."""
+    global _pump_started
+    if pin._handler is None:
+        _irq_pins.pop(pin.id, None)
+        return
+    _irq_pins[pin.id] = pin
+    if not _pump_started and _sock is not None:
+        try:
+            import asyncio
+            asyncio.create_task(_pump())
+            _pump_started = True
+        except Exception:
+            pass
+
+
+def halt(kind, **extra):
+    """A reset: tell the harness, then stop like a board whose CPU restarts."""
+    extra["reset"] = kind
+    send(extra)
+    while True:  # the harness ends this process; input typed meanwhile waits for the next one
+        try:
+            time.sleep_ms(1000)
+        except KeyboardInterrupt:
+            pass
+
+
+def sntp_addr(host):
+    """Where `ntptime` sends its request for `host`: the harness's SNTP responder on loopback,
+    whatever the name (the harness answers for any NTP host a cabinet is configured with)."""
+    port = os.getenv("VDEV_SNTP")
+    if not port or not host:
+        raise OSError(-202)  # as lwIP's EAI_FAIL from the ESP32's getaddrinfo
+    return socket.getaddrinfo("127.0.0.1", int(port))[0][-1]
+
+
+def _connect():
+    global _sock, _poll, _buf
+    port = os.getenv("VDEV_CTL")
+    if not port:
+        return
+    s = socket.socket()
+    s.connect(socket.getaddrinfo("127.0.0.1", int(port))[0][-1])
+    line = b""
+    while not line.endswith(b"\n"):
+        c = s.recv(1)
+        if not c:
+            raise OSError("vdev: harness closed the link")
+        line += c
+    _apply(line)
+    s.setblocking(False)
+    _sock = s
+    _poll = select.poll()
+    _poll.register(s, select.POLLIN)
+
+
+def boot(main_globals):
+    """Connect to the harness, load the hardware modules, mount the flash directory as "/",
+    then run boot.py and (unless the harness says this is a raw-REPL soft reboot) main.py."""
+    _connect()
+    # Before the host fs goes. ntptime is frozen into the ESP32's firmware; here it is loaded now.
+    import machine, network, onewire, ds18x20, esp32, ntptime  # noqa: F401
+    import vfs
+    import _vdevflash
+    global flash
+    blocks = int(os.getenv("VDEV_FLASH_SIZE") or 2097152) // _vdevflash.BLOCK_SIZE
+    flash = _vdevflash.BlockDevice(os.getenv("VDEV_FLASH"), blocks)
+    flash.on_interrupt = lambda: send({"intr": 1})
+    vfs.umount("/")
+    _vdevflash.mount(flash, "/")
+    _flash_fault(state.get("flash_full"))
+    os.chdir("/")
+    sys.path[:] = ["", ".frozen", "/lib"]
+    for k in list(main_globals):
+        if k not in ("__name__",):
+            del main_globals[k]
+    send({"hello": 1})  # from here on host input may arrive: Ctrl-C interrupts boot.py/main.py
+    ok = _run("boot.py", main_globals)
+    if ok and os.getenv("VDEV_RUN_MAIN") == "1":
+        _run("main.py", main_globals)
+    # Marks the end of the boot scripts for the harness (stripped from what the host sees).
+    while True:
+        try:
+            sys.stdout.write("\x00vdev:ready\x00")
+            break
+        except KeyboardInterrupt:
+            pass
+
+
+def _run(name, g):
+    try:
+        os.stat(name)
+    except OSError:
+        return True
+    try:
+        with open(name) as f:
+            src = f.read()
+        exec(compile(src, name, "exec"), g)
+        return True
+    except SystemExit:
+        return False
+    except BaseException as e:  # KeyboardInterrupt too: a board prints it and goes on
+        sys.print_exception(e)
+        return False

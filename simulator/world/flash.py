@@ -1,0 +1,78 @@
+"""An in-memory flash for big fleets: the interface of firmware/aedgate/storage.py's Flash
+(read, write, append, remove, names, sub) over a dict, so 30,000 cabinets need no 30,000
+folders and no file system calls per event. A simulated power cut keeps it (the object outlives
+the App), like flash. Per-cabinet folders (storage.Flash) stay the default for small fleets: a
+person can look in.
+
+Capacity: optional, in 4096-byte blocks as on the ESP32's littlefs (a file takes whole blocks;
+one of up to 128 bytes lives in its folder's metadata and takes none; every folder takes two
+blocks for its metadata pair). Past it a write raises OSError(ENOSPC) as littlefs does. Files of
+zeros (the outbox's spare blocks) are kept as their length, so they cost no RAM here."""
+from __future__ import annotations
+
+_ENOSPC = 28
+_BLOCK = 4096
+_INLINE = 128
+
+
+def _blocks(n: int) -> int:
+    return 0 if n <= _INLINE else (n + _BLOCK - 1) // _BLOCK
+
+
+class MemoryFlash:
+    __slots__ = ("files", "subs", "capacity", "_top")
+
+    def __init__(self, capacity: int | None = None, top: "MemoryFlash | None" = None) -> None:
+        self.files: dict[str, bytes | int] = {}
+        self.subs: dict[str, MemoryFlash] | None = None
+        self.capacity = capacity      # bytes; None: unlimited
+        self._top = top               # the flash a sub-folder's blocks count against
+
+    def read(self, name: str) -> bytes | None:
+        """The file's bytes, or None when it does not exist."""
+        data = self.files.get(name)
+        return bytes(data) if isinstance(data, int) else data
+
+    def write(self, name: str, data) -> None:
+        """Replace `name` with `data` in one step (atomic, like the rename on littlefs)."""
+        if isinstance(data, str):
+            data = data.encode()
+        self._room(name, len(data))
+        self.files[name] = len(data) if len(data) > _INLINE and not any(data) else bytes(data)
+
+    def append(self, name: str, data: bytes) -> None:
+        old = self.read(name) or b""
+        self._room(name, len(old) + len(data))
+        self.files[name] = old + bytes(data)
+
+    def remove(self, name: str) -> None:
+        self.files.pop(name, None)
+
+    def names(self) -> list[str]:
+        return list(self.files) + list(self.subs or ())
+
+    def sub(self, name: str) -> "MemoryFlash":
+        if self.subs is None:
+            self.subs = {}
+        if name not in self.subs:
+            self.subs[name] = MemoryFlash(top=self._top or self)
+        return self.subs[name]
+
+    # -- capacity --------------------------------------------------------------------------
+    def used(self) -> int:
+        """Bytes in use, counted in whole blocks as littlefs allocates them."""
+        total = 2 * _BLOCK  # this folder's metadata pair
+        for data in self.files.values():
+            total += _blocks(data if isinstance(data, int) else len(data)) * _BLOCK
+        for sub in (self.subs or {}).values():
+            total += sub.used()
+        return total
+
+    def _room(self, name: str, size: int) -> None:
+        top = self._top or self
+        if top.capacity is None:
+            return
+        old = self.files.get(name)
+        old_blocks = _blocks(old if isinstance(old, int) else len(old)) if old is not None else 0
+        if top.used() + (_blocks(size) - old_blocks) * _BLOCK > top.capacity:
+            raise OSError(_ENOSPC, "ENOSPC")

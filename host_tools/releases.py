@@ -20,7 +20,8 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
-from host_tools.provision import FIRMWARE, NOT_COMPILED, _mpy_cross
+from host_tools.commands.provision import NOT_COMPILED, _mpy_cross
+from host_tools.firmware import FIRMWARE
 
 # Board name written into the manifest -> mpy-cross architecture. Only native (@native/@viper)
 # code uses it; today's firmware is bytecode only, but a release is built for one board.

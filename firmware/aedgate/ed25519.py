@@ -131,16 +131,9 @@ def steps(public, signature, parts):
     yield x == r[0] * z % P and y == r[1] * z % P
 
 
-def verify(public, signature, parts):
-    """True when signature is a valid Ed25519 signature of the message by public (see steps)."""
-    ok = False
-    for ok in steps(public, signature, parts):
-        pass
-    return ok is True
-
-
 async def verify_async(public, signature, parts):
-    """verify(), giving the asyncio loop back every few rounds (sleep_ms(0))."""
+    """True when signature is a valid Ed25519 signature of the message by public (see steps),
+    giving the asyncio loop back between steps (sleep_ms(0))."""
     ok = False
     for ok in steps(public, signature, parts):
         if ok is None:

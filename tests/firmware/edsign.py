@@ -1,5 +1,5 @@
 # A small RFC 8032 Ed25519 signer for the firmware tests (the cabinet only verifies, so no
-# signer ships). Runs on both runtimes with the firmware's own arithmetic; tests/host/ checks
+# signer ships), and verify(): the firmware's steps() run to the end without a loop. Runs on both runtimes with the firmware's own arithmetic; tests/host/ checks
 # its signatures against `cryptography`, so it is not the thing under test.
 from aedgate import ed25519
 from aedgate.ed25519 import L, P
@@ -44,3 +44,11 @@ def sign(seed, msg):
     big_r = scalar_mult_base(r)
     s = (r + _h(big_r + pub + msg) * a) % L
     return big_r + s.to_bytes(32, "little")
+
+
+def verify(public, signature, parts):
+    """ed25519.verify_async without asyncio: True when the signature is valid."""
+    ok = False
+    for ok in ed25519.steps(public, signature, parts):
+        pass
+    return ok is True

@@ -3,9 +3,10 @@
 # verifies when its check is removed, so the test would fail).
 from aedgate import ed25519
 from aedgate.compat import asyncio, sleep_ms
-from aedgate.ed25519 import L, P, verify
+from aedgate.ed25519 import L, P
 from aedgate.sha512 import sha512
 from ed25519_vectors import RFC8032
+from edsign import verify
 
 H = bytes.fromhex
 TEST1 = RFC8032[0]

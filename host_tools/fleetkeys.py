@@ -6,7 +6,7 @@ only by its owner (mode 0600). Each cabinet holds only its own key:
 
     device key = HKDF-SHA256(IKM=master, salt=b"aedgate/v1", info=b"device-key:" + device_id, L=32)
 
-(fixed in PROTOCOL.md). This module uses `cryptography`'s HKDF, deliberately not the firmware's
+(fixed in docs/protocol.md). This module uses `cryptography`'s HKDF, deliberately not the firmware's
 own code, so the tests cross-check two independent implementations.
 """
 from __future__ import annotations
@@ -87,7 +87,7 @@ def save(path: str | os.PathLike[str], key: bytes, overwrite: bool = False) -> P
 
 
 def derive_device_key(master_key: bytes, device_id: str) -> bytes:
-    """The 32-byte key of one cabinet (RFC 5869 HKDF-SHA256, parameters fixed in PROTOCOL.md)."""
+    """The 32-byte key of one cabinet (RFC 5869 HKDF-SHA256, parameters fixed in docs/protocol.md)."""
     if len(master_key) != KEY_LEN:
         raise ValueError("a fleet key is 32 bytes")
     check_device_id(device_id)

@@ -2,7 +2,7 @@
 debugging a rejected unlock needs).
 
 A token is a COSE_Mac0 (RFC 9052, HMAC 256/256) over CWT claims (RFC 8392), the profile fixed in
-PROTOCOL.md. Built with cbor2 and cryptography only; the firmware's verifier
+docs/protocol.md. Built with cbor2 and cryptography only; the firmware's verifier
 (firmware/aedgate/token.py) is a separate implementation and the tests check one against the
 other and both against the independent `cwt` library.
 

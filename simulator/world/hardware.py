@@ -323,6 +323,11 @@ class SimHardware:
         ctx = ssl.create_default_context()
         return ctx
 
+    def all_off(self):
+        """Every output off (docs/hardware.md): what main.py does after a crash."""
+        for out in (self.lock, self.siren, self.led):
+            out.value(0)
+
 
 class CabinetWorld:
     """One cabinet's physical surroundings: door, mains, backup battery, temperature, Wi-Fi,

@@ -1,4 +1,4 @@
-"""Scenario files: a timed list of world-control messages (PROTOCOL.md, `aedsim/world/<id>`),
+"""Scenario files: a timed list of world-control messages (docs/protocol.md, `aedsim/world/<id>`),
 played over MQTT, so one file drives any simulator — one process, several workers on several
 broker shards, or a virtual serial device.
 

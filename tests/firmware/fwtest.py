@@ -219,5 +219,18 @@ class Hardware:
         self.led = Pin(0)
         self.battery = ADC(2083334)  # 2.083 V at the pin x 6.0 divider = 12.5 V
         self.temp = Thermo(21.0)
+        self.wdt = None
         self.lines = []
         self.log = self.lines.append
+
+    def tls_context(self, cfg):
+        try:
+            import tls  # MicroPython
+            return tls.SSLContext(tls.PROTOCOL_TLS_CLIENT)
+        except ImportError:
+            import ssl
+            return ssl.create_default_context()
+
+    def all_off(self):
+        for out in (self.lock, self.siren, self.led):
+            out.value(0)

@@ -8,6 +8,7 @@ import asyncio
 import json
 import time
 
+from aedgate import link
 from aedgate.app import App
 from tests.firmware.fwtest import Hardware, temp_flash, wipe
 
@@ -72,11 +73,19 @@ class SlowPubackProxy:
 
 
 class Net:
+    """The board's network on loopback (the hw.net interface of docs/design.md)."""
+
     def isconnected(self):
         return True
 
-    async def open(self, host, port, ssl=None, server_hostname=None):
-        return await asyncio.open_connection(host, port)
+    async def join(self):
+        return None
+
+    def getaddrinfo(self, host, port):
+        return link.lookup(host, port)
+
+    def connect(self, addr, ssl=None, server_hostname=None):
+        return link.open_stream(addr, ssl, server_hostname)
 
 
 class Watchdog:

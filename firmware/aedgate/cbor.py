@@ -30,10 +30,12 @@ class _Other:
 OTHER = _Other()
 
 
-def decode(data, max_depth=_DEFAULT_DEPTH, start=0):
+def decode(data, max_depth=_DEFAULT_DEPTH, start=0, max_items=_MAX_ITEMS):
     """Decode exactly one CBOR item filling data[start:] (bytes, bytearray or memoryview).
-    Byte strings come back as bytes, text as str, arrays as lists, maps as dicts."""
+    Byte strings come back as bytes, text as str, arrays as lists, maps as dicts.
+    max_items: the largest container accepted (a release manifest lists more files than 16)."""
     r = _Reader(data, start)
+    r.max_items = max_items
     value = r.item(max_depth)
     if r.pos != len(data):
         raise CBORError("trailing bytes")
@@ -47,6 +49,7 @@ class _Reader:
         self.data = data
         self.pos = pos
         self.major = 0
+        self.max_items = _MAX_ITEMS
 
     def head(self):
         # One initial byte and its argument: sets self.major, returns the argument.
@@ -107,7 +110,7 @@ class _Reader:
             if depth <= 0:
                 raise CBORError("too deep")
             # Each item takes at least one byte: check the count against what remains first.
-            if arg > _MAX_ITEMS or (arg << (major - 4)) > len(data) - self.pos:
+            if arg > self.max_items or (arg << (major - 4)) > len(data) - self.pos:
                 raise CBORError("too many items")
             depth -= 1
             if major == 4:

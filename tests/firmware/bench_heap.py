@@ -13,33 +13,19 @@ gc.collect()
 base = gc.mem_alloc()
 
 from aedgate.app import App  # noqa: E402
-from aedgate import link  # noqa: E402
 from aedgate.compat import asyncio, sleep_ms  # noqa: E402
-from fwtest import Hardware, temp_flash, wipe  # noqa: E402
+from fwtest import Hardware, LoopNet, temp_flash, wipe  # noqa: E402
 
 gc.collect()
 code = gc.mem_alloc() - base  # module objects and bytecode: in flash, not heap, when frozen
 
-
-class Net:
-    def isconnected(self):
-        return True
-
-    async def join(self):
-        pass
-
-    def getaddrinfo(self, host, port):
-        return link.lookup(host, port)
-
-    def connect(self, addr, ssl=None, server_hostname=None):
-        return link.open_stream(addr, ssl, server_hostname)
 
 
 flash = temp_flash()
 flash.write("config.json", json.dumps({"device_id": "cab-heap", "broker_host": "127.0.0.1",
                                         "broker_port": int(sys.argv[2]), "sample_s": 1}))
 hw = Hardware()
-hw.net = Net()
+hw.net = LoopNet()
 hw.log = lambda msg: None
 app = App(hw, flash)
 result = {}

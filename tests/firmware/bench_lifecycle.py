@@ -24,35 +24,19 @@ import json  # noqa: E402
 
 
 import board  # noqa: E402  (tls_context; on the device board.py is loaded too)
-from aedgate import link  # noqa: E402
 from aedgate.app import App  # noqa: E402
 from aedgate.compat import asyncio, sleep_ms, ticks_diff, ticks_ms, unix_time  # noqa: E402
 
 gc.collect()
 code = gc.mem_alloc() - base0  # module objects and bytecode: in flash, not heap, when frozen
 
-from fwtest import Hardware, Pin, temp_flash, wipe  # noqa: E402
+from fwtest import Hardware, LoopNet, Pin, temp_flash, wipe  # noqa: E402
 
 gc.collect()
 base = gc.mem_alloc() - code  # the interpreter, this script and the test harness (fwtest)
 with open(SETUP) as f:
     setup = json.load(f)
 
-
-class Net:
-    """Wi-Fi that is up; sockets through the firmware's own link.py, as board.WiFi does."""
-
-    def isconnected(self):
-        return True
-
-    async def join(self):
-        pass
-
-    def getaddrinfo(self, host, port):
-        return link.lookup(host, port)
-
-    def connect(self, addr, ssl=None, server_hostname=None):
-        return link.open_stream(addr, ssl, server_hostname)
 
 
 class Clock:
@@ -122,7 +106,7 @@ flash = temp_flash()
 flash.write("config.json", json.dumps(setup["config"]))
 hw = Hw()
 hw.clock = Clock()
-hw.net = Net()
+hw.net = LoopNet()
 hw.lock_timer = Timer()
 hw.log = log
 result = {"heap_base": base0, "heap_harness": base - base0, "heap_code": code,

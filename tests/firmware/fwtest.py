@@ -191,6 +191,25 @@ class Thermo:
         return self.c
 
 
+class LoopNet:
+    """Wi-Fi that is up; sockets through the firmware's own link.py, as board.WiFi does (the
+    hw.net of docs/hardware.md, for runs against a real broker on loopback)."""
+
+    def isconnected(self):
+        return True
+
+    async def join(self):
+        pass
+
+    def getaddrinfo(self, host, port):
+        from aedgate import link
+        return link.lookup(host, port)
+
+    def connect(self, addr, ssl=None, server_hostname=None):
+        from aedgate import link
+        return link.open_stream(addr, ssl, server_hostname)
+
+
 class NoNet:
     up = False  # Wi-Fi associated (the broker is still unreachable)
 

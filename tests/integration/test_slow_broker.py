@@ -8,9 +8,8 @@ import asyncio
 import json
 import time
 
-from aedgate import link
 from aedgate.app import App
-from tests.firmware.fwtest import Hardware, temp_flash, wipe
+from tests.firmware.fwtest import Hardware, LoopNet, temp_flash, wipe
 
 PUBACK_DELAY_S = 0.5
 
@@ -72,21 +71,6 @@ class SlowPubackProxy:
         self.server.close()
 
 
-class Net:
-    """The board's network on loopback (the hw.net interface of docs/design.md)."""
-
-    def isconnected(self):
-        return True
-
-    async def join(self):
-        return None
-
-    def getaddrinfo(self, host, port):
-        return link.lookup(host, port)
-
-    def connect(self, addr, ssl=None, server_hostname=None):
-        return link.open_stream(addr, ssl, server_hostname)
-
 
 class Watchdog:
     feed_ms = 500
@@ -107,7 +91,7 @@ def test_a_slow_broker_does_not_starve_the_watchdog(mosquitto):
                                        "broker_port": 1, "outbox_limit": 400}))
     hw = Hardware()
     hw.unique_id = "cab-slow"
-    hw.net = Net()
+    hw.net = LoopNet()
     hw.wdt = Watchdog()
 
     async def main():

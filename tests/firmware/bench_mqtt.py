@@ -1,4 +1,4 @@
-# One row of the MQTT client benchmark, on the MicroPython unix port (simulator/mqttbench.py
+# One row of the MQTT client benchmark, on the MicroPython unix port (simulator/bench/mqtt_client.py
 # drives it; see there for the rows). Usage:
 #   micropython bench_mqtt.py FIRMWARE_DIR CLIENT ROW PORT [PEER_DIR]
 # CLIENT: aedgate, bare (a blocking socket doing the bare CONNECT/PUBLISH/PUBACK exchange),

@@ -3,7 +3,7 @@ socket and, when their source folders are given, with micropython-lib's umqtt.si
 umqtt.robust and Peter Hinch's mqtt_as: the same rows, one binary, one Mosquitto, runs
 interleaved (every client once per row, then the next repetition).
 
-    python -m simulator.mqttbench [--umqtt-simple DIR] [--umqtt-robust DIR] [--mqtt-as DIR]
+    python -m simulator.bench.mqtt_client [--umqtt-simple DIR] [--umqtt-robust DIR] [--mqtt-as DIR]
                                   [--reps 3] [--rows rt,inflight,...] [--json out.json]
 
 A peer's DIR is the folder to put on MicroPython's path: it holds umqtt/simple.py (and
@@ -41,7 +41,7 @@ import threading
 import time
 from pathlib import Path
 
-from simulator.mosquitto import Mosquitto, MosquittoMissing
+from simulator.brokers.mosquitto import Mosquitto, MosquittoMissing
 
 ROOT = Path(__file__).resolve().parent.parent
 SCRIPT = ROOT / "tests" / "firmware" / "bench_mqtt.py"
@@ -326,7 +326,7 @@ def ratios(summary: dict, clients: list) -> dict:
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="python -m simulator.mqttbench", description=__doc__,
+    p = argparse.ArgumentParser(prog="python -m simulator.bench.mqtt_client", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--umqtt-simple", metavar="DIR", help="folder holding umqtt/simple.py")
     p.add_argument("--umqtt-robust", metavar="DIR", help="folder holding umqtt/robust.py and simple.py")
@@ -387,7 +387,7 @@ def main(argv=None) -> int:
         print("%s: %s" % (k, "—" if v is None else "%.2f" % v))
     doc = {"machine": platform.machine(), "nproc": os.cpu_count(),
            "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "micropython": version,
-           "command": "python -m simulator.mqttbench " + " ".join(argv if argv is not None else sys.argv[1:]),
+           "command": "python -m simulator.bench.mqtt_client " + " ".join(argv if argv is not None else sys.argv[1:]),
            "broker_nodelay": not args.broker_nagle, "aedgate_timeout_s": args.aedgate_timeout_s, "clients": clients, "rows": rows, "reps": args.reps, "summary": summary,
            "ratios": rat, "table": text, "runs": results}
     Path(args.json).write_text(json.dumps(doc, indent=1, default=str))

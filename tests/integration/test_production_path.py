@@ -8,6 +8,8 @@ dispatch password is one line and a non-zero exit. Real tools, loopback only.
 The one change to the doc's steps: the broker's certificate names `localhost` instead of the
 doc's example `mqtt.example.org` (the name the cabinets use must resolve here, on loopback)."""
 import json
+import re
+import shlex
 import subprocess
 import sys
 import threading
@@ -21,6 +23,23 @@ from tests.integration.test_broker_doc import SERVICE_PASSWORDS, follow_broker_m
 from tests.integration.test_vdev import vdev_factory  # noqa: F401  (fixture)
 
 DEVICE = "cab-0001"  # the device docs/broker.md adds
+TECHNICIAN = ROOT / "docs" / "technician.md"
+
+
+def documented_provision(replace):
+    """docs/technician.md's production `aedgate provision` command as argv, with the values of
+    the options in `replace` (port, broker, files) swapped for this test's own."""
+    text = re.sub(r"\\\n\s*", " ", TECHNICIAN.read_text())
+    lines = [l.strip() for l in text.splitlines()
+             if l.strip().startswith("aedgate provision") and "mqtts://" in l]
+    assert len(lines) == 1, "docs/technician.md should show one production provision: %r" % lines
+    argv = shlex.split(lines[0])[2:]
+    for i, word in enumerate(argv[:-1]):
+        if word in replace:
+            argv[i + 1] = replace[word]
+    missing = set(replace) - set(argv)
+    assert not missing, "docs/technician.md's command lacks %s" % sorted(missing)
+    return argv
 
 
 def aedgate(*args, timeout=90):
@@ -85,15 +104,18 @@ def test_a_cabinet_on_the_documented_tls_broker_is_unlocked_and_serviced_by_disp
 
         # docs/technician.md, production: the cabinet's own account, the CA, TLS
         v = vdev_factory("--device-id", DEVICE)
-        r = aedgate("provision", "--port", v.path, "--device-id", DEVICE, "--broker", url,
-                    "--fleet-key", str(key), "--wifi-ssid", "lab", "--wifi-password", "secret",
-                    "--ca", str(ca), "--broker-user", DEVICE,
-                    "--broker-password-file", str(device_pw))
+        argv = documented_provision({"--port": v.path, "--broker": url, "--ca": str(ca),
+                                     "--broker-password-file": str(device_pw), "--fleet-key": str(key)})
+        assert argv[argv.index("--device-id") + 1] == argv[argv.index("--broker-user") + 1] == DEVICE
+        r = aedgate("provision", *argv)
         assert r.returncode == 0, r.stdout + r.stderr
+        cfg = json.loads((v.flash / "config.json").read_text())
+        assert (cfg["broker_tls"], cfg["broker_user"], cfg["broker_host"]) == (True, DEVICE, "localhost"), cfg
+        assert cfg["broker_password"] == device_pw.read_text().strip()
         st = registry.wait_for(lambda t, o, ret: t == "aed/v1/%s/status" % DEVICE
                                and o.get("online") is True, 40)
         assert abs(st["ts"] - time.time()) < 5, st  # SNTP set its clock (it powered on in 2000)
-        assert "cab-0001" in broker.text()  # logged in with its own user name over TLS
+        assert re.search(r"as cab-0001 \(.*u'cab-0001'\)", broker.text()), broker.text()[-2000:]
 
         # dispatch opens it: accepted; --follow under the production ACL says why it cannot
         r = aedgate("unlock", "--broker", url, "--ca", str(ca), "--user", "dispatch",

@@ -15,8 +15,6 @@ import sys
 import threading
 import time
 
-import pytest
-
 from host_tools import fleetkeys
 from tests.fixtures import ROOT
 from tests.integration.test_broker_doc import SERVICE_PASSWORDS, follow_broker_md, root  # noqa: F401

@@ -119,7 +119,10 @@ def root():
     shutil.rmtree(d, ignore_errors=True)
 
 
-def test_broker_md_steps_work_as_written(root):
+def follow_broker_md(root, edit=lambda line: line):
+    """Run docs/broker.md's steps into `root` as the module docstring says; `edit` may change a
+    line the doc leaves to the reader (the broker's host name). Returns the running broker and
+    each step's (lines, stdout); the caller stops the broker."""
     for tool in ("mosquitto", "mosquitto_passwd", "mosquitto_pub", "mosquitto_sub", "openssl"):
         require_tool(tool, HOW)
     as_root = os.geteuid() == 0
@@ -181,7 +184,7 @@ def test_broker_md_steps_work_as_written(root):
                         assert time.time() < deadline, broker.text()
                         time.sleep(0.05)
                     continue
-                line = relocate(re.sub(r"^sudo ", "", line), root)
+                line = edit(relocate(re.sub(r"^sudo ", "", line), root))
                 if not as_root:  # ownership needs root; the rest is the same
                     line = re.sub(r" -o mosquitto -g mosquitto", "", line)
                     if line.startswith("chown "):
@@ -192,7 +195,16 @@ def test_broker_md_steps_work_as_written(root):
                     line = "printf '%s\\n%s\\n' | %s" % (pw, pw, line)
                 seg.append(line)
             run(seg)
-        assert broker.proc is not None, "the doc never starts the broker"
+    except BaseException:
+        broker.stop()
+        raise
+    assert broker.proc is not None, "the doc never starts the broker"
+    return broker, outputs
+
+
+def test_broker_md_steps_work_as_written(root):
+    broker, outputs = follow_broker_md(root)
+    try:
         password = [out for lines, out in outputs if any("add-device" in l for l in lines)]
         assert password, "the doc adds no device"
         password = password[-1].strip().splitlines()[-1]

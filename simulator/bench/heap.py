@@ -83,10 +83,11 @@ class Broker:
 
 
 class Dispatch:
-    """The backend side over paho: sees a device's status, acks and events, sends it tokens."""
+    """The backend side, through the project's backend library (host_tools/backend): sees a
+    device's status, acks and events, sends it tokens."""
 
     def __init__(self, port: int, device_id: str):
-        import paho.mqtt.client as mqtt
+        from host_tools.backend import BrokerOptions, FleetSubscriber
         self.device_id = device_id
         self.port = port
         self.cond = threading.Condition()
@@ -94,30 +95,25 @@ class Dispatch:
         self.ready = 0  # online statuses followed by a state message (the cabinet is fully up)
         self.acks: list[dict] = []
         self.events: list[dict] = []
-        self.c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="dispatch-" + device_id)
-        self.c.on_message = self._msg
-        self.c.connect("127.0.0.1", port)
-        # A lone token would otherwise wait for the broker's delayed ACK (Nagle).
-        self.c.socket().setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        self.c.subscribe("aed/v1/%s/#" % device_id, qos=1)
-        self.c.loop_start()
+        # nodelay: a lone token would otherwise wait for the broker's delayed ACK (Nagle).
+        self.feed = FleetSubscriber([BrokerOptions("mqtt://127.0.0.1:%d" % port)], "dispatch-" + device_id,
+                                    devices=(device_id,), validate=False, nodelay=True)
+        self.feed.listen(self._msg)
+        self.feed.start()
+        self.c = self.feed.clients[0]
 
-    def _msg(self, client, userdata, m):
+    def _msg(self, m) -> None:
         if m.retain:
             return  # a retained copy from an earlier run
-        sub = m.topic.rsplit("/", 1)[-1]
-        try:
-            obj = json.loads(m.payload)
-        except ValueError:
-            return
+        obj = m.body
         with self.cond:
-            if sub == "status" and obj.get("online"):
+            if m.kind == "status" and obj.get("online"):
                 self.online += 1
-            elif sub == "state":
+            elif m.kind == "state":
                 self.ready = self.online
-            elif sub == "ack":
+            elif m.kind == "ack":
                 self.acks.append(obj)
-            elif sub == "event":
+            elif m.kind == "event":
                 self.events.append(obj)
             self.cond.notify_all()
 
@@ -157,8 +153,7 @@ class Dispatch:
             s.sendall(b"\xe0\x00")
 
     def close(self) -> None:
-        self.c.loop_stop()
-        self.c.disconnect()
+        self.feed.close()
 
 
 def prepare(load: str, workdir: Path, mpy_cross: str | None) -> str:

@@ -1,0 +1,82 @@
+"""The virtual device's esp32.Partition over the ESP32_GENERIC-OTA table, driven with real
+mpremote: an image written to the next app partition, set_boot(), and the bootloader's rollback
+when the new app is not marked valid before the next reset (docs/twin.md "OTA partitions")."""
+import time
+
+from tests.integration.test_vdev import mpremote, vdev_factory  # noqa: F401 (fixture)
+
+SHOW = ("from esp32 import Partition as P\n"
+        "r = P(P.RUNNING); b = bytearray(32); r.readblocks(0, b)\n"
+        "print('RUN', r.info()[4], 'BOOT', P(P.BOOT).info()[4], 'VER', bytes(b[1:b.find(b'\\x00')]).decode())")
+
+
+def _show(port, resume=False):
+    args = (["resume"] if resume else []) + ["exec", SHOW]
+    for _ in range(20):  # just after a power-on the board may still be starting
+        r = mpremote(port, *args)
+        if r.returncode == 0 and "RUN" in r.stdout:
+            words = r.stdout.split()
+            i = words.index("RUN")
+            return words[i + 1], words[i + 3], words[i + 5]
+        time.sleep(0.5)
+    raise AssertionError("no answer: %s %s" % (r.stdout, r.stderr))
+
+
+def test_partition_table_set_boot_and_rollback_when_not_marked_valid(vdev_factory):  # noqa: F811
+    v = vdev_factory()
+    r = mpremote(v.path, "exec", (
+        "from esp32 import Partition as P\n"
+        "r = P(P.RUNNING); n = r.get_next_update()\n"
+        "print(r.info()); print(n.info()); print(P('vfs').info()[:2]); print(P('otadata').info())\n"
+        "print([p.info()[4] for p in P.find(P.TYPE_APP)], n.ioctl(4, 0), n.ioctl(5, 0))\n"
+        "try:\n P('nope')\nexcept OSError as e:\n print('ENOENT', e.errno)\n"
+        "n.writeblocks(0, bytes(4096))\n"            # no image header: refused
+        "try:\n n.set_boot()\nexcept OSError as e:\n print('REFUSED', e.args)\n"
+        "n.writeblocks(0, b'\\xff' * 4096)\n"
+        "n.writeblocks(0, b'\\xe9', 0); n.writeblocks(0, b'2.0.0\\x00', 1)\n"  # streamed, no erase
+        "n.set_boot(); print('BOOT', P(P.BOOT).info()[4])\n"))
+    assert r.returncode == 0, r.stderr
+    out = r.stdout
+    assert "(0, 16, 65536, 1572864, 'ota_0', False)" in out
+    assert "(0, 17, 1638400, 1572864, 'ota_1', False)" in out
+    assert "(1, 129)" in out and "(1, 0, 53248, 8192, 'otadata', False)" in out
+    assert "['ota_0', 'ota_1'] 384 4096" in out
+    assert "ENOENT 2" in out
+    assert "REFUSED (-5379, 'ESP_ERR_OTA_VALIDATE_FAILED')" in out
+    assert "BOOT ota_1" in out
+    # set_boot() alone changes nothing until the chip resets (soft reboots do not count).
+    assert _show(v.path) == ("ota_0", "ota_1", "MicroPython")
+    # Reset: the bootloader starts ota_1, PENDING_VERIFY. Not marked valid, the next reset
+    # aborts it and the factory app runs again.
+    assert mpremote(v.path, "reset").returncode == 0
+    assert _show(v.path, resume=True) == ("ota_1", "ota_1", "2.0.0")
+    assert mpremote(v.path, "reset").returncode == 0
+    assert _show(v.path, resume=True) == ("ota_0", "ota_0", "MicroPython")
+    # Again, and this time marked valid: it stays through resets, a power cut and a restart
+    # of the vdev on the same flash.
+    r = mpremote(v.path, "exec", "from esp32 import Partition as P\nP('ota_1').set_boot()")
+    assert r.returncode == 0, r.stderr
+    assert mpremote(v.path, "reset").returncode == 0
+    r = mpremote(v.path, "resume", "exec",
+                 "from esp32 import Partition as P\nP.mark_app_valid_cancel_rollback(); print('OK')")
+    assert "OK" in r.stdout, r.stderr
+    assert mpremote(v.path, "reset").returncode == 0
+    assert _show(v.path, resume=True) == ("ota_1", "ota_1", "2.0.0")
+    v.world('{"power": "off"}')
+    time.sleep(0.5)
+    v.world('{"power": "on"}')
+    time.sleep(1.0)
+    assert _show(v.path) == ("ota_1", "ota_1", "2.0.0")
+    # A power cut while an update is on trial: the bootloader rolls it back.
+    r = mpremote(v.path, "exec", "from esp32 import Partition as P\nP('ota_0').set_boot()")
+    assert r.returncode == 0, r.stderr
+    assert mpremote(v.path, "reset").returncode == 0
+    assert _show(v.path, resume=True) == ("ota_0", "ota_0", "MicroPython")
+    v.world('{"power": "off"}')
+    time.sleep(0.5)
+    v.world('{"power": "on"}')
+    time.sleep(1.0)
+    assert _show(v.path) == ("ota_1", "ota_1", "2.0.0")
+    v.stop()
+    v2 = vdev_factory()
+    assert _show(v2.path) == ("ota_1", "ota_1", "2.0.0")

@@ -229,3 +229,34 @@ def test_power_cut_at_every_flash_write_boots_old_or_new_never_neither():
     print("slots: power cut at each of %d flash writes, %d boot neither version" % (total, len(bad)))
     assert total >= 28  # every step of the story writes
     assert bad == []
+
+
+def test_app_reports_the_update_events_and_gives_up_a_trial_that_never_comes_online():
+    import json
+
+    from aedgate.app import App
+    from aedgate.compat import asyncio
+    from fwtest import Hardware
+    f = temp_flash()
+    f.write("config.json", json.dumps({"device_id": "cab-0007"}))
+    Slots(f, "0.1.0").install(*_release("9.0.0"))
+    assert Slots(f).boot(True) == "a"                 # boot.py
+    app = App(Hardware(), f)
+    types = [app.outbox.get(s)["type"] for s in app.outbox.pending()]
+    assert types[-2:] == ["update_installed", "update_on_trial"]
+    assert Slots(f).notes() == []                      # in the outbox now, cleared from the record
+    st = json.loads(app.state_payload())
+    assert st["fw_slot"] == "a" and st["fw_trial"] is True
+    app.cfg["update_trial_s"] = 0                      # (600 s by default) no broker in this test
+    try:
+        asyncio.run(app._trial())
+        raised = False
+    except RuntimeError:
+        raised = True
+    assert raised                                      # main.py resets the board
+    assert Slots(f).boot(True) == ""                   # back on the root's package
+    app = App(Hardware(), f)
+    ev = app.outbox.get(app.outbox.pending()[-1])
+    assert ev["type"] == "update_rolled_back" and ev["reason"] == "trial_timeout" and ev["version"] == "9.0.0"
+    assert json.loads(app.state_payload())["fw_slot"] == "root"
+    wipe(f)

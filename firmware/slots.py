@@ -90,7 +90,7 @@ class Slots:
             if rec["boots"] > MAX_TRIAL_BOOTS:
                 self._back(rec, "crash_loop")
             elif rec["boots"] == 1:
-                rec["notes"].append({"type": "update_on_trial", "version": rec["ver"], "slot": rec["slot"]})
+                rec["notes"].append({"type": "update_trial", "version": rec["ver"], "slot": rec["slot"]})
             self._save(rec)
         if not self._complete(self.rec["slot"], self.rec["ver"]):  # rot, or a technician's hand: never boot nothing
             rec = dict(self.rec)

@@ -105,7 +105,7 @@ def test_install_trial_confirm_and_events():
     assert _booted(f) == "1.1.0"
     s = Slots(f, "1.0.0")
     assert s.rec["trial"] and s.rec["boots"] == 1 and s.rec["slot"] == "a"
-    assert [n["type"] for n in s.notes()] == ["update_installed", "update_on_trial"]
+    assert [n["type"] for n in s.notes()] == ["update_installed", "update_trial"]
     s.clear_notes()
     assert s.confirm()
     assert s.notes() == [{"type": "update_confirmed", "version": "1.1.0", "slot": "a"}]
@@ -243,7 +243,7 @@ def test_app_reports_the_update_events_and_gives_up_a_trial_that_never_comes_onl
     assert Slots(f).boot(True) == "a"                 # boot.py
     app = App(Hardware(), f)
     types = [app.outbox.get(s)["type"] for s in app.outbox.pending()]
-    assert types[-2:] == ["update_installed", "update_on_trial"]
+    assert types[-2:] == ["update_installed", "update_trial"]
     assert Slots(f).notes() == []                      # in the outbox now, cleared from the record
     st = json.loads(app.state_payload())
     assert st["fw_slot"] == "a" and st["fw_trial"] is True

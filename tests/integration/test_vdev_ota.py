@@ -27,7 +27,7 @@ def test_partition_table_set_boot_and_rollback_when_not_marked_valid(vdev_factor
     r = mpremote(v.path, "exec", (
         "from esp32 import Partition as P\n"
         "r = P(P.RUNNING); n = r.get_next_update()\n"
-        "print(r.info()); print(n.info()); print(P('vfs').info()[:2]); print(P('otadata').info())\n"
+        "print(r.info()); print(n.info()); print(P('vfs').info()[:2], P('vfs').ioctl(4, 0)); print(P('otadata').info())\n"
         "print([p.info()[4] for p in P.find(P.TYPE_APP)], n.ioctl(4, 0), n.ioctl(5, 0))\n"
         "try:\n P('nope')\nexcept OSError as e:\n print('ENOENT', e.errno)\n"
         "n.writeblocks(0, bytes(4096))\n"            # no image header: refused
@@ -39,7 +39,7 @@ def test_partition_table_set_boot_and_rollback_when_not_marked_valid(vdev_factor
     out = r.stdout
     assert "(0, 16, 65536, 1572864, 'ota_0', False)" in out
     assert "(0, 17, 1638400, 1572864, 'ota_1', False)" in out
-    assert "(1, 129)" in out and "(1, 0, 53248, 8192, 'otadata', False)" in out
+    assert "(1, 129) 512" in out and "(1, 0, 53248, 8192, 'otadata', False)" in out
     assert "['ota_0', 'ota_1'] 384 4096" in out
     assert "ENOENT 2" in out
     assert "REFUSED (-5379, 'ESP_ERR_OTA_VALIDATE_FAILED')" in out

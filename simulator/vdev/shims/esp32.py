@@ -55,7 +55,7 @@ class Partition:
     def __repr__(self):
         t = O.TABLE[self._label]
         return "<Partition type=%u, subtype=%u, address=%u, size=%u, label=%s, encrypted=0>" % (
-            t[0], t[1], t[2], t[3], self._label)
+            t[0], t[1], t[2], self._size(), self._label)
 
     @staticmethod
     def find(type=0, subtype=0xFF, label=None, block_size=4096):
@@ -68,7 +68,11 @@ class Partition:
 
     def info(self):
         t = O.TABLE[self._label]
-        return (t[0], t[1], t[2], t[3], self._label, False)
+        return (t[0], t[1], t[2], self._size(), self._label, False)
+
+    def _size(self):
+        dev = self._dev()  # the vfs is as big as the vdev's --flash-size (960 KiB on this board)
+        return dev.block_count * dev.block_size if dev else O.TABLE[self._label][3]
 
     # -- block device -----------------------------------------------------------------------
     def _dev(self):
@@ -84,7 +88,7 @@ class Partition:
         return f
 
     def _range(self, off, n):
-        if off < 0 or off + n > O.TABLE[self._label][3]:
+        if off < 0 or off + n > self._size():
             raise _err(0x102, "ESP_ERR_INVALID_ARG")  # esp_partition_read/write: out of range
 
     def readblocks(self, block, buf, off=0):
@@ -127,7 +131,7 @@ class Partition:
         if op in (1, 2, 3):
             return 0
         if op == 4:
-            return O.TABLE[self._label][3] // self._bs
+            return self._size() // self._bs
         if op == 5:
             return self._bs
         if op == 6:

@@ -127,6 +127,17 @@ class App:
             self.emit(dict(ev))
         self.slots.clear_notes()
 
+    def install(self, manifest, files):
+        """Install a verified release into the free app slot (slots.py). Returns None (then the
+        caller resets the board: the next boot runs it on trial) or the reason it was refused,
+        which is reported as an event."""
+        why = self.slots.install(manifest, files)
+        if why:
+            self.emit({"type": "update_refused", "version": str(manifest.get("version"))[:32], "reason": why})
+        else:
+            self.update_notes()
+        return why
+
     async def _trial(self):
         """A release on trial has update_trial_s to come online healthy (confirmed in
         _connected); then it is given up and the board restarts on the previous slot."""

@@ -239,11 +239,16 @@ def test_app_reports_the_update_events_and_gives_up_a_trial_that_never_comes_onl
     from fwtest import Hardware
     f = temp_flash()
     f.write("config.json", json.dumps({"device_id": "cab-0007"}))
-    Slots(f, "0.1.0").install(*_release("9.0.0"))
-    assert Slots(f).boot(True) == "a"                 # boot.py
+    app = App(Hardware(), f)
+    assert app.install({"version": "0.0.9"}, []) == "not_newer"
+    ev = app.outbox.get(app.outbox.pending()[-1])
+    assert ev["type"] == "update_refused" and ev["reason"] == "not_newer" and ev["version"] == "0.0.9"
+    assert app.install(*_release("9.0.0")) is None
+    assert app.outbox.get(app.outbox.pending()[-1])["type"] == "update_installed"
+    assert Slots(f).boot(True) == "a"                 # boot.py, after the reset
     app = App(Hardware(), f)
     types = [app.outbox.get(s)["type"] for s in app.outbox.pending()]
-    assert types[-2:] == ["update_installed", "update_trial"]
+    assert types[-1:] == ["update_trial"]
     assert Slots(f).notes() == []                      # in the outbox now, cleared from the record
     st = json.loads(app.state_payload())
     assert st["fw_slot"] == "a" and st["fw_trial"] is True

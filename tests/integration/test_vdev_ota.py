@@ -3,7 +3,9 @@ mpremote: an image written to the next app partition, set_boot(), and the bootlo
 when the new app is not marked valid before the next reset (docs/twin.md "OTA partitions")."""
 import time
 
-from tests.integration.test_vdev import mpremote, vdev_factory  # noqa: F401 (fixture)
+import serial
+
+from tests.integration.test_vdev import mpremote, read_until, vdev_factory  # noqa: F401 (fixture)
 
 SHOW = ("from esp32 import Partition as P\n"
         "r = P(P.RUNNING); b = bytearray(32); r.readblocks(0, b)\n"
@@ -80,3 +82,43 @@ def test_partition_table_set_boot_and_rollback_when_not_marked_valid(vdev_factor
     v.stop()
     v2 = vdev_factory()
     assert _show(v2.path) == ("ota_1", "ota_1", "2.0.0")
+
+
+def test_app_slot_on_the_vdev_boots_on_trial_and_a_crash_loop_reverts(vdev_factory):  # noqa: F811
+    # The real boot.py and slots.py on littlefs: a release installed into slot "a" by the
+    # firmware itself is imported after every boot; hard resets without the app confirming it
+    # (no broker here) count as a crash loop and the root's package runs again.
+    from pathlib import Path
+    fw = Path(__file__).resolve().parents[2] / "firmware"
+    v = vdev_factory()
+    r = mpremote(v.path, "cp", "-r", str(fw / "aedgate"), ":", "+", "cp", str(fw / "boot.py"),
+                 str(fw / "main.py"), str(fw / "board.py"), str(fw / "slots.py"), ":", timeout=120)
+    assert r.returncode == 0, r.stderr
+    (v.flash / "config.json").write_text('{"device_id": "cab-ota", "broker_host": ""}')
+    r = mpremote(v.path, "exec", (
+        "import os\nfrom slots import Slots\nfrom aedgate.storage import Flash\n"
+        "files = [('aedgate/' + n, open('/aedgate/' + n, 'rb').read()) for n in os.listdir('/aedgate')]\n"
+        "files = [(p, b'VERSION = \"9.9.9\"\\n' if p.endswith('__init__.py') else d) for p, d in files]\n"
+        "print('INSTALL', Slots(Flash('/'), '0.1.0').install({'version': '9.9.9'}, files))\n"), timeout=60)
+    assert "INSTALL None" in r.stdout, r.stdout + r.stderr
+    ask = ("import aedgate, sys\nfrom slots import Slots\nfrom aedgate.storage import Flash\n"
+           "s = Slots(Flash('/')).rec\nprint('VER', aedgate.VERSION, sys.path[0], s['trial'], s['boots'])")
+    r = mpremote(v.path, "exec", ask)  # a soft reboot (mpremote): the slot, and no trial boot counted
+    assert "VER 9.9.9 /a 1 0" in r.stdout, r.stdout + r.stderr
+    # Each `mpremote reset` is a chip reset; main.py then runs the app, whose console says which
+    # events it sent. (Waiting for it before the next command: a Ctrl-C in the middle of the
+    # harness's boot would stop boot.py, which proves nothing here.)
+    consoles = []
+    for _ in range(4):
+        with serial.Serial(v.path, timeout=0.2) as port:
+            assert mpremote(v.path, "reset").returncode == 0
+            consoles.append(read_until(port, b"event boot", timeout=60).decode(errors="replace"))
+            time.sleep(1.0)
+            consoles[-1] += port.read(port.in_waiting or 1).decode(errors="replace")
+    assert "event update_trial" in consoles[0], consoles[0]
+    assert "update_rolled_back" not in consoles[2], consoles[2]
+    r = mpremote(v.path, "exec", ask)
+    assert "VER 0.1.0 " in r.stdout and r.stdout.split()[-2:] == ["0", "0"], r.stdout + r.stderr
+    assert "event update_rolled_back" in consoles[3] or "update_rolled_back" in str(mpremote(
+        v.path, "exec", "from slots import Slots\nfrom aedgate.storage import Flash\n"
+        "print(Slots(Flash('/')).rec['notes'])").stdout), consoles[3]

@@ -104,7 +104,7 @@ class Slots:
     # -- in the app ----------------------------------------------------------------------
     def check(self, manifest):
         """Why a release with this manifest (the signed one: version, min_version, may_replace)
-        may not be installed, or None. The same reasons as the signature check (docs/updates.md)."""
+        may not be installed, or None (reason codes: docs/updates-install.md)."""
         rec = self.rec
         if rec["trial"]:
             return "on_trial"

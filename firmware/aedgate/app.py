@@ -391,8 +391,11 @@ class App:
             self.mqtt = client
             self.online = True
             self.log("online: %s:%d" % (self.cfg["broker_host"], self.cfg["broker_port"]))
-            if self.slots.rec["trial"] and not self.stuck() and self.slots.confirm():
-                self.update_notes()  # online and every task checking in: the release stays
+            if not self.stuck():  # online and every task checking in: the release stays
+                if hasattr(self.hw, "image_valid"):
+                    self.hw.image_valid()
+                if self.slots.rec["trial"] and self.slots.confirm():
+                    self.update_notes()
             self.cabinet.changed = True
             await self._publish_all(client)
         finally:

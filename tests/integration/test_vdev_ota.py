@@ -126,3 +126,27 @@ def test_app_slot_on_the_vdev_boots_on_trial_and_a_crash_loop_reverts(vdev_facto
     assert "event update_rolled_back" in consoles[3] or "update_rolled_back" in str(mpremote(
         v.path, "exec", "from slots import Slots\nfrom aedgate.storage import Flash\n"
         "print(Slots(Flash('/')).rec['notes'])").stdout), consoles[3]
+
+
+def test_the_app_online_keeps_a_new_image(vdev_factory, mosquitto, backend):  # noqa: F811
+    # A MicroPython image started after set_boot() stays only if the app marks it valid: the
+    # firmware does so once it is online and healthy (board.Hardware.image_valid).
+    import json
+    from pathlib import Path
+    fw = Path(__file__).resolve().parents[2] / "firmware"
+    v = vdev_factory("--device-id", "cab-img")
+    r = mpremote(v.path, "cp", "-r", str(fw / "aedgate"), ":", "+", "cp", str(fw / "boot.py"),
+                 str(fw / "main.py"), str(fw / "board.py"), str(fw / "slots.py"), ":", timeout=120)
+    assert r.returncode == 0, r.stderr
+    (v.flash / "config.json").write_text(json.dumps({
+        "device_id": "cab-img", "broker_host": "127.0.0.1", "broker_port": mosquitto.port,
+        "wifi_ssid": "lab", "wifi_password": "secret"}))
+    r = mpremote(v.path, "exec", "from esp32 import Partition as P\nn = P(P.RUNNING).get_next_update()\n"
+                 "n.writeblocks(0, b'\\xe93.0.0\\x00' + b'\\xff' * 4089)\nn.set_boot()")
+    assert r.returncode == 0, r.stderr
+    for _ in range(2):  # the new image's first boot, then one more reset: it stays
+        with serial.Serial(v.path, timeout=0.2) as port:
+            assert mpremote(v.path, "reset").returncode == 0
+            read_until(port, b"online:", timeout=60)
+            time.sleep(1.0)
+        assert _show(v.path) == ("ota_1", "ota_1", "3.0.0")

@@ -161,7 +161,7 @@ def test_mpy_install_boots_and_switching_back_removes_stale_files(vdev_factory, 
 
 
 def test_full_flash_is_one_line_and_leaves_a_marker_that_the_next_run_reports(vdev_factory, mosquitto, fleet_key):
-    v = vdev_factory("--device-id", DEVICE, "--flash-size", "128k")  # the .py files need ~150k
+    v = vdev_factory("--device-id", DEVICE, "--flash-size", "136k")  # the .py files need ~160k
     r = provision(v.path, mosquitto.url, fleet_key)
     err = one_line_error(r, "flash is full")
     assert "NOT fully provisioned" in err

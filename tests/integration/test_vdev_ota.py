@@ -1,6 +1,7 @@
 """The virtual device's esp32.Partition over the ESP32_GENERIC-OTA table, driven with real
 mpremote: an image written to the next app partition, set_boot(), and the bootloader's rollback
 when the new app is not marked valid before the next reset (docs/twin.md "OTA partitions")."""
+import subprocess
 import time
 
 import serial
@@ -14,14 +15,18 @@ SHOW = ("from esp32 import Partition as P\n"
 
 def _show(port, resume=False):
     args = (["resume"] if resume else []) + ["exec", SHOW]
+    r = None
     for _ in range(20):  # just after a power-on the board may still be starting
-        r = mpremote(port, *args)
+        try:
+            r = mpremote(port, *args, timeout=15)
+        except subprocess.TimeoutExpired:  # a Ctrl-C lost in the harness's boot: ask again
+            continue
         if r.returncode == 0 and "RUN" in r.stdout:
             words = r.stdout.split()
             i = words.index("RUN")
             return words[i + 1], words[i + 3], words[i + 5]
         time.sleep(0.5)
-    raise AssertionError("no answer: %s %s" % (r.stdout, r.stderr))
+    raise AssertionError("no answer: %s" % (r and (r.stdout + r.stderr)))
 
 
 def _power_cycle(v):

@@ -246,6 +246,17 @@ class Hardware:
             ctx.load_verify_locations(f.read())
         return ctx
 
+    def image_valid(self):
+        """The app is online and healthy: keep the MicroPython image it runs on. An image booted
+        after esp32.Partition.set_boot() is rolled back by the bootloader at the next reset
+        unless this is called (docs/updates-install.md); harmless when there is nothing to
+        confirm, OSError(-261) on a build without rollback."""
+        try:
+            import esp32
+            esp32.Partition.mark_app_valid_cancel_rollback()
+        except (ImportError, AttributeError, OSError):
+            pass
+
     def all_off(self):
         for p in (self.lock, self.siren):
             if p:

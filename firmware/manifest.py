@@ -4,3 +4,4 @@
 metadata(description="aedgate AED cabinet gateway firmware", version="0.1.0")
 package("aedgate")
 module("board.py")
+module("slots.py")

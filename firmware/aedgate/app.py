@@ -13,6 +13,7 @@ from aedgate.link import Broker
 from aedgate.mqtt import MQTTClient, backoff_ms
 from aedgate.outbox import Outbox
 from aedgate.window import UnlockWindow
+from slots import Slots
 
 _EXPIRY_FILE = "expiry"
 _STATE_MIN_INTERVAL_MS = 1000  # at most one state message a second, however busy the cabinet
@@ -64,6 +65,8 @@ class App:
             self.emit({"type": "config_error", "field": field, "reason": reason})
         if self.outbox.corrupt:
             self.emit({"type": "events_dropped", "count": self.outbox.corrupt, "reason": "corrupt"})
+        self.slots = Slots(flash, VERSION)  # which app slot runs, and whether on trial
+        self.update_notes()
         self.commands = {}            # cmd name -> callable(payload, dup)
         self.cabinet.load_expiry(flash.read(_EXPIRY_FILE))
         # The lock driver bounds its own output (aedgate/lock.py); the window decides when.
@@ -123,6 +126,32 @@ class App:
             self.emit({"type": "events_dropped", "count": count})
         self.wake.set()
 
+    def update_notes(self):
+        """The update events the record holds (boot.py had no outbox): into the outbox, then
+        cleared from the record (a cut in between sends one twice, never loses one)."""
+        for ev in self.slots.notes():
+            self.emit(dict(ev))
+        self.slots.clear_notes()
+
+    def install(self, manifest, files):
+        """Install a verified release into the free app slot (slots.py). Returns None (then the
+        caller resets the board: the next boot runs it on trial) or the reason it was refused,
+        which is reported as an event."""
+        why = self.slots.install(manifest, files)
+        if why:
+            self.emit({"type": "update_refused", "version": str(manifest.get("version"))[:32], "reason": why})
+        else:
+            self.update_notes()
+        return why
+
+    async def _trial(self):
+        """A release on trial has update_trial_s to come online healthy (confirmed in
+        _connected); then it is given up and the board restarts on the previous slot."""
+        await asyncio.sleep(self.cfg["update_trial_s"])
+        if self.slots.rec["trial"]:
+            self.slots.expire("trial_timeout")
+            raise RuntimeError("update trial: not online in time")
+
     def ack(self, payload):
         payload["v"] = 1
         payload["ts"] = self.now()
@@ -147,6 +176,8 @@ class App:
         s = self.cabinet.report_state(now, now - self.boot_ts, len(self.outbox))
         s["v"] = 1
         s["ts"] = now
+        s["fw_slot"] = self.slots.rec["slot"] or "root"
+        s["fw_trial"] = bool(self.slots.rec["trial"])
         return json.dumps(s)
 
     # -- inputs --------------------------------------------------------------------------
@@ -372,6 +403,11 @@ class App:
             self.online = True
             self.counters["sessions"] += 1
             self.log("online: %s:%d" % (self.cfg["broker_host"], self.cfg["broker_port"]))
+            if not self.stuck():  # online and every task checking in: the release stays
+                if hasattr(self.hw, "image_valid"):
+                    self.hw.image_valid()
+                if self.slots.rec["trial"] and self.slots.confirm():
+                    self.update_notes()
             self.cabinet.changed = True
             await self._publish_all(client)
         finally:
@@ -433,6 +469,8 @@ class App:
             tasks.append(asyncio.create_task(self._watch(hw.mains, self._mains, self.cfg["mains_debounce_ms"])))
         if hw.button:
             tasks.append(asyncio.create_task(self._watch(hw.button, self._button, self.cfg["debounce_ms"])))
+        if self.slots.rec["trial"]:
+            tasks.append(asyncio.create_task(self._trial()))
         wdt = getattr(hw, "wdt", None)
         if wdt:
             tasks.append(asyncio.create_task(self._watchdog(wdt)))

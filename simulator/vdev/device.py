@@ -73,6 +73,18 @@ from host_tools.firmware import FIRMWARE
 from simulator.vdev.flashimage import IMAGE_NAME, FlashImage
 VDEVFS = Path(__file__).resolve().parent / "shims"
 
+
+def _load_ota():
+    """shims/_vdevota.py (the OTA table, otadata and bootloader), shared with the interpreter."""
+    import importlib.util
+    spec = importlib.util.spec_from_file_location("_vdevota", VDEVFS / "_vdevota.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+OTA = _load_ota()
+
 PWRON_RESET, HARD_RESET, WDT_RESET, DEEPSLEEP_RESET, SOFT_RESET = 1, 2, 3, 4, 5
 _READY = b"\x00vdev:ready\x00"
 _RAW_BANNER = b"raw REPL; CTRL-B to exit"
@@ -268,6 +280,7 @@ class VirtualDevice:
         self._mqtt_target: tuple | None = None
         self._button_timer: asyncio.TimerHandle | None = None
         self.boots = 0
+        self.ota_running = "ota_0"  # the app partition the bootloader started (OTA, docs/twin.md)
         self.clock_drift_ppm = clock_drift_ppm
         self.clock = (time.time(), 0.0)  # host seconds, device seconds since 2000: power-on
         self.download_mode = False
@@ -278,6 +291,8 @@ class VirtualDevice:
         self._mp = find_micropython()
         if not self.flash.path.exists():
             self.flash.format()  # as inisetup.py on a new board, before anything can race it
+        if not (self.flash_dir / OTA.OTADATA).exists():
+            OTA.make(str(self.flash_dir))  # the app partitions as esptool leaves them
         elif self.flash.path.stat().st_size != self.flash_size // 4096 * 4096:
             raise ValueError("the flash image %s is %d bytes, not the %d of --flash-size: remove it "
                              "to start with a blank flash" % (self.flash.path, self.flash.path.stat().st_size,
@@ -348,6 +363,7 @@ class VirtualDevice:
                 self._chip_reset()
                 if self.download_mode:
                     continue
+                self.ota_running = OTA.bootloader(str(self.flash_dir))  # rollback step included
             await self._spawn(run_main=mode != "raw", raw=mode == "raw")
             await self.proc.wait()
             self._accepting = False
@@ -404,7 +420,7 @@ class VirtualDevice:
                    VDEV_FLASH_SIZE=str(self.flash_size), VDEV_RUN_MAIN="1" if run_main else "0",
                    VDEV_RESET_CAUSE=str(self.reset_cause), VDEV_UID=self.uid,
                    VDEV_CLOCK="%r,%r,%r" % (self.clock[0], self.clock[1], self.clock_drift_ppm),
-                   VDEV_SNTP=str(self.sntp_port))
+                   VDEV_SNTP=str(self.sntp_port), VDEV_OTA_RUNNING=self.ota_running)
         if self._sta:
             env["VDEV_STA"] = json.dumps(self._sta)
         args = [self._mp]

@@ -157,7 +157,7 @@ def test_mpy_install_boots_and_switching_back_removes_stale_files(vdev_factory, 
 
 
 def test_full_flash_is_one_line_and_leaves_a_marker_that_the_next_run_reports(vdev_factory, mosquitto, fleet_key):
-    # 160k: the .mpy files fit, the .py files (181 KB of source with the release modules) do not.
+    # 160k: the .mpy files fit, the .py files (181 KB of source with the release and slot modules) do not.
     v = vdev_factory("--device-id", DEVICE, "--flash-size", "160k")
     r = provision(v.path, mosquitto.url, fleet_key)
     err = one_line_error(r, "flash is full")

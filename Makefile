@@ -40,6 +40,8 @@ bench: venv broker-deps
 	mkdir -p bench-results
 	$(BIN)/micropython tests/firmware/bench_token.py | tee bench-results/token.txt
 	$(BIN)/python -m simulator.bench.latency --json bench-results/latency.json
+	$(BIN)/python -m simulator.bench.flash_cost --json bench-results/flash.json
+	$(BIN)/python -m simulator.bench.mqtt_client --json bench-results/mqtt-client.json
 	$(BIN)/aedsim bench --cabinets 2000 --workers 2 --shards 2 --json bench-results/fleet.json
 	$(BIN)/aedsim soak --cabinets 1000 --hours 24 --json bench-results/soak.json
 

@@ -10,7 +10,8 @@ import subprocess
 from tests.fixtures import ROOT
 
 HEAP_BUDGET = 32 * 1024
-FILES_BOUND = 128 * 1024  # regression guard for file-loaded firmware on PSRAM boards
+FILES_BOUND = 144 * 1024  # regression guard for file-loaded firmware on PSRAM boards (128 KB before
+# the clock, link, outbox log, lock budget and app slots of 2026-11-30: ~130 KB measured then)
 
 
 def test_heap_after_boot_with_mqtt_connected(micropython, mosquitto):

@@ -404,7 +404,7 @@ class App:
             self.counters["sessions"] += 1
             self.log("online: %s:%d" % (self.cfg["broker_host"], self.cfg["broker_port"]))
             if not self.stuck():  # online and every task checking in: the release stays
-                if hasattr(self.hw, "image_valid"):
+                if self.hw.image_valid:  # None where there is no OTA image (docs/hardware.md)
                     self.hw.image_valid()
                 if self.slots.rec["trial"] and self.slots.confirm():
                     self.update_notes()

@@ -164,7 +164,7 @@ def prepare(load: str, workdir: Path, mpy_cross: str | None) -> str:
     dest = workdir / ("fw-" + load)
     if dest.exists():
         return str(dest)
-    for path in [src / "board.py", *sorted((src / "aedgate").glob("*.py"))]:
+    for path in [src / "board.py", src / "slots.py", *sorted((src / "aedgate").glob("*.py"))]:
         rel = path.relative_to(src)
         (dest / rel.parent).mkdir(parents=True, exist_ok=True)
         if load == "py":

@@ -317,6 +317,7 @@ class SimHardware:
         self.battery = SimADC(world)
         self.temp = SimTemp(world)
         self.log = world.log
+        self.image_valid = None  # the fleet models no OTA image partition
 
     def tls_context(self, cfg):
         import ssl

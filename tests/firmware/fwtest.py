@@ -243,6 +243,7 @@ class Hardware:
         self.battery = ADC(2083334)  # 2.083 V at the pin x 6.0 divider = 12.5 V
         self.temp = Thermo(21.0)
         self.wdt = None
+        self.image_valid = None  # no OTA image partition here
         self.lines = []
         self.log = self.lines.append
 

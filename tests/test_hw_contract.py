@@ -6,10 +6,8 @@ import inspect
 import json
 import re
 
-import pytest
-
 from tests.fixtures import ROOT
-from tests.integration.test_vdev import mpremote, vdev_factory  # noqa: F401  (fixture)
+from tests.integration.test_vdev import copy_firmware, mpremote, vdev_factory  # noqa: F401  (fixture)
 
 DOC = ROOT / "docs" / "hardware.md"
 
@@ -110,8 +108,7 @@ print('CONTRACT', json.dumps(out))
 
 def test_the_esp32_board_keeps_the_contract(vdev_factory):  # noqa: F811
     v = vdev_factory()
-    fw = ROOT / "firmware"
-    r = mpremote(v.path, "cp", "-r", str(fw / "aedgate"), ":", "+", "cp", str(fw / "board.py"), ":", timeout=120)
+    r = copy_firmware(v.path, "board.py")
     assert r.returncode == 0, r.stdout + r.stderr
     spec = json.dumps([[n, none, [m for m, _ in members]] for n, none, members in contract()])
     r = mpremote(v.path, "exec", _BOARD_CHECK % spec, timeout=60)

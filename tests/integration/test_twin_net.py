@@ -319,14 +319,13 @@ def test_wifi_station_outlives_a_soft_reboot(tmp_path):
     to connect in one command is still trying in the next, and connect() there would raise
     "Wifi Internal Error". The board's join() waits for the driver instead, and the driver
     joins by itself once the access point is back."""
-    from tests.integration.test_vdev import VDev, mpremote
+    from tests.integration.test_vdev import VDev, copy_firmware, mpremote
     flash = tmp_path / "flash"
     flash.mkdir()
     v = VDev(flash)
     try:
         # the firmware onto the board's littlefs, as a technician would copy it
-        r = mpremote(v.path, "cp", "-r", str(FIRMWARE / "aedgate"), ":", "+", "cp", str(FIRMWARE / "board.py"), ":",
-                     timeout=120)
+        r = copy_firmware(v.path, "board.py")
         assert r.returncode == 0, r.stdout + r.stderr
         v.world('{"wifi": "down"}')
         ask = "import network\nw = network.WLAN(network.STA_IF)\nw.active(True)\nw.connect('aedsim', 'pw')\nprint('asked')"

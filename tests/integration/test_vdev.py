@@ -68,6 +68,21 @@ def mpremote(port, *args, timeout=30):
     return r
 
 
+def copy_firmware(port, *top, timeout=120):
+    """The firmware's source files onto the board, as a technician's `mpremote cp` would: the
+    aedgate package's .py files (no host __pycache__) and the named top-level files."""
+    import shutil
+    import tempfile
+    fw = ROOT / "firmware"
+    with tempfile.TemporaryDirectory() as tmp:
+        pkg = Path(tmp) / "aedgate"
+        pkg.mkdir()
+        for f in (fw / "aedgate").glob("*.py"):
+            shutil.copy(f, pkg / f.name)
+        return mpremote(port, "cp", "-r", str(pkg), ":", "+", "cp", *[str(fw / t) for t in top], ":",
+                        timeout=timeout)
+
+
 def read_until(s, marker, timeout=10.0):
     data = b""
     end = time.monotonic() + timeout

@@ -6,7 +6,7 @@ import time
 
 import serial
 
-from tests.integration.test_vdev import mpremote, read_until, vdev_factory  # noqa: F401 (fixture)
+from tests.integration.test_vdev import copy_firmware, mpremote, read_until, vdev_factory  # noqa: F401 (fixture)
 
 SHOW = ("from esp32 import Partition as P\n"
         "r = P(P.RUNNING); b = bytearray(32); r.readblocks(0, b)\n"
@@ -98,15 +98,13 @@ def test_app_slot_on_the_vdev_boots_on_trial_and_a_crash_loop_reverts(vdev_facto
     # firmware itself is imported after every boot; hard resets without the app confirming it
     # (no broker here) count as a crash loop and the root's package runs again.
     from pathlib import Path
-    fw = Path(__file__).resolve().parents[2] / "firmware"
     v = vdev_factory()
-    r = mpremote(v.path, "cp", "-r", str(fw / "aedgate"), ":", "+", "cp", str(fw / "boot.py"),
-                 str(fw / "main.py"), str(fw / "board.py"), str(fw / "slots.py"), ":", timeout=120)
+    r = copy_firmware(v.path, "boot.py", "main.py", "board.py", "slots.py")
     assert r.returncode == 0, r.stderr
     (v.flash / "config.json").write_text('{"device_id": "cab-ota", "broker_host": ""}')
     r = mpremote(v.path, "exec", (
         "import os\nfrom slots import Slots\nfrom aedgate.storage import Flash\n"
-        "files = [('aedgate/' + n, open('/aedgate/' + n, 'rb').read()) for n in os.listdir('/aedgate')]\n"
+        "files = [('aedgate/' + n, open('/aedgate/' + n, 'rb').read()) for n in os.listdir('/aedgate') if n.endswith('.py')]\n"
         "files = [(p, b'VERSION = \"9.9.9\"\\n' if p.endswith('__init__.py') else d) for p, d in files]\n"
         "print('INSTALL', Slots(Flash('/'), '0.1.0').install({'version': '9.9.9'}, files))\n"), timeout=60)
     assert "INSTALL None" in r.stdout, r.stdout + r.stderr
@@ -138,10 +136,8 @@ def test_the_app_online_keeps_a_new_image(vdev_factory, mosquitto, backend):  # 
     # firmware does so once it is online and healthy (board.Hardware.image_valid).
     import json
     from pathlib import Path
-    fw = Path(__file__).resolve().parents[2] / "firmware"
     v = vdev_factory("--device-id", "cab-img")
-    r = mpremote(v.path, "cp", "-r", str(fw / "aedgate"), ":", "+", "cp", str(fw / "boot.py"),
-                 str(fw / "main.py"), str(fw / "board.py"), str(fw / "slots.py"), ":", timeout=120)
+    r = copy_firmware(v.path, "boot.py", "main.py", "board.py", "slots.py")
     assert r.returncode == 0, r.stderr
     (v.flash / "config.json").write_text(json.dumps({
         "device_id": "cab-img", "broker_host": "127.0.0.1", "broker_port": mosquitto.port,

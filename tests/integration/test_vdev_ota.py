@@ -97,7 +97,6 @@ def test_app_slot_on_the_vdev_boots_on_trial_and_a_crash_loop_reverts(vdev_facto
     # The real boot.py and slots.py on littlefs: a release installed into slot "a" by the
     # firmware itself is imported after every boot; hard resets without the app confirming it
     # (no broker here) count as a crash loop and the root's package runs again.
-    from pathlib import Path
     v = vdev_factory()
     r = copy_firmware(v.path, "boot.py", "main.py", "board.py", "slots.py")
     assert r.returncode == 0, r.stderr
@@ -135,7 +134,6 @@ def test_the_app_online_keeps_a_new_image(vdev_factory, mosquitto, backend):  # 
     # A MicroPython image started after set_boot() stays only if the app marks it valid: the
     # firmware does so once it is online and healthy (board.Hardware.image_valid).
     import json
-    from pathlib import Path
     v = vdev_factory("--device-id", "cab-img")
     r = copy_firmware(v.path, "boot.py", "main.py", "board.py", "slots.py")
     assert r.returncode == 0, r.stderr

@@ -20,7 +20,7 @@ class VDev:
     """`aedsim vdev` in a subprocess: its pty path, its flash (`v.flash / "name"` reads and
     writes files inside its littlefs image), stdin for world changes."""
 
-    def __init__(self, flash_dir, *extra):
+    def __init__(self, flash_dir, *extra, settle=True):
         self.dir = Path(flash_dir)
         self.flash = FlashImage(self.dir / IMAGE_NAME)
         self.proc = subprocess.Popen(
@@ -29,6 +29,12 @@ class VDev:
             text=True)
         self.path = self.proc.stdout.readline().strip()
         assert self.path.startswith("/dev/pts/"), "vdev did not print its pty: %r" % self.path
+        # A race in the harness, not yet fixed: an mpremote that connects while the first
+        # interpreter is still starting can wait for a raw-REPL prompt that never comes (about
+        # one run of the whole suite in ten). Give the first boot a moment, as a person would;
+        # tests of what happens during the boot itself pass settle=False.
+        if settle:
+            time.sleep(1.5)
 
     def world(self, text):
         self.proc.stdin.write(text + "\n")
@@ -51,10 +57,10 @@ class VDev:
 def vdev_factory(tmp_path):
     made = []
 
-    def make(*extra, name="flash"):
+    def make(*extra, name="flash", settle=True):
         d = tmp_path / name
         d.mkdir(exist_ok=True)
-        v = VDev(d, *extra)
+        v = VDev(d, *extra, settle=settle)
         made.append(v)
         return v
     yield make
@@ -162,7 +168,7 @@ def test_ctrl_c_sent_while_the_board_boots_is_never_lost(vdev_factory):
     # import machinery's stat(); the Ctrl-C must still stop main.py as on a board. (It was lost
     # in about one boot in four before the flash asked for it to be pressed again.)
     for i in range(12):
-        v = vdev_factory(name="flash%d" % i)
+        v = vdev_factory(name="flash%d" % i, settle=False)
         (v.flash / "boot.py").write_text("print('boot.py ran')\n")
         (v.flash / "main.py").write_text("import time\nn = 0\nwhile True:\n    n += 1\n"
                                         "    print('tick', n)\n    time.sleep_ms(50)\n")

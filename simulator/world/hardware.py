@@ -396,7 +396,7 @@ class CabinetWorld:
         self.lock_on = bool(level)
 
     def _coil_update(self, now: float) -> None:
-        dt = now - self._coil_at
+        dt = max(0.0, now - self._coil_at)  # a clock that steps back (a test's virtual time) neither heats nor cools
         self._coil_at = now
         if self.lock_on and not self.lock_continuous:
             self.coil_c += COIL_HEAT_C_PER_S * dt

@@ -14,6 +14,16 @@ def temp_flash():
     return Flash(name)
 
 
+def joined(data):
+    """What storage.Flash.write writes: bytes or str, or its parts one after the other (each
+    copied as it comes: the firmware may reuse one buffer for the next part)."""
+    if isinstance(data, str):
+        return data.encode()
+    if isinstance(data, (bytes, bytearray, memoryview)):
+        return bytes(data)
+    return b"".join([p.encode() if isinstance(p, str) else bytes(p) for p in data])
+
+
 def wipe(flash):
     _rmtree(flash.root)
 
@@ -47,10 +57,14 @@ class FullFlash:
     def read(self, name):
         return self.inner.read(name)
 
+    def read_at(self, name, start, size):
+        return self.inner.read_at(name, start, size)
+
     def names(self):
         return self.inner.names()
 
     def write(self, name, data):
+        data = joined(data)
         old = self.inner.read(name)
         self._take(max(0, len(data) - (len(old) if old else 0)))
         self.inner.write(name, data)

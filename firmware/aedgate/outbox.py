@@ -283,7 +283,7 @@ class Outbox:
             i += 1
         end = seg.offs[i] if i < len(seg.offs) else seg.size
         # This record only: a whole segment (up to 4 KB, read again after every append) was a
-        # large temporary block on each publish, the heap's worst fragmenter after the replay file.
+        # large temporary block on each publish, one of the two that fragmented the heap.
         data = seg.home.read_at(str(seg.first), off, end - off) or b""
         if _check(data, 0) != seq:
             return None

@@ -86,7 +86,8 @@ class Replay:
     def _encode(self):
         """The file, in parts for Flash.write: one small reused buffer per entry and the check
         computed as they go. Built whole it was ~2.1 KB (twice over, with the join) per accepted
-        token: the large temporary block that fragmented the heap most (docs/benchmarks.md)."""
+        token: one of the two large temporary blocks that fragmented the heap (docs/benchmarks.md,
+        "RAM on the ESP32's word size")."""
         h = hashlib.sha256()
         buf = self._buf
         buf[:3] = _MAGIC

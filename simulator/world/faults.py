@@ -86,7 +86,7 @@ class FaultyFlash:
             self.cut_at = None
             self.cuts += 1
             self.powered = False
-            data = joined(data)  # the parts written so far, then the cut
+            data = joined(data)  # all its parts: a random prefix of them lands
             torn = data[: self.rng.randint(0, max(0, len(data) - 1))]
             if append:
                 inner.append(name, torn)        # a torn record at the end

@@ -1,7 +1,7 @@
 """An in-memory flash for big fleets: the interface of firmware/aedgate/storage.py's Flash
 (read, read_at, write, append, remove, move, names, sub) over a dict, so 30,000 cabinets need
-no 30,000 folders and no file system calls per event. A simulated power cut keeps it (the object outlives
-the App), like flash. Per-cabinet folders (storage.Flash) stay the default for small fleets: a
+no 30,000 folders and no file system calls per event. A simulated power cut keeps it (the object
+outlives the App), like flash. Per-cabinet folders (storage.Flash) stay the default for small fleets: a
 person can look in.
 
 Capacity: optional, in 4096-byte blocks as on the ESP32's littlefs (a file takes whole blocks;

@@ -97,7 +97,6 @@ class Outbox:
         self._segs = []
         self._count = 0
         self._ram = []     # (seq, payload) that found no room on a full flash (sent from RAM)
-        self._cache = None  # (segment first seq, its bytes): publishing reads each segment once
         self._upto, self._holes = self._load_done()
         firsts = []
         for home in (self._flash, self._open):
@@ -123,7 +122,8 @@ class Outbox:
         self._tidy()
         if _SPARE not in self._state.names():
             try:
-                self._state.write(_SPARE, bytes(_SPARE_BYTES))
+                # in 512-byte pieces: one 8 KB block of zeros was the first boot's peak
+                self._state.write(_SPARE, (bytes(_SPARE_BYTES // 16),) * 16)
             except OSError:
                 pass  # no room for the spare now; the next boot tries again
 
@@ -278,12 +278,16 @@ class Outbox:
         off = seg.offs[seq - seg.first]
         if off == _ROT:
             return None
-        if self._cache is None or self._cache[0] != seg.first:
-            self._cache = (seg.first, seg.home.read(str(seg.first)) or b"")
-        data = self._cache[1]
-        if _check(data, off) != seq:
+        i = seq - seg.first + 1
+        while i < len(seg.offs) and seg.offs[i] == _ROT:
+            i += 1
+        end = seg.offs[i] if i < len(seg.offs) else seg.size
+        # This record only: a whole segment (up to 4 KB, read again after every append) was a
+        # large temporary block on each publish, one of the two that fragmented the heap.
+        data = seg.home.read_at(str(seg.first), off, end - off) or b""
+        if _check(data, 0) != seq:
             return None
-        return data[off + _HEAD:off + _HEAD + _len(data, off)]
+        return data[_HEAD:_HEAD + _len(data, 0)]
 
     def remove(self, seq):
         """The event is done (acknowledged, or dropped): it is never sent again."""
@@ -339,8 +343,6 @@ class Outbox:
                 continue
             seg.home.remove(str(seg.first))
             self._segs.pop(i)
-            if self._cache is not None and self._cache[0] == seg.first:
-                self._cache = None
 
     def _append(self, seq, payload, routine):
         rec = _record(seq, payload, routine)
@@ -372,8 +374,6 @@ class Outbox:
         seg.flags.append(_LIVE | (_ROUTINE if routine else 0))
         seg.size += len(rec)
         self._count += 1
-        if self._cache is not None and self._cache[0] == seg.first:
-            self._cache = None
         return True
 
     def _seal(self, seg):
@@ -385,8 +385,6 @@ class Outbox:
             try:
                 self._open.move(str(seg.first), self._flash)
                 seg.home = self._flash
-                if self._cache is not None and self._cache[0] == seg.first:
-                    self._cache = None
             except OSError:
                 pass  # a full flash: it stays where it is, sealed (both folders are read)
 

@@ -24,16 +24,31 @@ class Flash:
         except OSError:
             return None
 
+    def read_at(self, name, start, size):
+        """Up to `size` bytes of `name` from offset `start` (fewer at its end), or None when it
+        does not exist: a record without reading its whole file into the heap."""
+        try:
+            with open(self._path(name), "rb") as f:
+                f.seek(start)
+                return f.read(size)
+        except OSError:
+            return None
+
     def write(self, name, data):
         """Replace `name` with `data` so that a power cut leaves the old or the new file, never a
         mix: write a temporary file, then rename it over the old one (atomic on littlefs and
-        POSIX)."""
-        if isinstance(data, str):
-            data = data.encode()
+        POSIX). `data` is bytes or str, or an iterable of such parts written one after the
+        other, so a caller never builds a big file in one piece of heap (a large temporary
+        block fragments the small, non-moving heap: docs/design.md "Memory on the device").
+        Each part is written before the next is asked for: a part may be a buffer the caller
+        reuses for the next one."""
         tmp = self._path(name + ".tmp")
         try:
             with open(tmp, "wb") as f:
-                f.write(data)
+                if isinstance(data, (bytes, bytearray, memoryview, str)):
+                    data = (data,)
+                for part in data:
+                    f.write(part.encode() if isinstance(part, str) else part)
             os.rename(tmp, self._path(name))
         except OSError:
             self.remove(name + ".tmp")  # a full flash (ENOSPC): give back what the try took

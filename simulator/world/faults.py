@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import random
 
+from simulator.world.flash import joined
+
 _RNG = random.Random()  # shared: one Random per cabinet would cost ~2.5 KB each at fleet scale
 
 
@@ -41,6 +43,9 @@ class FaultyFlash:
     # -- the flash interface -----------------------------------------------------------------
     def read(self, name):
         return self.inner.read(name)
+
+    def read_at(self, name, start, size):
+        return self.inner.read_at(name, start, size)
 
     def names(self):
         return self.inner.names()
@@ -81,8 +86,7 @@ class FaultyFlash:
             self.cut_at = None
             self.cuts += 1
             self.powered = False
-            if isinstance(data, str):
-                data = data.encode()
+            data = joined(data)  # all its parts: a random prefix of them lands
             torn = data[: self.rng.randint(0, max(0, len(data) - 1))]
             if append:
                 inner.append(name, torn)        # a torn record at the end
@@ -125,6 +129,9 @@ class _SubFlash:
 
     def read(self, name):
         return self.inner.read(name)
+
+    def read_at(self, name, start, size):
+        return self.inner.read_at(name, start, size)
 
     def names(self):
         return self.inner.names()

@@ -1,7 +1,7 @@
 """An in-memory flash for big fleets: the interface of firmware/aedgate/storage.py's Flash
-(read, write, append, remove, move, names, sub) over a dict, so 30,000 cabinets need no 30,000
-folders and no file system calls per event. A simulated power cut keeps it (the object outlives
-the App), like flash. Per-cabinet folders (storage.Flash) stay the default for small fleets: a
+(read, read_at, write, append, remove, move, names, sub) over a dict, so 30,000 cabinets need
+no 30,000 folders and no file system calls per event. A simulated power cut keeps it (the object
+outlives the App), like flash. Per-cabinet folders (storage.Flash) stay the default for small fleets: a
 person can look in.
 
 Capacity: optional, in 4096-byte blocks as on the ESP32's littlefs (a file takes whole blocks;
@@ -14,6 +14,16 @@ _ENOSPC = 28
 ESP32_VFS_BYTES = 2 * 1024 * 1024   # ESP32_GENERIC's "vfs" partition (docs/twin.md)
 _BLOCK = 4096
 _INLINE = 128
+
+
+def joined(data) -> bytes:
+    """What storage.Flash.write writes: `data` itself (bytes or str), or its parts one after the
+    other (each copied as it comes: the firmware may reuse one buffer for the next part)."""
+    if isinstance(data, str):
+        return data.encode()
+    if isinstance(data, (bytes, bytearray, memoryview)):
+        return bytes(data)
+    return b"".join(p.encode() if isinstance(p, str) else bytes(p) for p in data)
 
 
 def _blocks(n: int) -> int:
@@ -34,10 +44,14 @@ class MemoryFlash:
         data = self.files.get(name)
         return bytes(data) if isinstance(data, int) else data
 
+    def read_at(self, name: str, start: int, size: int) -> bytes | None:
+        data = self.read(name)
+        return None if data is None else data[start:start + size]
+
     def write(self, name: str, data) -> None:
-        """Replace `name` with `data` in one step (atomic, like the rename on littlefs)."""
-        if isinstance(data, str):
-            data = data.encode()
+        """Replace `name` with `data` (bytes, str, or an iterable of parts, as storage.Flash
+        takes) in one step (atomic, like the rename on littlefs)."""
+        data = joined(data)
         self._room(name, len(data))
         self.files[name] = len(data) if len(data) > _INLINE and not any(data) else bytes(data)
 

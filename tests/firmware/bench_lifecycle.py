@@ -94,7 +94,7 @@ def log(msg):
     if "MemoryError" in msg or "ENOMEM" in msg or "Errno 12" in msg or "ALLOC" in msg:
         if st["fail"] is None and setup.get("verbose"):
             import micropython
-            micropython.mem_info()  # where it failed: used, free, largest free block
+            micropython.mem_info(1)  # where it failed: used, free, largest free block, block map
         st["fail"] = msg
     elif msg.startswith("unlock accepted"):
         st["accepted"] += 1

@@ -14,6 +14,16 @@ def temp_flash():
     return Flash(name)
 
 
+def joined(data):
+    """What storage.Flash.write writes: bytes or str, or its parts one after the other (each
+    copied as it comes: the firmware may reuse one buffer for the next part)."""
+    if isinstance(data, str):
+        return data.encode()
+    if isinstance(data, (bytes, bytearray, memoryview)):
+        return bytes(data)
+    return b"".join([p.encode() if isinstance(p, str) else bytes(p) for p in data])
+
+
 def wipe(flash):
     _rmtree(flash.root)
 
@@ -47,10 +57,14 @@ class FullFlash:
     def read(self, name):
         return self.inner.read(name)
 
+    def read_at(self, name, start, size):
+        return self.inner.read_at(name, start, size)
+
     def names(self):
         return self.inner.names()
 
     def write(self, name, data):
+        data = joined(data)
         old = self.inner.read(name)
         self._take(max(0, len(data) - (len(old) if old else 0)))
         self.inner.write(name, data)
@@ -70,6 +84,57 @@ class FullFlash:
 
     def sub(self, name):
         return FullFlash(self.inner.sub(name), top=self.top)
+
+
+class Recorder:
+    """A flash that notes how big a piece of heap each call hands over or takes back: the
+    largest part given to write() (a whole file in one piece counts as one part) and the bytes
+    each read returns (storage.Flash.write takes parts so no caller needs a big block)."""
+
+    def __init__(self, inner, top=None):
+        self.inner = inner
+        self.top = top or self
+        self.largest_part = 0
+        self.reads = []   # (name, bytes returned)
+
+    def _note(self, n):
+        self.top.largest_part = max(self.top.largest_part, n)
+
+    def read(self, name):
+        data = self.inner.read(name)
+        self.top.reads.append((name, len(data) if data else 0))
+        return data
+
+    def read_at(self, name, start, size):
+        data = self.inner.read_at(name, start, size)
+        self.top.reads.append((name, len(data) if data else 0))
+        return data
+
+    def names(self):
+        return self.inner.names()
+
+    def write(self, name, data):
+        if isinstance(data, (bytes, bytearray, memoryview, str)):
+            data = (data,)
+
+        def parts():
+            for p in data:
+                self._note(len(p))
+                yield p
+        self.inner.write(name, parts())
+
+    def append(self, name, data):
+        self._note(len(data))
+        self.inner.append(name, data)
+
+    def remove(self, name):
+        self.inner.remove(name)
+
+    def move(self, name, dest):
+        self.inner.move(name, dest.inner)
+
+    def sub(self, name):
+        return Recorder(self.inner.sub(name), top=self.top)
 
 
 class Pin:

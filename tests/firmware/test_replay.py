@@ -175,3 +175,19 @@ def test_timefloor_survives_one_bad_copy():
     flash.write("timefloor.a", b"junk")
     flash.write("timefloor.b", b"")
     assert TimeFloor(flash, build_time=T).floor() == T  # both lost: build time
+
+
+@_cleaned
+def test_the_file_is_written_in_pieces_of_one_entry():
+    # A full set is ~2.1 KB; built whole on every accepted token it was the large temporary
+    # block that fragmented the heap (docs/benchmarks.md, "RAM on the ESP32's word size").
+    from fwtest import Recorder
+    f = Recorder(_flash())
+    r = Replay(f, floor=T)
+    for i in range(70):  # past the capacity: evictions too
+        r.add(_cti(i) * 2, T + 600 + i, T + i)
+    assert f.largest_part <= 17 + 32, f.largest_part
+    again = Replay(f.inner, floor=0)   # what a reboot reads back: complete and checked
+    assert len(again) == 64
+    assert again.seen(_cti(69) * 2) and not again.seen(_cti(5) * 2)
+    assert again.seen(b"evicted", T + 5)   # the guard came back too

@@ -366,7 +366,7 @@ class Update:
         unlock window open: then the reset takes nothing away from a mission."""
         app = self.app
         while len(app.outbox) or app._acks or app.window.task is not None:
-            await self.signal.wait_ms(1000)
+            await self.signal.wait_ms(100)  # a few polls, once per release
 
 
 def _mpy():

@@ -386,6 +386,14 @@ def test_power_cut_at_every_flash_write_of_a_download_boots_old_or_new_then_resu
             end = drive(app, server, lambda s: False)
             if not isinstance(end, update.Restart) or _booted(f) != "0.2.0":
                 bad.append((n, "no resume", end))
+        else:
+            # the new one runs: the server's repeated offer is not fetched nor refused again
+            app = _app(f)
+            server = Server(app, raw, files)
+            offer(app, raw)
+            drive(app, server, lambda s: False, limit_ms=100)
+            if server.gets or "update_refused" in server.types():
+                bad.append((n, "fetched again", server.types()))
         wipe(f)
     print("update: power cut at each of %d flash changes, %d boot neither version or do not resume"
           % (total, len(bad)))

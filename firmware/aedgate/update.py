@@ -179,7 +179,11 @@ class Update:
 
     def _refuse(self, rid, why, detail):
         self.flash.remove(_COSE)
-        self.prog.save(rel=rid, ph="refused", why=why, det=detail)
+        try:
+            self.prog.save(rel=rid, ph="refused", why=why, det=detail)
+        except OSError:  # a full flash: the event still goes (the outbox copes), nothing is kept
+            self.prog.rec = {"seq": self.prog.rec["seq"], "rel": rid, "ph": "refused", "why": why,
+                             "det": detail}
         self.flash.remove(_RUN)
         self._refused()
 

@@ -9,7 +9,7 @@ from aedgate import update
 from aedgate.app import App
 from aedgate.compat import asyncio, sleep_ms
 from edsign import public_key
-from fwtest import Hardware, temp_flash, wipe
+from fwtest import FullFlash, Hardware, temp_flash, wipe
 from slots import Slots
 from test_release import SEED, signed
 from test_token import enc
@@ -122,6 +122,7 @@ def drive(app, server, done, stop=None, limit_ms=60000):
     async def main():
         upd = asyncio.create_task(guard(app._updates(), True))
         pub = asyncio.create_task(guard(app._publish_all(server), False))
+        await sleep_ms(0)          # both started, even when stop() holds already
         waited = 0
         while not ended and not done(server) and not (stop and stop()) and waited < limit_ms:
             await sleep_ms(5)
@@ -247,6 +248,27 @@ def test_truncated_release_cose_refused():
     # the server has only its first 100 bytes: then an empty block (at "the end of the file")
     ev, _, _ = _refusal(raw, files, lambda g, d: d[:max(0, 100 - g["offset"])] if g["file"] == "release.cose" else d)
     assert ev[0]["reason"] == "malformed"
+
+
+def test_full_flash_refuses_no_space_and_the_app_carries_on():
+    f = temp_flash()
+    _root(f)
+    full = FullFlash(f, room=1 << 30)
+    app = _app(full)
+    raw, files = _release("0.2.0")
+
+    def fill(g, data):
+        if g["file"] == "aedgate/app.py":
+            full.room = 0                  # something else filled the filesystem meanwhile
+        return data
+    server = Server(app, raw, files, fill)
+    offer(app, raw)
+    drive(app, server, _refused)
+    ev = [e for e in server.events if e["type"] == "update_refused"]
+    assert ev and ev[0]["reason"] == "no_space", server.types()
+    full.room = 1 << 30
+    assert _booted(f) == "0.1.0"
+    wipe(f)
 
 
 def test_gets_wait_for_acks_events_and_the_unlock_window():

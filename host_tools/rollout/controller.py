@@ -158,6 +158,7 @@ class Rollout:
         self.feed.start()
         if resuming:
             self._load(row)
+            self.log("rollout %d: resumed (%s, wave %d)" % (self.id, self.status, self.wave))
         else:
             devices = self.devices if self.devices is not None else self._discover()
             if not devices:
@@ -187,8 +188,6 @@ class Rollout:
             # cabinets that were offline through the rollout: resuming picks them up
             self.store.set_status(self.id, "running", None, expect=("done",))
             self.status = "running"
-        if row["status"] != "new":
-            self.log("rollout %d: resumed (%s, wave %d)" % (self.id, self.status, self.wave))
 
     def _discover(self) -> list[str]:
         """Every cabinet whose retained status/state arrives: wait until a quiet half second

@@ -38,7 +38,7 @@ class ServedRelease:
         self.id = release_id(cose)
         self.rid = bytes.fromhex(self.id)
         self.manifest = manifest
-        self.version = manifest["version"]
+        self.version = manifest["version"]   # as written in the manifest: "0.2.0"
         self.files = files
         self.size = len(cose)
         self.total_bytes = sum(len(b) for b in files.values())
@@ -68,7 +68,8 @@ class ServedRelease:
             msg = cbor2.loads(cose)
             msg = msg.value if isinstance(msg, cbor2.CBORTag) else msg
             payload = msg[2]
-            manifest = fw.parse_manifest(payload)
+            fw.parse_manifest(payload)        # the cabinets' rules (it gives versions as tuples)
+            manifest = cbor2.loads(payload)   # ... what a person and the `state` message read
         except fw.ReleaseError as e:
             raise ReleaseDirError("%s: manifest refused (%s)" % (folder / COSE, e.args[1] or e.args[0])) from None
         except Exception:  # noqa: BLE001  (any decoding failure: not a COSE_Sign1)

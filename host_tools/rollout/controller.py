@@ -158,9 +158,13 @@ class Rollout:
         self.feed.start()
         if resuming:
             self._load(row)
+            # Learn who is online before the first step: a cabinet whose retained status has
+            # not arrived yet would look offline, and a wave of "offline" cabinets is finished.
+            self._gather(expect=set(self.cabs))
             self.log("rollout %d: resumed (%s, wave %d)" % (self.id, self.status, self.wave))
         else:
-            devices = self.devices if self.devices is not None else self._discover()
+            seen = self._gather(expect=set(self.devices) if self.devices is not None else None)
+            devices = self.devices if self.devices is not None else seen
             if not devices:
                 self.close()
                 raise RolloutError("no cabinets: none named (--devices) and none seen on the "
@@ -189,19 +193,22 @@ class Rollout:
             self.store.set_status(self.id, "running", None, expect=("done",))
             self.status = "running"
 
-    def _discover(self) -> list[str]:
-        """Every cabinet whose retained status/state arrives: wait until a quiet half second
-        or discover_s, whichever first."""
+    def _gather(self, expect: set | None = None) -> list[str]:
+        """Take the retained status/state messages the broker sends on subscribing: until every
+        cabinet in `expect` has been heard of, or no new cabinet for half a second, or
+        discover_s. Returns every cabinet seen (sorted)."""
         end = time.monotonic() + self.discover_s
         last_n, quiet_since = -1, time.monotonic()
         while time.monotonic() < end:
             time.sleep(0.1)
+            self._drain()
             n = len(self.fleet)
+            if expect is not None and expect <= self.fleet.keys():
+                break
             if n != last_n:
                 last_n, quiet_since = n, time.monotonic()
             elif n and time.monotonic() - quiet_since > 0.5:
                 break
-            self._drain()
         self._drain()
         return sorted(self.fleet)
 
@@ -224,8 +231,8 @@ class Rollout:
         return c is not None and c.phase != "pending" and self.status in ACTIVE
 
     # -- one tick -------------------------------------------------------------------------------
-    def _drain(self) -> None:
-        now = self.clock()
+    def _drain(self, now: float | None = None) -> None:
+        now = self.clock() if now is None else now
         ver = self.release.version
         while self.inbox:
             device, kind, body, shard = self.inbox.popleft()
@@ -289,8 +296,9 @@ class Rollout:
         if st != self.status:
             self.log("rollout %d: %s -> %s" % (self.id, self.status, st))
             self.status, self.reason = st, reason
-        # 2. what the fleet said
-        self._drain()
+        # 2. what the fleet said (stamped with this step's time: a wave that ends in this step
+        # starts the next one at the same instant, never before)
+        self._drain(now)
         for device, t in list(self.last_get.items()):
             c = self.cabs.get(device)
             if c is not None and c.phase in ("started", "failed") and (c.last_progress or 0) < t:

@@ -43,7 +43,7 @@ def _ver(text):
 
 class ScriptedCabinet:
     def __init__(self, url, device, keys, fw="0.1.0", behaviour="good", ask=1024,
-                 retry_s=2.0, reboot_s=0.3, trial_s=0.3, online=True):
+                 retry_s=2.0, reboot_s=0.3, trial_s=0.3, online=True, password=None):
         host, port = url.split("//")[1].split(":")
         self.device, self.keys, self.fw, self.behaviour = device, keys, fw, behaviour
         self.ask, self.retry_s, self.reboot_s, self.trial_s = ask, retry_s, reboot_s, trial_s
@@ -58,6 +58,8 @@ class ScriptedCabinet:
         self.c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="scripted-" + device)
         self.c.will_set(self._t("status"), json.dumps({"v": 1, "ts": int(time.time()), "online": False}),
                         1, True)
+        if password is not None:
+            self.c.username_pw_set(device, password)   # user name = device id (docs/broker.md)
         self.c.on_message = self._on_message
         self.c.on_connect = self._on_connect
         self.host, self.port = host, int(port)

@@ -152,15 +152,14 @@ class Rollout:
                                                          time.time() - row["heartbeat"]))
         self.feed = FleetSubscriber(self.shards, self.client_id, kinds=(),
                                     topics=["aed/v1/+/status", "aed/v1/+/state", "aed/v1/+/event",
-                                            GET_TOPIC], keep_events=0)
+                                            GET_TOPIC], keep_events=0,
+                                    # paho sends at most 20 unacknowledged QoS 1 messages by
+                                    # default and queues the rest: with thousands of cabinets
+                                    # fetching, each block would wait for the PUBACKs before it.
+                                    max_inflight=1000)
         self.feed.listen(self._on_message)
         self.feed.listen_raw(self._on_raw)
         self.feed.start()
-        for c in self.feed.clients:
-            # paho sends at most 20 unacknowledged QoS 1 messages per client by default and
-            # queues the rest: with thousands of cabinets fetching at once, every block would
-            # wait for a PUBACK round trip of the ones before it.
-            c.max_inflight_messages_set(1000)
         if resuming:
             self._load(row)
             # Learn who is online before the first step: a cabinet whose retained status has

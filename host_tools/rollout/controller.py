@@ -54,6 +54,7 @@ from host_tools.rollout.release import ServedRelease
 from host_tools.rollout.store import ACTIVE, RolloutStore
 
 PHASES = ("pending", "started", "done", "failed")
+PROGRESS_SAVE_S = 5.0
 
 
 class RolloutError(Exception):
@@ -66,7 +67,7 @@ class RolloutError(Exception):
 
 class Cab:
     __slots__ = ("device", "wave", "phase", "offers", "first_offer", "last_offer",
-                 "last_progress", "finished", "reason", "detail", "dirty")
+                 "last_progress", "finished", "reason", "detail", "dirty", "saved_progress")
 
     def __init__(self, device, wave, phase="pending", offers=0, first_offer=None, last_offer=None,
                  last_progress=None, finished=None, reason=None, detail=None):
@@ -75,6 +76,7 @@ class Cab:
         self.last_progress, self.finished = last_progress, finished
         self.reason, self.detail = reason, detail
         self.dirty = False
+        self.saved_progress = last_progress   # what the database holds
 
     def row(self) -> tuple:
         return (self.device, self.phase, self.offers, self.first_offer, self.last_offer,
@@ -186,8 +188,13 @@ class Rollout:
         self.id = row["id"]
         self.status, self.reason, self.wave = row["status"], row["reason"], row["wave"]
         self.cabs, self.by_wave = {}, []
+        now = self.clock()
         for r in self.store.cabinets(self.id):
             c = Cab(*r)
+            if c.phase == "started":
+                # No cabinet can make progress while no update server runs: the wave timeout
+                # counts again from this start, not from before the controller stopped.
+                c.last_progress = now
             self.cabs[c.device] = c
             while len(self.by_wave) <= c.wave:
                 self.by_wave.append([])
@@ -280,7 +287,10 @@ class Rollout:
 
     def _progress(self, c: Cab, now: float) -> None:
         c.last_progress = now
-        c.dirty = True
+        # A downloading cabinet makes progress on every block: write it down every few seconds
+        # only (a restart then judges the timeout from a slightly older time, never a newer one).
+        if c.saved_progress is None or now - c.saved_progress >= PROGRESS_SAVE_S:
+            c.dirty = True
 
     def _finish(self, c: Cab, phase: str, now: float, reason=None, detail=None) -> None:
         c.phase, c.finished, c.reason = phase, now, reason
@@ -330,9 +340,11 @@ class Rollout:
         if self.status == "running":
             self._offer(now)
         # 6. the database
-        rows = [c.row() for c in self.cabs.values() if c.dirty]
+        rows = []
         for c in self.cabs.values():
-            c.dirty = False
+            if c.dirty:
+                rows.append(c.row())
+                c.dirty, c.saved_progress = False, c.last_progress
         fleet_rows = [(d, *self.fleet[d]) for d in self._fleet_dirty]
         self._fleet_dirty.clear()
         self.store.save(self.id, self.wave, rows, fleet_rows, self.owner, time.time())

@@ -171,3 +171,27 @@ def test_a_cabinet_offline_through_the_rollout_gets_it_on_resume(mosquitto, tmp_
     assert ro.run(timeout=60) == "done" and ro.reason is None
     assert ro.cabs["cab-2"].phase == "done" and late.fw == "0.2.0"
     ro.close()
+
+
+def test_time_the_controller_was_down_is_not_held_against_the_cabinets(mosquitto, tmp_path, release_kit, cabinets):
+    """Without an update server no cabinet can make progress: after a restart the wave timeout
+    counts from the restart, not from the last progress written before it."""
+    (cab,) = cabinets(mosquitto.url, ["cab-0"], release_kit["keys"], behaviour="silent")
+    settle(None)
+    db = str(tmp_path / "rollout.db")
+    ro = make_rollout(tmp_path, release_kit["good"], Plan(canary=0, waves=[100], wave_timeout=5),
+                      [mosquitto.url]).start()
+    ro.run(until=lambda r: r.cabs["cab-0"].phase == "started", timeout=10)
+    ro.close()
+    # the cabinet is offline too when the controller comes back (so its birth message, which
+    # counts as progress, does not hide the question)
+    cab.c.publish("aed/v1/cab-0/status", '{"v": 1, "ts": 1800000000, "online": false}', 1, True).wait_for_publish(5)
+    st = RolloutStore(db)
+    with st.db:
+        st.db.execute("UPDATE cabinets SET last_progress = last_progress - 3600")   # down for an hour
+    st.close()
+    ro = Rollout.resume(db, [BrokerOptions(mosquitto.url)], tick=0.1).start()
+    ro.run(timeout=1.0)
+    assert ro.cabs["cab-0"].phase == "started"
+    assert ro.run(timeout=10) == "halted" and ro.cabs["cab-0"].reason == "timeout"   # ... but it still counts
+    ro.close()

@@ -60,6 +60,14 @@ def test_good_release_reaches_every_cabinet_on_two_shards_canary_first(mosquitto
         assert all(c.first_offer >= canary.finished for c in later)   # nothing before the canary was done
         w1_done = max(c.finished for c in ro.by_wave[1])
         assert all(c.first_offer >= w1_done for c in ro.by_wave[2])
+        # what the operator's live table shows (aedgate rollout start on a terminal)
+        import io
+        from rich.console import Console
+        from host_tools.commands.rollout import _LiveView
+        buf = io.StringIO()
+        Console(file=buf, width=120).print(_LiveView(ro)._render())
+        text = buf.getvalue()
+        assert "DONE" in text and "canary" in text and "6/6" in text, text
         ro.close()
         st = RolloutStore(str(tmp_path / "rollout.db"), readonly=True)
         assert R.versions(st.db).rows == [("0.2.0", 6, 6, 0, 100.0)]

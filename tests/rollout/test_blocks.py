@@ -164,7 +164,10 @@ def test_controller_serves_blocks_over_mosquitto_to_rollout_cabinets_only(mosqui
         assert other.ask(get(served.id, "release.cose", 0, 64), wait=1.0) is None
         assert ro.server.refused == {"bad_range": 1, "unknown_release": 1, "unknown_file": 1,
                                      "not_json": 1, "not_in_rollout": 1}
-        # an aborted rollout serves nothing more
+        # a paused rollout still serves the downloads under way; an aborted one nothing more
+        ro.store.set_status(ro.id, "paused", "test")
+        assert ro.step() == "paused"
+        assert dev.ask(get(served.id, "release.cose", 64, 64)) == [served.rid, "release.cose", 64, cose[64:128]]
         ro.store.set_status(ro.id, "aborted", "test")
         assert ro.step() == "aborted"
         assert dev.ask(get(served.id, "release.cose", 0, 64), wait=1.0) is None

@@ -19,7 +19,6 @@ real app. What they do, as the brief says a cabinet does:
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import json
 import sys
 import threading

@@ -186,6 +186,13 @@ class Rollout:
 
     def _load(self, row: dict) -> None:
         self.id = row["id"]
+        stored = Plan.from_json(row["plan"])
+        if stored != self.plan:
+            # The waves were fixed when the rollout was created; rate and threshold go with
+            # them. A different plan needs a new rollout.
+            self.log("rollout %d: resuming with the plan it was started with (%s), not the one "
+                     "given now" % (row["id"], stored.describe()))
+            self.plan = stored
         self.status, self.reason, self.wave = row["status"], row["reason"], row["wave"]
         self.cabs, self.by_wave = {}, []
         now = self.clock()

@@ -88,7 +88,7 @@ def test_start_status_versions_and_halt_from_the_command_line(capsys, tmp_path, 
         # a second start of the same release in the same database is a resume, and it is done
         code, out, err = run(capsys, "rollout", "start", release_kit["good"], "--db", db,
                              "--broker", mosquitto.url, "--discover", "2", "--plain")
-        assert code == 0 and "resumed" in err
+        assert code == 0 and "resumed" in err and "with the plan it was started with (canary 1," in err, err
     finally:
         for c in good:
             c.close()

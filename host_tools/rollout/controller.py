@@ -96,7 +96,11 @@ class Rollout:
         self.db_path = db
         self.plan = plan
         self.shards = list(shards)
-        self.release = ServedRelease.load(release_dir, publics)   # ReleaseDirError: one line
+        try:
+            self.release = ServedRelease.load(release_dir, publics)   # ReleaseDirError: one line
+        except Exception:
+            self.store.close()
+            raise
         self.release_dir = str(release_dir)
         self.devices = devices
         for d in devices or ():

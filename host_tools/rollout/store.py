@@ -46,6 +46,8 @@ class RolloutStore:
         self.path = path
         if readonly and not os.path.isfile(path):
             raise StoreError("%s does not exist (start a rollout with it first)" % path)
+        if not os.path.isdir(os.path.dirname(os.path.abspath(path))):
+            raise StoreError("cannot create %s: its folder does not exist" % path)
         try:
             if readonly:
                 self.db = sqlite3.connect("file:%s?mode=ro" % path, uri=True, timeout=10,

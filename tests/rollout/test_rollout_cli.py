@@ -50,6 +50,8 @@ def test_bad_input_is_one_line(capsys, tmp_path, release_kit):
         (["rollout", "start", release_kit["good"], "--db", db, "--devices", tmp_path / "none.txt"] + broker,
          2, "cannot read device list"),
         (["rollout", "start", release_kit["good"], "--db", db] + broker, 3, "cannot reach broker"),
+        (["rollout", "start", release_kit["good"], "--db", tmp_path / "no" / "r.db"] + broker, 2,
+         "folder does not exist"),
         (["rollout", "status", "--db", tmp_path / "missing.db"], 2, "does not exist"),
         (["rollout", "pause", "--db", tmp_path / "missing.db"], 2, "does not exist"),
         (["rollout", "resume", "--db", tmp_path / "missing.db"] + broker, 2, "does not exist"),

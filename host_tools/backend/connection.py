@@ -167,15 +167,19 @@ def refused_message(opts: BrokerOptions, code: int) -> str:
 
 def connect(opts: BrokerOptions, client_id: str, *, clean_session: bool = True,
             on_message=None, on_connect=None, manual_ack: bool = False, timeout: float = 10.0,
-            nodelay: bool = False, keepalive: int = 30):
+            nodelay: bool = False, keepalive: int = 30, max_inflight: int | None = None):
     """A paho client connected to `opts`, its network thread running, its first CONNACK
     accepted. Raises BrokerAuthError (refused) or BrokerError (unreachable, TLS, no answer).
     `on_connect(client, session_present)` runs on every (re)connect that the broker accepts —
-    subscribe there, so subscriptions come back after a clean-session reconnect."""
+    subscribe there, so subscriptions come back after a clean-session reconnect.
+    `max_inflight`: QoS 1 messages this client may have sent and not yet seen acknowledged
+    (paho's default is 20; the update server, which answers thousands of cabinets, raises it)."""
     import paho.mqtt.client as mqtt
 
     client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id,
                          clean_session=clean_session, protocol=mqtt.MQTTv311, manual_ack=manual_ack)
+    if max_inflight is not None:
+        client.max_inflight_messages_set(max_inflight)  # only before connecting (paho 2)
     if opts.user:
         client.username_pw_set(opts.user, opts.password)
     if opts.tls:

@@ -32,7 +32,8 @@ class FleetSubscriber:
                  devices: Iterable[str] = ("+",), kinds: Iterable[str] = KINDS,
                  validate: bool = True, manual_ack: bool = False, keep_events: int = 200,
                  base: int | None = None, state: FleetState | None = None,
-                 nodelay: bool = False, topics: Iterable[str] | None = None):
+                 nodelay: bool = False, topics: Iterable[str] | None = None,
+                 max_inflight: int | None = None):
         self.shards = list(shards)
         self.client_id = client_id
         self.durable = durable
@@ -40,6 +41,7 @@ class FleetSubscriber:
                        else ["aed/v1/%s/%s" % (d, k) for d in devices for k in kinds])
         self.manual_ack = manual_ack
         self.nodelay = nodelay
+        self.max_inflight = max_inflight  # outgoing QoS 1 window per shard client (connect())
         self.fleet = state or FleetState(keep_events, validate, base)
         self.lock = threading.RLock()
         self._listeners: list[Callable[[FleetMessage], None]] = []
@@ -74,7 +76,7 @@ class FleetSubscriber:
                     opts, cid, clean_session=not self.durable, manual_ack=self.manual_ack,
                     on_message=lambda c, u, m, i=i: self._on_message(c, m, i),
                     on_connect=self._subscribe, timeout=timeout, keepalive=60,
-                    nodelay=self.nodelay))
+                    nodelay=self.nodelay, max_inflight=self.max_inflight))
         except Exception:
             self.close()
             raise

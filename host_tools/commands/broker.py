@@ -30,7 +30,7 @@ DEVICE_ID_RE = re.compile(r"[A-Za-z0-9_-]{1,64}")
 # must not turn `add-device --device dispatch` into a new password for dispatch): these names
 # and any name starting with one of them and "-" (extra accounts such as dispatch-ops,
 # docs/deploy/mosquitto/README.md "One account per process").
-RESERVED_NAMES = ("dispatch", "registry", "monitor")
+RESERVED_NAMES = ("dispatch", "registry", "monitor", "update")
 
 # The rules every device needs, and the only `pattern` rules the ACL may contain.
 PATTERN_RULES = (
@@ -39,6 +39,9 @@ PATTERN_RULES = (
     "pattern write aed/v1/%u/event",
     "pattern write aed/v1/%u/ack",
     "pattern read aed/v1/%u/cmd/#",
+    "pattern write aed/v1/%u/update/get",
+    "pattern read aed/v1/%u/update/offer",
+    "pattern read aed/v1/%u/update/block",
 )
 
 # mosquitto_passwd (Mosquitto 2.0) writes $7$<iterations>$<base64 salt>$<base64 hash> with 101
@@ -65,14 +68,14 @@ examples:
 
 The ACL file must exist (install docs/deploy/mosquitto/acl first); the per-device pattern rules
 are appended when absent; they cover every device, so usually only the password entry is new.
-Service-account names (dispatch, registry, monitor, and names starting with them and "-") are
+Service-account names (dispatch, registry, monitor, update, and names starting with them and "-") are
 refused whatever the ACL says. Exit status: 0 done, 2 refused (bad id, reserved name, missing
 or unreadable file)."""
 
 _CHECK_EPILOG = """\
 example:
   aedgate broker check-acl --acl /etc/mosquitto/aedgate/acl
-Checks that the five per-device pattern rules are present and that no other pattern rule (which
+Checks that the eight per-device pattern rules are present and that no other pattern rule (which
 would apply to every device) and no rule outside a `user` block exist. Exit status: 0 fine,
 1 problems found (one per line), 2 unreadable file."""
 
@@ -291,7 +294,7 @@ def ensure_acl(path: Path) -> list[str]:
         return []
     if text is None:
         new = ("# aedgate broker ACL (see docs/deploy/mosquitto/acl for the full example).\n"
-               "# Every device: write its own telemetry, read its own commands.\n")
+               "# Every device: write its own telemetry, read its own commands and updates.\n")
     else:
         new = text + ("" if text.endswith("\n") or not text else "\n")
         new += "\n# Added by aedgate broker add-device: the per-device rules.\n"

@@ -30,7 +30,8 @@ from tests.integration.test_broker_acl import Client
 
 DOC = ROOT / "docs" / "broker.md"
 HOW = "install the Debian packages mosquitto, mosquitto-clients and openssl (`make test` does)"
-SERVICE_PASSWORDS = {"dispatch": "pw-dispatch", "registry": "pw-registry", "monitor": "pw-monitor"}
+SERVICE_PASSWORDS = {"dispatch": "pw-dispatch", "registry": "pw-registry", "monitor": "pw-monitor",
+                     "update": "pw-update"}
 
 
 def shell_blocks(text, until="## Rotate or revoke"):

@@ -69,3 +69,10 @@ def test_release_crashing_at_boot_rolls_back_to_the_previous_one(mosquitto, back
     # the first boot and MAX_TRIAL_BOOTS resets crashed; the next hard boot rolled back
     assert cab.crashes == MAX_TRIAL_BOOTS and cab.slot == ""
     assert Slots(f).rec["slot"] == "" and Slots(f).rec["floor"] == "0.1.0"
+
+
+def test_cabinets_on_one_release_share_its_file_contents_in_ram(built):
+    a, b = _installed(built, "good"), _installed(built, "good")
+    assert a.sub("a").sub("aedgate").read("app.py") is not b.sub("a").sub("aedgate").read("app.py")
+    slotboot.package(a.sub("a")), slotboot.package(b.sub("a"))
+    assert a.sub("a").sub("aedgate").read("app.py") is b.sub("a").sub("aedgate").read("app.py")

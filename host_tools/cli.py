@@ -6,7 +6,7 @@ import sys
 
 # Modules that provide sub-commands, in the order `--help` lists them.
 _COMMAND_MODULES = ["keys", "token", "unlock", "monitor", "registry", "service", "provision",
-                    "selftest", "console", "broker", "release"]
+                    "selftest", "console", "broker", "release", "rollout"]
 
 
 class CliError(Exception):

@@ -128,21 +128,49 @@ class Slots:
         """Write `files` ((path, bytes) pairs, already verified) into the slot not running, then
         switch the record to it, on trial. Returns None (the caller resets the board) or the
         reason for refusing (nothing written)."""
+        why = self.begin(manifest)
+        if why:
+            return why
+        for path, data in files:
+            d, name = self.place(path)
+            d.write(name, data)
+        return self.commit(manifest)
+
+    # An install in three steps, so that a download can stream files block by block (update.py):
+    # begin (the free slot emptied, its version mark first) -> place/append each file -> commit
+    # (the mark, then the record). A power cut anywhere before commit's record leaves the
+    # record on the running slot; a slot without its mark is never booted.
+    def target(self):
+        """The slot an install writes into: the one not running."""
+        return "b" if self.rec["slot"] == "a" else "a"
+
+    def begin(self, manifest):
+        """Empty the free slot for `manifest`'s files; the reason to refuse it, or None."""
         why = self.check(manifest)
         if why:
             return why
-        target = "b" if self.rec["slot"] == "a" else "a"
-        slot = self.flash.sub(target)
+        slot = self.flash.sub(self.target())
         slot.remove(_MARK)                # first: a half-written slot is never taken as complete
         _clear(slot)
-        for path, data in files:
-            d = slot
-            parts = path.split("/")
-            for part in parts[:-1]:
-                d = d.sub(part)
-            d.write(parts[-1], data)
+        return None
+
+    def place(self, path):
+        """(folder, name) of the manifest path `path` in the free slot, folders made."""
+        d = self.flash.sub(self.target())
+        parts = path.split("/")
+        for part in parts[:-1]:
+            d = d.sub(part)
+        return d, parts[-1]
+
+    def commit(self, manifest):
+        """Every file is in the free slot: mark it complete and switch the record to it, on
+        trial. The reason to refuse (nothing switched), or None."""
+        why = self.check(manifest)
+        if why:
+            return why
+        target = self.target()
         ver = manifest["version"]
-        slot.write(_MARK, ver)
+        self.flash.sub(target).write(_MARK, ver)
         rec = self.rec
         self._save({"slot": target, "ver": ver, "prev": rec["slot"], "pver": rec["ver"], "trial": 1,
                     "boots": 0, "floor": rec["floor"],

@@ -10,7 +10,7 @@ from aedgate.commands import Commands
 from aedgate.compat import IrqSignal, TaskSignal, asyncio, sleep_ms, ticks_add, ticks_diff, ticks_ms
 from aedgate.gate import Gate
 from aedgate.link import Broker
-from aedgate.mqtt import MQTTClient, backoff_ms
+from aedgate.mqtt import MQTTClient, MQTTError, backoff_ms
 from aedgate.outbox import Outbox
 from aedgate.window import UnlockWindow
 from slots import Slots
@@ -66,7 +66,11 @@ class App:
         if self.outbox.corrupt:
             self.emit({"type": "events_dropped", "count": self.outbox.corrupt, "reason": "corrupt"})
         self.slots = Slots(flash, VERSION)  # which app slot runs, and whether on trial
+        self.fw_slot = self.slots.rec["slot"]  # the slot this boot runs (an install switches the record)
         self.update_notes()
+        self.update = None            # the download (aedgate/update.py), loaded at the first offer
+        self._offer = None            # an offer that came before it was loaded
+        self._offered = TaskSignal()
         self.commands = {}            # cmd name -> callable(payload, dup)
         self.cabinet.load_expiry(flash.read(_EXPIRY_FILE))
         # The lock driver bounds its own output (aedgate/lock.py); the window decides when.
@@ -148,9 +152,38 @@ class App:
         """A release on trial has update_trial_s to come online healthy (confirmed in
         _connected); then it is given up and the board restarts on the previous slot."""
         await asyncio.sleep(self.cfg["update_trial_s"])
-        if self.slots.rec["trial"]:
+        if self._on_trial():
             self.slots.expire("trial_timeout")
             raise RuntimeError("update trial: not online in time")
+
+    def _on_trial(self):
+        # The running release is on trial (not one installed since this boot, waiting for the reset).
+        return self.slots.rec["trial"] and self.slots.rec["slot"] == self.fw_slot
+
+    async def _updates(self):
+        """Loads the update module when the first offer arrives (or at once when a reset cut a
+        download short: "upd.run"), then runs it (aedgate/update.py). Its Restart ends the app
+        (main.py resets the board into the new slot)."""
+        if self.flash.read("upd.run") is None:
+            await self._offered.wait()
+        from aedgate.update import Update
+        self.update = Update(self)
+        if self._offer is not None:
+            self.update.offered(self._offer)
+            self._offer = None
+        await self.update.run()
+
+    def _on_update(self, name, payload):
+        # update/offer and update/block (docs/protocol.md, "Firmware updates"): nothing in them
+        # is trusted; every byte is checked against the signed manifest.
+        if name == "offer":
+            if self.update is None:
+                self._offer = payload
+                self._offered.set()
+            else:
+                self.update.offered(payload)
+        elif name == "block" and self.update is not None:
+            self.update.block(payload)
 
     def ack(self, payload):
         payload["v"] = 1
@@ -176,8 +209,8 @@ class App:
         s = self.cabinet.report_state(now, now - self.boot_ts, len(self.outbox))
         s["v"] = 1
         s["ts"] = now
-        s["fw_slot"] = self.slots.rec["slot"] or "root"
-        s["fw_trial"] = bool(self.slots.rec["trial"])
+        s["fw_slot"] = self.fw_slot or "root"
+        s["fw_trial"] = bool(self._on_trial())
         return json.dumps(s)
 
     # -- inputs --------------------------------------------------------------------------
@@ -320,6 +353,9 @@ class App:
         return json.dumps(s)
 
     def _on_message(self, topic, payload, retain, dup):
+        if topic.startswith(self.topic + "update/") and not retain:
+            self._on_update(topic[len(self.topic) + 7:], payload)
+            return
         if not topic.startswith(self.topic + "cmd/"):
             return
         name = topic[len(self.topic) + 4:]
@@ -398,6 +434,13 @@ class App:
         reader = asyncio.create_task(self._read(client))  # acks arrive through the reader
         try:
             await client.subscribe(self.topic + "cmd/#", 1)
+            for t in ("update/offer", "update/block"):  # two: update/# would echo our own gets
+                try:
+                    await client.subscribe(self.topic + t, 1)
+                except MQTTError as e:
+                    if e.args[0] != "suback":
+                        raise
+                    self.log("mqtt: %s refused by the broker: no updates" % t)  # the cabinet works on
             await client.publish(self.topic + "status", self._status(True), 1, True)
             self.mqtt = client
             self.online = True
@@ -406,7 +449,7 @@ class App:
             if not self.stuck():  # online and every task checking in: the release stays
                 if self.hw.image_valid:  # None where there is no OTA image (docs/hardware.md)
                     self.hw.image_valid()
-                if self.slots.rec["trial"] and self.slots.confirm():
+                if self._on_trial() and self.slots.confirm():
                     self.update_notes()
             self.cabinet.changed = True
             await self._publish_all(client)
@@ -443,6 +486,14 @@ class App:
                 self.outbox.remove(seq)
                 self.alive("session", progress_ms)
                 continue
+            upd = self.update
+            if upd is not None and upd.ask is not None and self.window.task is None:
+                # A download's one get: only now, with no ack or event waiting and no unlock
+                # window open (aedgate/update.py paces itself on it).
+                await client.publish(self.topic + "update/get", upd.ask, 1)
+                upd.sent()
+                self.alive("session", progress_ms)
+                continue
             if self.cabinet.changed:
                 wait = _STATE_MIN_INTERVAL_MS - ticks_diff(ticks_ms(), self._state_sent)
                 if wait > 0:
@@ -471,6 +522,7 @@ class App:
             tasks.append(asyncio.create_task(self._watch(hw.button, self._button, self.cfg["debounce_ms"])))
         if self.slots.rec["trial"]:
             tasks.append(asyncio.create_task(self._trial()))
+        tasks.append(asyncio.create_task(self._updates()))
         wdt = getattr(hw, "wdt", None)
         if wdt:
             tasks.append(asyncio.create_task(self._watchdog(wdt)))

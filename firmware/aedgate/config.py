@@ -53,6 +53,7 @@ SCHEMA = {
     "release_keys": ("keys", [], 0, 0),          # Ed25519 release keys: current and next
     "outbox_limit": ("int", 200, 20, 2000),      # events kept on flash through an outage
     "update_trial_s": ("int", 600, 60, 3600),    # a new release must be online and healthy by then
+    "update_block": ("int", 1024, 256, 1536),    # bytes asked per update block (docs/protocol.md)
     "lock_type": ("choice", "pulse", 0, 0),
     "lock_pulse_ms": ("int", 3000, 100, 10000),
     "lock_cooldown_ms": ("int", 2000, 500, 60000),  # floor: lock.MIN_COOLDOWN_MS

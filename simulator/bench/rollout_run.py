@@ -49,8 +49,10 @@ class Unlocks:
     """Dispatch during the rollout: a mission to a random cabinet every `every_s`, through the
     project's own tool (host_tools/commands/unlock.py), timed from publish to the cabinet's ack."""
 
-    def __init__(self, brokers: list[str], fleet_key: bytes, cabinets: int, every_s: float, seed):
+    def __init__(self, brokers: list[str], fleet_key: bytes, cabinets: int, every_s: float,
+                 window_s: int, seed):
         self.brokers, self.key, self.cabinets, self.every = brokers, fleet_key, cabinets, every_s
+        self.window = window_s
         self.rng = random.Random(seed)
         self.lat: list[tuple[float, float]] = []   # (send time, ms)
         self.results: Counter = Counter()
@@ -69,7 +71,7 @@ class Unlocks:
                 n = self.rng.randint(1, self.cabinets)
                 t = time.time()
                 r = dispatch_tool.unlock(ds[shard_of(n, len(ds))], self.key, device_id(n),
-                                         "rollout-%d" % i, window_s=60, timeout=10)
+                                         "rollout-%d" % i, window_s=self.window, timeout=10)
                 i += 1
                 self.results[r["result"]] += 1
                 if r.get("latency_ms") is not None:
@@ -168,7 +170,7 @@ async def rollout(args) -> dict:
         out["boot_s"] = round(time.time() - t_boot, 1)
         _say("fleet: %d cabinets online in %.1f s (%d workers)" % (args.cabinets, out["boot_s"],
                                                                     spec.workers))
-        unl = Unlocks(urls, fleet_key, args.cabinets, args.unlock_every, args.seed)
+        unl = Unlocks(urls, fleet_key, args.cabinets, args.unlock_every, args.unlock_window, args.seed)
         unl.thread.start()
         plan = Plan(canary=args.canary, waves=parse_waves(args.waves), rate=args.rate,
                     halt_at=parse_halt(args.halt_at), wave_timeout=args.wave_timeout,
@@ -208,6 +210,7 @@ async def rollout(args) -> dict:
         await asyncio.to_thread(unl.thread.join, 15)
         out["rollout"] = _outcome(ro, status, t0, t_end, halted_wave, new, old, plan)
         out["rollout"]["cpu"] = meter.phases.get("rollout")
+        out["rollout"]["processes"] = {g: len(p) for g, p in meter.groups.items()}
         out["rollout"]["rss_peak_mib"] = {g: round(v / 1024, 1) for g, v in rss_peak.items()}
         out["rollout"]["limit"] = _limit(out["rollout"], plan)
         out["unlock"] = unl.report(t0, t_end)
@@ -262,7 +265,11 @@ def _outcome(ro, status, t0, t_end, halted_wave, new, old, plan) -> dict:
             back[cab.reason] += 1
     offered_outside_canary = sum(1 for cab in ro.cabs.values()
                                  if cab.wave > 0 and cab.phase != "pending")
+    took = [cab.finished - cab.first_offer for cab in ro.cabs.values()
+            if cab.phase == "done" and cab.first_offer is not None and cab.finished is not None]
     return {"status": status, "reason": ro.reason,
+            "cabinet_s": {"p50": _r(_pct(took, 50)), "p99": _r(_pct(took, 99)),
+                          "max": _r(max(took) if took else None)},
             "time_to_100pct_s": round(t_end - t0, 1) if status == "done" else None,
             "elapsed_s": round(t_end - t0, 1), "counts": c, "waves": ro.waves(),
             "halted_at_wave": halted_wave, "offered_outside_canary": offered_outside_canary,
@@ -278,14 +285,21 @@ def _limit(r: dict, plan) -> str:
     allows; else the busiest process group against what it can use (one core per process)."""
     if r["status"] != "done":
         return "not done (%s)" % r["status"]
-    if r["time_to_100pct_s"] <= 1.25 * r["rate_cap_floor_s"] + 30:
+    if r["rate_cap_floor_s"] >= 0.7 * r["time_to_100pct_s"]:
         return "the rate cap (%g/min: %s s at least)" % (plan.rate, r["rate_cap_floor_s"])
     cpu = (r.get("cpu") or {}).get("cpu_pct") or {}
-    if not cpu:
-        return "unknown"
-    busiest = max(cpu, key=cpu.get)
-    return "%s CPU (%s%% over the rollout; machine idle %s%%)" % (
-        busiest, cpu[busiest], r["cpu"]["machine_pct"]["idle"])
+    procs = r.get("processes") or {}
+    if cpu:
+        # per process: a Python process uses one core at most
+        load = {g: v / max(1, procs.get(g, 1)) for g, v in cpu.items()}
+        busiest = max(load, key=load.get)
+        idle = r["cpu"]["machine_pct"]["idle"]
+        if load[busiest] >= 85 or idle < 10:
+            return "%s CPU (%.0f%% of a core per process over the rollout; machine idle %s%%)" % (
+                busiest, load[busiest], idle)
+    return ("each cabinet's own pace: download (one get at a time), install, reset and trial "
+            "take %s s (median) per cabinet, and the %d waves run one after another" % (
+                r["cabinet_s"]["p50"], len(r["waves"])))
 
 
 def verdict(r: dict) -> list[str]:
@@ -333,7 +347,11 @@ def register(sub) -> None:
     p.add_argument("--update-block", type=int, metavar="BYTES", help="the cabinets' update_block")
     p.add_argument("--ramp", type=float, default=1000, metavar="PER_S")
     p.add_argument("--heartbeat", type=int, default=300, metavar="S")
-    p.add_argument("--unlock-every", type=float, default=1.0, metavar="S")
+    p.add_argument("--unlock-every", type=float, default=1.0, metavar="S",
+                   help="a mission to a random cabinet this often during the rollout (default 1)")
+    p.add_argument("--unlock-window", type=int, default=5, metavar="S",
+                   help="each mission's unlock window (default 5): a cabinet asks no block while "
+                        "one is open, so long windows on a small fleet stall its downloads")
     p.add_argument("--boot-timeout", type=int, default=300, metavar="S")
     p.add_argument("--timeout", type=float, default=3600, metavar="S", help="give the rollout up after")
     p.add_argument("--settle", type=float, default=120, metavar="S",
@@ -356,6 +374,7 @@ def print_table(r: dict) -> None:
     t.add_row("status", "%s%s" % (ro["status"], (" (%s)" % ro["reason"]) if ro["reason"] else ""))
     t.add_row("time to 100 %", "%s s" % ro["time_to_100pct_s"] if ro["time_to_100pct_s"] else "-")
     t.add_row("limited by", ro["limit"])
+    t.add_row("per cabinet p50 / p99", "%s / %s s" % (ro["cabinet_s"]["p50"], ro["cabinet_s"]["p99"]))
     t.add_row("halted at wave", str(ro["halted_at_wave"]) if ro["halted_at_wave"] is not None else "-")
     t.add_row("on new / old version", "%d / %d" % (ro["on_new"], ro["on_old"]))
     t.add_row("back on old, by reason", json.dumps(ro["back_on_old_by_reason"]))

@@ -243,8 +243,12 @@ class SimCabinet:
         except PowerCut:
             return  # _power_cut() already took the board down
         except Exception as e:  # a firmware crash: a real board resets (panic)
-            self.crashes += 1
             self._halt()
+            if type(e).__name__ == "Restart":  # aedgate/update.py: installed, main.py resets
+                self.log("reset: %s" % e)
+                self.start("hard")
+                return
+            self.crashes += 1
             line = "firmware crashed: %s %r; resetting" % (type(e).__name__, e)
             if self._fleet is not None:
                 self._fleet.counters.crashed(self.device_id, line)

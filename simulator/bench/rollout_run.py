@@ -226,6 +226,7 @@ async def rollout(args) -> dict:
         out["fleet"] = {k: f.get(k) for k in ("cabinets", "online", "errors", "events",
                                               "outbox_total", "kib_per_cabinet")}
         out["fleet"]["crashes"] = sum(s.get("crashes", 0) for s in workers.latest.values())
+        out["fleet"]["loop_lag_max_ms"] = [w.get("loop_lag_max_ms") for w in f.get("per_worker", [])]
         sub_conn.send("stop")
         sub_conn.poll(60)
         be = json.loads((work / "recv.json").read_text())
@@ -299,7 +300,11 @@ def _limit(r: dict, plan) -> str:
         load = {g: v / max(1, procs.get(g, 1)) for g, v in cpu.items()}
         busiest = max(load, key=load.get)
         idle = r["cpu"]["machine_pct"]["idle"]
-        if load[busiest] >= 85 or idle < 10:
+        if idle < 10:
+            return ("the machine's CPU (%d cores, idle %s%% over the rollout): %s" % (
+                os.cpu_count(), idle, ", ".join("%s %s%%" % (g, v) for g, v in
+                                                sorted(cpu.items(), key=lambda kv: -kv[1]))))
+        if load[busiest] >= 85:
             return "%s CPU (%.0f%% of a core per process over the rollout; machine idle %s%%)" % (
                 busiest, load[busiest], idle)
     return ("each cabinet's own pace: download (one get at a time), install, reset and trial "

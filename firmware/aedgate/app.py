@@ -166,8 +166,12 @@ class App:
         (main.py resets the board into the new slot)."""
         if self.flash.read("upd.run") is None:
             await self._offered.wait()
-        from aedgate.update import Update
-        self.update = Update(self)
+        try:
+            from aedgate.update import Update
+            self.update = Update(self)
+        except Exception as e:  # no memory for it: no updates this boot, never a crash loop
+            self.log("update: cannot start: %s %s" % (type(e).__name__, e))
+            return
         if self._offer is not None:
             self.update.offered(self._offer)
             self._offer = None

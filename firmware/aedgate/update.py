@@ -179,7 +179,11 @@ class Update:
 
     def _refuse(self, rid, why, detail):
         self.flash.remove(_COSE)
-        self.prog.save(rel=rid, ph="refused", why=why, det=detail)
+        try:
+            self.prog.save(rel=rid, ph="refused", why=why, det=detail)
+        except OSError:  # a full flash: the event still goes (the outbox copes), nothing is kept
+            self.prog.rec = {"seq": self.prog.rec["seq"], "rel": rid, "ph": "refused", "why": why,
+                             "det": detail}
         self.flash.remove(_RUN)
         self._refused()
 
@@ -194,22 +198,25 @@ class Update:
         rid, size = offer
         rec = self.prog.rec
         slots = self.app.slots
-        if slots.rec["trial"]:
-            # One update at a time: the release on trial is confirmed (or given up) first. Not
-            # a refusal: the server repeats the offer, and a later one is taken up.
-            self.app.log("update: %s waits, a release is on trial" % rid)
-            return
         if rec.get("rel") == rid:
             size = rec["size"]
             if rec["ph"] == "refused":
                 self._refused()       # the server repeats offers until it sees a result
                 return
-            if rec["ph"] == "done" or rec.get("ver") == self.app.slots.rec["ver"]:
+            if rec["ph"] == "done" or (rec.get("slot") == slots.rec["slot"] and rec.get("ver") == slots.rec["ver"]):
+                if rec["ph"] != "done":   # a cut came between the switch and this record
+                    self.prog.save(ph="done")
+                    self.flash.remove(_RUN)
                 self.app.log("update: %s already installed" % rid)
                 return
-        else:
+        if slots.rec["trial"]:
+            # One update at a time: the release on trial is confirmed (or given up) first. Not
+            # a refusal: the server repeats the offer, and a later one is taken up.
+            self.app.log("update: %s waits, a release is on trial" % rid)
+            return
+        if rec.get("rel") != rid:
             self.flash.remove(_COSE)   # first: another release's bytes are never taken for these
-            self.prog.save(rel=rid, size=size, ph="cose", i=0, ver=None, why=None, det=None)
+            self.prog.save(rel=rid, size=size, ph="cose", i=0, ver=None, slot=None, why=None, det=None)
             self.flash.write(_RUN, b"")
             self._emit({"type": "update_offered", "release": rid, "size": size})
         self.rid = bytes.fromhex(rid)
@@ -237,7 +244,7 @@ class Update:
             why = slots.begin(sm)
             if why:
                 raise ReleaseError(why, None)
-            self.prog.save(ph="files", i=0, ver=ver)
+            self.prog.save(ph="files", i=0, ver=ver, slot=slots.target())
         # The image (if any) last: its block hashes are a slot file fetched before it.
         order = [f for f in files if f is not image] + ([image] if image else [])
         while self.prog.rec["i"] < len(order):
@@ -366,7 +373,7 @@ class Update:
         unlock window open: then the reset takes nothing away from a mission."""
         app = self.app
         while len(app.outbox) or app._acks or app.window.task is not None:
-            await self.signal.wait_ms(1000)
+            await self.signal.wait_ms(100)  # a few polls, once per release
 
 
 def _mpy():

@@ -23,7 +23,7 @@ DOCS = ROOT / "docs"
 SCHEMAS = DOCS / "schemas"
 PROTOCOL = DOCS / "protocol.md"
 ASYNCAPI = DOCS / "asyncapi.yaml"
-NAMES = ["status", "state", "event", "ack", "world"]
+NAMES = ["status", "state", "event", "ack", "world", "update_offer", "update_get"]
 
 _EXAMPLE = re.compile(r"^<!-- example: ([a-z_]+)(?::([A-Za-z0-9_-]+))? -->\n```json\n(.*?)\n```",
                       re.M | re.S)
@@ -386,7 +386,7 @@ def test_asyncapi_parses_and_has_the_fixed_channels():
     for op in api["operations"].values():
         assert op["action"] in ("send", "receive")
         address = _pointer(api, op["channel"]["$ref"][2:])["address"]
-        assert op["action"] == ("send" if re.search(r"/(status|state|event|ack)$", address)
+        assert op["action"] == ("send" if re.search(r"/(status|state|event|ack|update/get)$", address)
                                 else "receive")
         binding = op.get("bindings", {}).get("mqtt")
         if binding:

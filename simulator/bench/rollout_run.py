@@ -181,6 +181,12 @@ async def rollout(args) -> dict:
         ro = Rollout(str(work / "rollout.db"), str(rel), plan, [BrokerOptions(u) for u in urls],
                      devices=devices, tick=0.2, log=_say)
         await asyncio.to_thread(ro.start)
+        # The controller counts a cabinet it has not yet seen online as offline (not offered, and
+        # not holding its wave up): let every retained status arrive before the first step.
+        t_seen = time.time()
+        while time.time() - t_seen < 30 and sum(1 for d in devices if ro._online(d)) < len(devices):
+            await asyncio.sleep(0.2)
+            ro._drain()
         _say("rollout: %s" % plan.describe())
         meter.mark("rollout")
         t0 = time.time()

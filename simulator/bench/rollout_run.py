@@ -231,6 +231,7 @@ async def rollout(args) -> dict:
                                               "outbox_total", "kib_per_cabinet")}
         out["fleet"]["crashes"] = sum(s.get("crashes", 0) for s in workers.latest.values())
         out["fleet"]["loop_lag_max_ms"] = [w.get("loop_lag_max_ms") for w in f.get("per_worker", [])]
+        out["fleet"]["gc_pauses"] = [w.get("gc_pauses") for w in f.get("per_worker", [])]
         sub_conn.send("stop")
         sub_conn.poll(60)
         be = json.loads((work / "recv.json").read_text())

@@ -76,3 +76,19 @@ def test_cabinets_on_one_release_share_its_file_contents_in_ram(built):
     assert a.sub("a").sub("aedgate").read("app.py") is not b.sub("a").sub("aedgate").read("app.py")
     slotboot.package(a.sub("a")), slotboot.package(b.sub("a"))
     assert a.sub("a").sub("aedgate").read("app.py") is b.sub("a").sub("aedgate").read("app.py")
+
+
+def test_slot_whose_package_fails_to_import_is_rolled_back(mosquitto, backend, sim_factory,
+                                                           built, tmp_path):
+    """main.py imports the app inside its try: an import error resets like a crash, so the
+    crash-loop count rolls the release back (before, a board stopped at the REPL for good)."""
+    m, files = releases.install_files(built / "good")
+    m = dict(m, version="0.4.0")
+    files = [(p, b"raise ImportError('release fixture: broken at import')\n" + d
+              if p == "aedgate/app.py" else d) for p, d in files]
+    f = Flash(str(tmp_path / "cab-0001"))
+    assert Slots(f, "0.1.0").install(m, files) is None
+    sim = sim_factory(count=1, broker_url=mosquitto.url, flash_root=tmp_path)
+    ev = backend.wait_for(_ev("cab-0001", "update_rolled_back"), timeout=30)[1]
+    assert (ev["version"], ev["to"], ev["reason"]) == ("0.4.0", "0.1.0", "crash_loop")
+    assert sim.fleet["cab-0001"].crashes == MAX_TRIAL_BOOTS and sim.fleet["cab-0001"].slot == ""

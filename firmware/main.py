@@ -5,11 +5,16 @@ import time
 
 import board
 import machine
-from aedgate.app import App
 from aedgate.compat import asyncio
 
 hw, flash = board.setup()
 try:
+    # Imported here, inside the try: a release whose package fails to import (a slot on trial,
+    # docs/updates-install.md) resets like any crash, so slots.py counts its hard boots and
+    # rolls a crash loop back. At the top, the error would end main.py at the REPL, with
+    # board.boot()'s timer feeding the watchdog for ever: a cabinet that never comes back.
+    from aedgate.app import App
+
     asyncio.run(App(hw, flash).run())
 except KeyboardInterrupt:
     hw.all_off()  # a technician at the REPL (Ctrl-C): stop here, outputs safe

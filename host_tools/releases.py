@@ -120,9 +120,12 @@ def _is_hex(text: str, n: int) -> bool:
 # -- build ----------------------------------------------------------------------------------------
 def build(out_dir: str, version: str, board: str = "esp32", min_version: str | None = None,
           may_replace: str | None = None, created: int | None = None,
-          firmware: Path = FIRMWARE) -> dict[str, Any]:
+          firmware: Path = FIRMWARE, source: bool = False) -> dict[str, Any]:
     """Compile the firmware package (firmware/package.json) for `board` into out_dir/files and
-    write out_dir/manifest.cbor (unsigned). Returns the manifest."""
+    write out_dir/manifest.cbor (unsigned). Returns the manifest.
+    `source`: ship the .py files as they are, no mpy-cross, and no `mpy` in the manifest: a
+    release for the simulator, whose cabinets run the firmware on CPython (it cannot load .mpy;
+    docs/updates.md). A board takes it too (MicroPython imports .py), only slower to import."""
     for v in (version, min_version, may_replace):
         if v is not None:
             parse_version(v)
@@ -135,15 +138,17 @@ def build(out_dir: str, version: str, board: str = "esp32", min_version: str | N
         pkg = json.loads((firmware / "package.json").read_text())
     except (OSError, ValueError) as e:
         raise ReleaseToolError("cannot read %s/package.json: %s" % (firmware, e)) from None
-    try:
-        mpy_cross = _mpy_cross()
-    except Exception as e:  # provision raises its CliError: same message, our type
-        raise ReleaseToolError(str(e)) from None
+    mpy_cross = None
+    if not source:
+        try:
+            mpy_cross = _mpy_cross()
+        except Exception as e:  # provision raises its CliError: same message, our type
+            raise ReleaseToolError(str(e)) from None
     files = []
     mpy = None
     for dest, src in pkg["urls"]:
         path = firmware / src
-        if dest.endswith(".py") and dest not in NOT_COMPILED:
+        if mpy_cross and dest.endswith(".py") and dest not in NOT_COMPILED:
             dest = dest[:-3] + ".mpy"
             target = out / FILES_DIR / dest
             target.parent.mkdir(parents=True, exist_ok=True)

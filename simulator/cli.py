@@ -249,6 +249,8 @@ def build_parser() -> argparse.ArgumentParser:
     bench.register(sub)
     from simulator.bench import soak
     soak.register(sub)
+    from simulator.bench import rollout_run
+    rollout_run.register(sub)
     return p
 
 

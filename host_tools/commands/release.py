@@ -41,7 +41,8 @@ examples:
   aedgate release build --version 0.1.9 --may-replace 0.2.1 --out rel-0.1.9   # a sanctioned
                                                                               # downgrade
 Each file of firmware/package.json is compiled with mpy-cross -march=xtensawin (boot.py and
-main.py stay source: the board runs them by name). A cabinet refuses a release older than, or
+main.py stay source: the board runs them by name). --source ships every file as .py and leaves
+`mpy` out of the manifest: releases for `aedsim rollout`, whose cabinets run CPython. A cabinet refuses a release older than, or
 equal to, what it runs unless --may-replace covers its version, and one that needs
 --min-version when it runs something older."""
 
@@ -83,6 +84,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     b.add_argument("--may-replace", metavar="V",
                    help="newest running version it may replace (allows a downgrade)")
     b.add_argument("--created", type=int, metavar="UNIX_S", help="build time (default: now)")
+    b.add_argument("--source", action="store_true",
+                   help="ship the .py files, not .mpy (for simulated cabinets, which run CPython)")
     b.set_defaults(func=cmd_build)
 
     s = sub.add_parser("sign", help="sign a release's manifest (offline)",
@@ -120,7 +123,7 @@ def cmd_keygen(args: argparse.Namespace) -> int:
 def cmd_build(args: argparse.Namespace) -> int:
     try:
         m = releases.build(args.out, args.version, args.board, args.min_version,
-                           args.may_replace, args.created)
+                           args.may_replace, args.created, source=args.source)
     except releases.ReleaseToolError as e:
         raise CliError(str(e)) from None
     total = sum(f[1] for f in m["files"])

@@ -16,7 +16,9 @@ from host_tools import brokerurl
 from aedgate.app import App
 from aedgate.mqtt import MQTTClient, MQTTError
 from aedgate.storage import Flash
+from slots import Slots
 
+from simulator.fleet import slotboot
 from simulator.world.flash import ESP32_VFS_BYTES, MemoryFlash
 from simulator.world.net import NetStats, SimNet
 from simulator.world.faults import FaultyFlash, PowerCut
@@ -143,7 +145,7 @@ class SimCabinet:
     through FaultyFlash) all stop the app with its outputs off, and it boots again."""
 
     __slots__ = ("device_id", "net", "world", "flash", "app", "task", "crashes", "resets", "_seen",
-                 "watchdog", "_wdt", "_fleet", "_log")
+                 "watchdog", "_wdt", "_fleet", "_log", "slot", "_pending")
 
     def __init__(self, device_id: str, flash_dir: Path | None, clock: SimClock, config: dict,
                  source_ip: str | None = None, log: Callable[[str], None] | None = None,
@@ -168,6 +170,8 @@ class SimCabinet:
         self.resets: dict[str, int] = {}
         self.watchdog = watchdog
         self._wdt: SimWDT | None = None
+        self.slot = ""                     # the app slot running ("" = the root's package)
+        self._pending: asyncio.TimerHandle | None = None  # the reset after a crash while booting
 
     def log(self, msg: str) -> None:
         if self._fleet is not None and self.app is not None:
@@ -183,12 +187,53 @@ class SimCabinet:
         self._wdt = SimWDT(lambda: self._reset("watchdog", "watchdog reset")) if self.watchdog else None
         self._seen = {}  # a new app counts from zero
         try:
-            self.app = App(SimHardware(self.world, reset_cause, self._wdt), self.flash)
+            app_class = self._boot(reset_cause)
+        except PowerCut:
+            return  # cut while boot.py wrote the slot record: _power_cut took over
+        except Exception as e:  # main.py: the slot's package failed to import
+            self._crashed_booting(e)
+            return
+        try:
+            self.app = app_class(SimHardware(self.world, reset_cause, self._wdt), self.flash)
             if self._fleet is not None:  # what it counted while booting (its boot event)
                 self._fleet.counters.sync(self.device_id, self._seen, self.app.counters, "")
         except PowerCut:
             return  # cut while booting (its boot event was being written): _power_cut took over
+        except Exception as e:  # crashed in App(): main.py resets the board
+            self._crashed_booting(e)
+            return
         self.task = asyncio.create_task(self._run())
+
+    def _boot(self, reset_cause: str):
+        """boot.py: which app slot runs (slots.py, counting hard boots of a release on trial and
+        rolling a crash loop back); then the App class main.py imports: the root's (this
+        process's firmware/) or the slot's package read from this cabinet's flash."""
+        self.slot = ""
+        try:
+            self.slot = Slots(self.flash).boot(reset_cause != "soft")
+        except PowerCut:
+            raise
+        except Exception as e:  # boot.py prints it and leaves the root's package
+            self.log("boot.py: %s %r; running the root" % (type(e).__name__, e))
+        if not self.slot:
+            return App
+        return slotboot.package(self.flash.sub(self.slot)).app_class()
+
+    def _crashed_booting(self, e: Exception) -> None:
+        """main.py caught it: outputs off, a pause, machine.reset() (a hard boot: counted by
+        slots.py for a release on trial)."""
+        self.crashes += 1
+        self._halt()
+        line = "firmware crashed booting slot %r: %s %r; resetting" % (self.slot, type(e).__name__, e)
+        if self._fleet is not None:
+            self._fleet.counters.crashed(self.device_id, line)
+        self.log(line)
+        self._pending = asyncio.get_running_loop().call_later(1, self._restart_after_crash)
+
+    def _restart_after_crash(self) -> None:
+        self._pending = None
+        if self.task is None and self.app is None and self.world.powered:
+            self.start("hard")
 
     async def _run(self) -> None:
         try:
@@ -198,8 +243,12 @@ class SimCabinet:
         except PowerCut:
             return  # _power_cut() already took the board down
         except Exception as e:  # a firmware crash: a real board resets (panic)
-            self.crashes += 1
             self._halt()
+            if type(e).__name__ == "Restart":  # aedgate/update.py: installed, main.py resets
+                self.log("reset: %s" % e)
+                self.start("hard")
+                return
+            self.crashes += 1
             line = "firmware crashed: %s %r; resetting" % (type(e).__name__, e)
             if self._fleet is not None:
                 self._fleet.counters.crashed(self.device_id, line)
@@ -219,6 +268,9 @@ class SimCabinet:
         if self._wdt:
             self._wdt.stop()
             self._wdt = None
+        if self._pending is not None:
+            self._pending.cancel()
+            self._pending = None
         if self.task and self.task is not asyncio.current_task():
             self.task.cancel()
         self.task = None

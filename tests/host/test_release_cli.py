@@ -155,3 +155,21 @@ def test_help_teaches_with_examples(capsys):
         assert e.value.code == 0
         out = capsys.readouterr().out
         assert "example" in out and "aedgate release " in out, argv
+
+
+def test_source_build_ships_py_files_and_no_mpy_format(signed_release, tmp_path, capsys):
+    """`--source` (simulator releases): every file as it is in firmware/, no `mpy` in the
+    manifest, and it signs and inspects like any release."""
+    _, key, pub = signed_release
+    rel = tmp_path / "src-0.2.0"
+    code, out, err = run(capsys, "release", "build", "--source", "--version", "0.2.0", "--out", rel)
+    assert code == 0, err
+    m = cbor2.loads((rel / "manifest.cbor").read_bytes())
+    assert "mpy" not in m
+    paths = [f[0] for f in m["files"]]
+    assert "aedgate/app.py" in paths and not any(p.endswith(".mpy") for p in paths)
+    from host_tools.firmware import FIRMWARE
+    assert (rel / "files" / "aedgate" / "app.py").read_bytes() == (FIRMWARE / "aedgate" / "app.py").read_bytes()
+    assert run(capsys, "release", "sign", "--key", key, rel)[0] == 0
+    code, out, err = run(capsys, "release", "inspect", rel, "--key", pub)
+    assert code == 0 and "files match" in out, err

@@ -3,6 +3,7 @@ real Mosquitto, and the update events reach a paho backend, schema-valid (docs/u
 from aedgate.storage import Flash
 from slots import Slots
 
+from simulator.fleet import releases
 from tests.fixtures import schema_validator
 
 
@@ -12,9 +13,11 @@ def _ev(did, kind):
 
 def test_release_on_trial_is_confirmed_once_online(mosquitto, backend, sim_factory, tmp_path):
     f = Flash(str(tmp_path / "cab-0001"))
-    assert Slots(f, "0.1.0").install({"version": "0.2.0"}, [("aedgate/__init__.py", b"VERSION = '0.2.0'\n")]) is None
-    assert Slots(f).boot(True) == "a"  # what boot.py does after the reset
-    sim_factory(count=1, broker_url=mosquitto.url, flash_root=tmp_path)
+    key, _ = releases.make_key(tmp_path)
+    releases.build(tmp_path / "rel", "0.2.0", "good", key, tmp_path)
+    assert Slots(f, "0.1.0").install(*releases.install_files(tmp_path / "rel")) is None
+    # the simulated cabinet boots as boot.py does: slot "a", on trial, its own package
+    sim = sim_factory(count=1, broker_url=mosquitto.url, flash_root=tmp_path)
     check = schema_validator("event")
     events = [backend.wait_for(_ev("cab-0001", k))[1]
               for k in ("update_installed", "update_trial", "update_confirmed")]
@@ -24,5 +27,7 @@ def test_release_on_trial_is_confirmed_once_online(mosquitto, backend, sim_facto
     assert events[0]["seq"] < events[1]["seq"] < events[2]["seq"]
     st = backend.wait_for(lambda t, o: t == "aed/v1/cab-0001/state" and o.get("fw_trial") is False)[1]
     assert st["fw_slot"] == "a" and list(schema_validator("state").iter_errors(st)) == []
+    assert st["fw"] == "0.2.0"  # the slot's code runs, not the simulator's firmware/ (0.1.0)
+    assert sim.fleet["cab-0001"].slot == "a"
     rec = Slots(f).rec
     assert rec["trial"] == 0 and rec["floor"] == "0.2.0" and rec["notes"] == []

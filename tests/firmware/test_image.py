@@ -191,3 +191,13 @@ def test_power_cut_at_every_flash_change_boots_the_old_image_then_the_new_one():
     # 24 flash changes (4 erases, 19 programs: 13 chunks, 6 of them split at a block's end,
     # set_boot), each cut before it and halfway through it.
     assert cuts == 2 * 24, cuts
+
+
+def test_a_hash_list_in_a_bytearray_works_as_bytes():
+    # The update task may keep the list it fetched in a bytearray (or a memoryview of one).
+    otatwin.new_chip()
+    data = _image()
+    img = Image(_next_part(), memoryview(bytearray(_hashes(data))), len(data))
+    _download(img, data)
+    img.finish()
+    assert otatwin.reset() == ("ota_1", "2.0.0")

@@ -253,9 +253,24 @@ class Hardware:
         confirm, OSError(-261) on a build without rollback."""
         try:
             import esp32
-            esp32.Partition.mark_app_valid_cancel_rollback()
+            P = esp32.Partition
+            # ESP-IDF marks the otadata entry that boots next, whichever image it names: after
+            # set_boot() (an image waiting for the reset) that would confirm the new image before
+            # it ever ran, and its trial would be lost (esp_ota_ops.c, docs/twin.md).
+            if P(P.BOOT).info() == P(P.RUNNING).info():
+                P.mark_app_valid_cancel_rollback()
         except (ImportError, AttributeError, OSError):
             pass
+
+    def image_slot(self):
+        """The OTA app partition a new MicroPython image is written to (not the running one), or
+        None on a board without OTA partitions (ESP32_GENERIC: esp_ota_get_next_update_partition
+        finds none, esp32_partition.c raises OSError(ENOENT)) or without esp32.Partition."""
+        try:
+            import esp32
+            return esp32.Partition(esp32.Partition.RUNNING).get_next_update()
+        except (ImportError, AttributeError, OSError):
+            return None
 
     def all_off(self):
         for p in (self.lock, self.siren):

@@ -31,6 +31,15 @@ RELEASE_FILE = "release.cose"
 FILES_DIR = "files"
 ALG_EDDSA = -8
 TAG_COSE_SIGN1 = 18
+# The MicroPython image (docs/updates-install.md "The MicroPython image"): written by the cabinet
+# into its next OTA app partition (firmware/aedgate/image.py), each 4096-byte block checked
+# against the hash list, a manifest file of its own fetched first.
+IMAGE_FILE = "micropython.bin"
+IMAGE_HASHES = "micropython.bin.sha"
+IMAGE_BLOCK = 4096
+APP_PARTITION_BYTES = 0x180000  # ota_0/ota_1 of ESP32_GENERIC-OTA (ports/esp32/partitions-4MiB-ota.csv)
+_ESP_IMAGE_MAGIC = 0xE9  # esp_image_header_t.magic (ESP-IDF esp_app_format.h)
+_CHIP_IDS = {"esp32": 0x0000}  # esp_image_header_t.chip_id: ESP_CHIP_ID_ESP32
 
 
 class ReleaseToolError(Exception):
@@ -118,11 +127,39 @@ def _is_hex(text: str, n: int) -> bool:
 
 
 # -- build ----------------------------------------------------------------------------------------
+def image_hashes(image: bytes) -> bytes:
+    """The hash list of an image: the SHA-256 of each 4096-byte block, concatenated (the last
+    block hashed as it is, without padding)."""
+    return b"".join(hashlib.sha256(image[i:i + IMAGE_BLOCK]).digest()
+                    for i in range(0, len(image), IMAGE_BLOCK))
+
+
+def check_image(image: bytes, board: str, name: str) -> None:
+    """An app image a cabinet's bootloader could start: refuse what cannot work on any cabinet
+    before it is signed and sent to a fleet."""
+    if len(image) < 24 or image[0] != _ESP_IMAGE_MAGIC:
+        raise ReleaseToolError("%s is not an ESP32 app image (no 0xE9 header); use the build's "
+                               "micropython.bin or the .app-bin download" % name)
+    # Flashed at 0x1000, the combined image holds the partition table at 0x8000: its entries
+    # start with the magic AA 50 (ESP-IDF esp_flash_partitions.h ESP_PARTITION_MAGIC), 32 bytes each.
+    if image[0x7000:0x7002] == b"\xaa\x50" and image[0x7020:0x7022] == b"\xaa\x50":
+        raise ReleaseToolError("%s is the combined image for esptool (bootloader, partition table "
+                               "and app); use the app alone (micropython.bin / .app-bin)" % name)
+    chip = int.from_bytes(image[12:14], "little")
+    if chip != _CHIP_IDS[board]:
+        raise ReleaseToolError("%s is built for chip id %d, not %s" % (name, chip, board))
+    if len(image) > APP_PARTITION_BYTES:
+        raise ReleaseToolError("%s is %d bytes; an app partition holds %d"
+                               % (name, len(image), APP_PARTITION_BYTES))
+
+
 def build(out_dir: str, version: str, board: str = "esp32", min_version: str | None = None,
           may_replace: str | None = None, created: int | None = None,
-          firmware: Path = FIRMWARE, source: bool = False) -> dict[str, Any]:
+          firmware: Path = FIRMWARE, source: bool = False,
+          image: str | None = None) -> dict[str, Any]:
     """Compile the firmware package (firmware/package.json) for `board` into out_dir/files and
-    write out_dir/manifest.cbor (unsigned). Returns the manifest.
+    write out_dir/manifest.cbor (unsigned). With `image` (a MicroPython app image file), add it
+    and its hash list. Returns the manifest.
     `source`: ship the .py files as they are, no mpy-cross, and no `mpy` in the manifest: a
     release for the simulator, whose cabinets run the firmware on CPython (it cannot load .mpy;
     docs/updates.md). A board takes it too (MicroPython imports .py), only slower to import."""
@@ -131,6 +168,13 @@ def build(out_dir: str, version: str, board: str = "esp32", min_version: str | N
             parse_version(v)
     if board not in BOARDS:
         raise ReleaseToolError("board %r: known boards are %s" % (board, ", ".join(BOARDS)))
+    image_data = None
+    if image is not None:
+        try:
+            image_data = Path(image).read_bytes()
+        except OSError as e:
+            raise ReleaseToolError("cannot read image %s: %s" % (image, e.strerror or e)) from None
+        check_image(image_data, board, image)
     out = Path(out_dir)
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise ReleaseToolError("%s exists and is not an empty folder; build into a new one" % out_dir)
@@ -165,6 +209,11 @@ def build(out_dir: str, version: str, board: str = "esp32", min_version: str | N
             target.parent.mkdir(parents=True, exist_ok=True)
             target.write_bytes(data)
         files.append([dest, len(data), hashlib.sha256(data).digest()])
+    if image_data is not None:
+        # The hash list first: a cabinet fetches and keeps it before the image's blocks.
+        for dest, data in ((IMAGE_HASHES, image_hashes(image_data)), (IMAGE_FILE, image_data)):
+            (out / FILES_DIR / dest).write_bytes(data)
+            files.append([dest, len(data), hashlib.sha256(data).digest()])
     manifest: dict[str, Any] = {"format": 1, "version": version, "board": board,
                                 "created": int(time.time()) if created is None else created,
                                 "files": files}
@@ -241,6 +290,14 @@ def inspect(raw: bytes, publics: list[bytes], files_dir: str | None = None) -> d
         Ed25519PublicKey.from_public_bytes(public).verify(signature, sig_structure(protected, payload))
     except InvalidSignature:
         raise Refused("OpenSSL refuses the signature the firmware accepted") from None
+    by_path = {f[0]: f for f in manifest["files"]}
+    if (IMAGE_FILE in by_path) != (IMAGE_HASHES in by_path):
+        raise Refused("%s and %s come together (the image's blocks are checked against the list)"
+                      % (IMAGE_FILE, IMAGE_HASHES))
+    if IMAGE_HASHES in by_path and by_path[IMAGE_HASHES][1] != \
+            32 * ((by_path[IMAGE_FILE][1] + IMAGE_BLOCK - 1) // IMAGE_BLOCK):
+        raise Refused("%s is %d bytes; %s of %d bytes needs 32 per 4096-byte block"
+                      % (IMAGE_HASHES, by_path[IMAGE_HASHES][1], IMAGE_FILE, by_path[IMAGE_FILE][1]))
     if files_dir is not None:
         for entry in manifest["files"]:
             path = Path(files_dir) / entry[0]
@@ -252,6 +309,14 @@ def inspect(raw: bytes, publics: list[bytes], files_dir: str | None = None) -> d
                 fw.check_file(entry, (data,))
             except fw.ReleaseError as e:
                 raise Refused("file %s differs from the manifest (size or SHA-256)" % e.args[1]) from None
+        if IMAGE_FILE in by_path:
+            image = (Path(files_dir) / IMAGE_FILE).read_bytes()
+            hashes = (Path(files_dir) / IMAGE_HASHES).read_bytes()
+            mine = image_hashes(image)
+            if hashes != mine:
+                bad = next(i for i in range(0, len(mine), 32) if hashes[i:i + 32] != mine[i:i + 32])
+                raise Refused("%s does not match %s: block %d (offset %d) differs"
+                              % (IMAGE_HASHES, IMAGE_FILE, bad // 32, bad // 32 * IMAGE_BLOCK))
     shown = cbor2.loads(payload)
     shown["kid"] = kid.hex()
     return shown

@@ -44,7 +44,12 @@ Each file of firmware/package.json is compiled with mpy-cross -march=xtensawin (
 main.py stay source: the board runs them by name). --source ships every file as .py and leaves
 `mpy` out of the manifest: releases for `aedsim rollout`, whose cabinets run CPython. A cabinet refuses a release older than, or
 equal to, what it runs unless --may-replace covers its version, and one that needs
---min-version when it runs something older."""
+--min-version when it runs something older.
+  aedgate release build --version 0.3.0 --image micropython.bin --out rel-0.3.0
+adds the MicroPython app image (the ESP32_GENERIC-OTA build's micropython.bin or the .app-bin
+download, not the combined image for esptool) as files/micropython.bin, with
+files/micropython.bin.sha: the SHA-256 of each 4096-byte block. A cabinet writes it into its
+other OTA app partition, block by block, and boots it on trial (docs/updates-install.md)."""
 
 _SIGN_EPILOG = """\
 example:
@@ -58,7 +63,7 @@ examples:
   aedgate release inspect rel-0.2.0/release.cose --key 9a7b...(64 hex) --key next.key.pub
 prints the manifest and checks the signature twice: with the cabinets' own verifier (strict:
 canonical encodings, no small-order keys) and with OpenSSL. Given a folder, also checks every
-file under files/ against the manifest.
+file under files/ against the manifest, and micropython.bin.sha against micropython.bin.
 exit status: 0 valid, 1 refused (the reason on one line), 2 usage error or unreadable input."""
 
 
@@ -86,6 +91,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     b.add_argument("--created", type=int, metavar="UNIX_S", help="build time (default: now)")
     b.add_argument("--source", action="store_true",
                    help="ship the .py files, not .mpy (for simulated cabinets, which run CPython)")
+    b.add_argument("--image", metavar="PATH",
+                   help="a MicroPython app image (ESP32_GENERIC-OTA micropython.bin / .app-bin) "
+                        "to install too, with its block hash list")
     b.set_defaults(func=cmd_build)
 
     s = sub.add_parser("sign", help="sign a release's manifest (offline)",
@@ -123,7 +131,8 @@ def cmd_keygen(args: argparse.Namespace) -> int:
 def cmd_build(args: argparse.Namespace) -> int:
     try:
         m = releases.build(args.out, args.version, args.board, args.min_version,
-                           args.may_replace, args.created, source=args.source)
+                           args.may_replace, args.created, source=args.source,
+                           image=args.image)
     except releases.ReleaseToolError as e:
         raise CliError(str(e)) from None
     total = sum(f[1] for f in m["files"])

@@ -324,6 +324,11 @@ class SimHardware:
         ctx = ssl.create_default_context()
         return ctx
 
+    def image_slot(self):
+        """No OTA image partition in the fleet: a release with micropython.bin is refused
+        (no_image_slot), as on an ESP32_GENERIC board (docs/hardware.md)."""
+        return None
+
     def all_off(self):
         """Every output off (docs/hardware.md): what main.py does after a crash."""
         for out in (self.lock, self.siren, self.led):

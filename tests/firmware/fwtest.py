@@ -309,6 +309,7 @@ class Hardware:
         self.temp = Thermo(21.0)
         self.wdt = None
         self.image_valid = None  # no OTA image partition here
+        self.image_part = None  # a test may set the twin's (otatwin.py): image_slot() gives it
         self.lines = []
         self.log = self.lines.append
 
@@ -319,6 +320,9 @@ class Hardware:
         except ImportError:
             import ssl
             return ssl.create_default_context()
+
+    def image_slot(self):
+        return self.image_part
 
     def all_off(self):
         for out in (self.lock, self.siren, self.led):

@@ -112,15 +112,20 @@ def write_entry(f, i, seq, state):
 def bootloader(folder):
     """A chip reset: the app the bootloader starts, after the rollback step. Returns its label."""
     with open(folder + "/" + OTADATA, "r+b") as f:
-        while True:
-            entries = read_entries(f)
-            i = active(entries)
-            if i is None:
-                return "ota_0"
-            seq, state = entries[i]
-            if state == NEW:
-                write_entry(f, i, seq, PENDING_VERIFY)
-            elif state == PENDING_VERIFY:  # never confirmed before this reset: roll back
-                write_entry(f, i, seq, ABORTED)
-                continue
-            return app_of(entries[i])
+        return choose(f)
+
+
+def choose(f):
+    """The bootloader's step on an open otadata (a file, or an in-memory one in unit tests)."""
+    while True:
+        entries = read_entries(f)
+        i = active(entries)
+        if i is None:
+            return "ota_0"
+        seq, state = entries[i]
+        if state == NEW:
+            write_entry(f, i, seq, PENDING_VERIFY)
+        elif state == PENDING_VERIFY:  # never confirmed before this reset: roll back
+            write_entry(f, i, seq, ABORTED)
+            continue
+        return app_of(entries[i])

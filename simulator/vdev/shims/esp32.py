@@ -88,8 +88,21 @@ class Partition:
         return f
 
     def _range(self, off, n):
-        if off < 0 or off + n > self._size():
-            raise _err(0x102, "ESP_ERR_INVALID_ARG")  # esp_partition_read/write: out of range
+        # esp_partition_read/write/erase_range (ESP-IDF partition_target.c): a start past the
+        # end is INVALID_ARG, a range running past it INVALID_SIZE
+        if off < 0 or off > self._size():
+            raise _err(0x102, "ESP_ERR_INVALID_ARG")
+        if off + n > self._size():
+            raise _err(0x104, "ESP_ERR_INVALID_SIZE")
+
+    def _guard(self):
+        # ESP-IDF esp_flash_api.c CHECK_WRITE_ADDRESS: a program or erase landing in the running
+        # app's partition calls abort() (CONFIG_SPI_FLASH_DANGEROUS_WRITE_ABORTS, the default;
+        # MicroPython's sdkconfig.base keeps it): a panic, and the chip resets.
+        if self._label == _RUNNING:
+            print("vdev: write to the running app partition %s: abort()" % self._label)
+            import _vdevrt
+            _vdevrt.halt("hard")
 
     def readblocks(self, block, buf, off=0):
         dev = self._dev()
@@ -110,6 +123,11 @@ class Partition:
         pos = block * self._bs + (off or 0)
         self._range(pos, len(buf))
         f = self._file()
+        self._guard()
+        if off is None and self._bs >= O.SECTOR and len(buf) % O.SECTOR:
+            # esp32_partition_writeblocks: esp_partition_erase_range(offset, len(buf)), which
+            # takes whole 4 KiB sectors only (partition_target.c): nothing is erased or written
+            raise _err(0x104, "ESP_ERR_INVALID_SIZE")
         if off is None:  # the simple form erases the 4 KiB sectors it covers first, keeping the rest
             first, end = pos // O.SECTOR * O.SECTOR, (pos + len(buf) + O.SECTOR - 1) // O.SECTOR * O.SECTOR
             f.seek(first)
@@ -142,6 +160,7 @@ class Partition:
                 return dev.ioctl(6, arg)
             self._range(arg * 4096, 4096)
             f = self._file()
+            self._guard()
             f.seek(arg * 4096)
             f.write(b"\xff" * 4096)
             f.flush()
@@ -168,18 +187,25 @@ class Partition:
         O.write_entry(f, slot, seq, O.NEW)
 
     def get_next_update(self):
+        # esp_ota_get_next_update_partition(): the OTA app after this one, else the first OTA
+        # app (also from a partition that is no OTA app); none in the table -> NULL -> ENOENT
         if self._label not in O.APPS:
-            raise OSError(2)
+            return Partition(O.APPS[0])
         return Partition(O.APPS[1 - O.APPS.index(self._label)])
 
     @classmethod
     def mark_app_valid_cancel_rollback(cls):
+        # esp_ota_ops.c esp_ota_current_ota_is_workable(true): the ACTIVE otadata entry becomes
+        # VALID, whichever app it names (after set_boot() that is the new, untried one); no
+        # active entry (otadata blank, as esptool leaves it) -> ESP_FAIL -> OSError(1, "ESP_FAIL")
         f = _files.get("otadata")
         if f is None:
             return
         entries = O.read_entries(f)
         i = O.active(entries)
-        if i is not None and entries[i][1] == O.PENDING_VERIFY and O.app_of(entries[i]) == _RUNNING:
+        if i is None:
+            raise _err(-1, "ESP_FAIL")
+        if entries[i][1] != O.VALID:
             O.write_entry(f, i, entries[i][0], O.VALID)
 
 

@@ -6,8 +6,9 @@ loaded from files). It was 48 KB; the clock, the link, the outbox log, the lock'
 the sensors' filtering and release verification brought the firmware to ~58 KB, so it is 64 KB
 now. Issue 12's download (aedgate/update.py, 5.2 KB of .mpy; app.py and slots.py +0.7 KB for
 its wiring and the streamed install) brought it from 63,198 to 69,076 bytes (67.5 KiB, measured
-with mpy-cross 1.29), so it is 68 KB; update.py is loaded only when an offer arrives, so an idle
-cabinet's heap does not carry it. RAM, the ESP32's real limit, is held by tests/test_heap_budget.py and
+with mpy-cross 1.29); the OTA image writer (aedgate/image.py, 1.9 KB) to 70,994 bytes (69.3
+KiB), so it is 70 KB. update.py and image.py are loaded only when an offer arrives, so an idle
+cabinet's heap does not carry them. RAM, the ESP32's real limit, is held by tests/test_heap_budget.py and
 tests/test_heap_lifecycle.py (docs/design.md, "Memory on the device")."""
 import subprocess
 
@@ -16,7 +17,7 @@ import pytest
 from tests.fixtures import ROOT, require_tool
 
 FIRMWARE_FILES = sorted(p for p in (ROOT / "firmware").rglob("*.py") if p.name != "manifest.py")
-MPY_BUDGET = 68 * 1024  # 69,076 bytes measured with update.py (see above)
+MPY_BUDGET = 70 * 1024  # 70,994 bytes measured with update.py and image.py (see above)
 
 
 @pytest.fixture(scope="module")

@@ -342,6 +342,9 @@ class CutFlash:
     def read(self, name):
         return self.inner.read(name)
 
+    def read_at(self, name, start, size):
+        return self.inner.read_at(name, start, size)
+
     def names(self):
         return self.inner.names()
 

@@ -100,6 +100,11 @@ STRAP_LEVELS = {0: 1, 2: 0, 5: 1, 12: 0, 15: 1}
 NTP_1900_TO_1970 = 2208988800
 
 
+def _partial(buf: bytes, marker: bytes) -> int:
+    """How many bytes at the end of buf could be the start of marker (split across reads)."""
+    return next((k for k in range(len(marker) - 1, 0, -1) if buf.endswith(marker[:k])), 0)
+
+
 def find_micropython() -> str:
     for cand in (os.environ.get("AEDSIM_MICROPYTHON"), str(Path(sys.executable).parent / "micropython"),
                  shutil.which("micropython")):
@@ -259,7 +264,7 @@ class VirtualDevice:
         self.reset_cause = PWRON_RESET
         self._pending_reset: str | None = None
         self._raw = False            # the interpreter's REPL is in raw mode (tracked from output)
-        self._phase = "run"          # boot | banner | enter_raw | run
+        self._phase = "run"          # boot | prompt | banner | enter_raw | run
         self._expect_raw = False
         self._pend = b""             # output held back while matching markers
         self._tail = b""
@@ -509,18 +514,38 @@ class VirtualDevice:
             i = buf.find(_READY)
             if i < 0:
                 # Hold back only what could be the start of a marker split across reads.
-                keep = next((k for k in range(len(_READY) - 1, 0, -1) if buf.endswith(_READY[:k])), 0)
+                keep = _partial(buf, _READY)
                 self._to_host(buf[:len(buf) - keep])
                 self._pend = buf[len(buf) - keep:]
                 return
             self._to_host(buf[:i])
             buf = buf[i + len(_READY):]
+            # The boot scripts are over and the unix port is on its way to the REPL; a Ctrl-C
+            # now would kill it (SIGINT's default action until the REPL takes the tty raw).
+            # Host bytes wait, as in a board's UART buffer, until the prompt is up; the runtime
+            # waits for this ack before it leaves Python code (shims/_vdevrt.py, _scripts).
+            self._accepting = False
+            if self._ctl is not None:
+                self._ctl.write(b'{"ack": 1}\n')
             if not self._expect_raw:
-                self._phase = "run"
+                self._phase = "prompt"
                 self._raw = False
-                self._filter(buf)
+            else:
+                self._phase = "banner"
+        if self._phase == "prompt":
+            buf = buf.replace(_READY, b"")
+            i = buf.find(b">>> ")
+            if i < 0:
+                keep = max(_partial(buf, b">>> "), _partial(buf, _READY))
+                self._track(buf[:len(buf) - keep])
+                self._to_host(buf[:len(buf) - keep])
+                self._pend = buf[len(buf) - keep:]
                 return
-            self._phase = "banner"
+            self._phase = "run"
+            self._filter(buf)
+            self._accepting = True
+            self._flush_host_in()
+            return
         if self._phase == "banner":
             i = buf.find(b">>> ")
             if i < 0:
@@ -630,7 +655,9 @@ class VirtualDevice:
 
     def _on_shim(self, msg: dict[str, Any]) -> None:
         if "hello" in msg:
-            if not self._expect_raw:
+            # (the pty and this link are read apart: a hello read after the end-of-boot marker
+            # is stale, and the prompt, not it, opens the input then)
+            if not self._expect_raw and self._phase == "boot":
                 self._accepting = True
                 self._flush_host_in()
         elif "out" in msg:

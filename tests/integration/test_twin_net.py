@@ -252,7 +252,8 @@ def test_selftest_on_a_board_whose_driver_is_connecting(micropython, tmp_path):
     there; and a DS18B20 just powered up read 85.0 (a false warning)."""
     flash = tmp_path / "flash"
     flash.mkdir()
-    (flash / "config.json").write_text(json.dumps({"device_id": "cab-st", "wifi_ssid": "aedsim"}))
+    (flash / "config.json").write_text(json.dumps({"device_id": "cab-st", "wifi_ssid": "aedsim",
+                                                        "lock_pulse_ms": 500}))  # (a 3 s pulse waits 9 s for the coil after a boot)
     script = tmp_path / "st.py"
     script.write_text(SELFTEST % {"shims": str(SHIMS), "firmware": str(FIRMWARE), "flash": str(flash)})
     out = subprocess.run([micropython, str(script)], capture_output=True, text=True, timeout=60).stdout

@@ -20,6 +20,7 @@ from tests.integration.test_vdev import VDev, vdev_factory  # noqa: F401  (fixtu
 
 ROOT = Path(__file__).resolve().parents[2]
 DEVICE = "cab-0101"
+WDT_S = 30  # the app's watchdog (board.Watchdog's default timeout)
 
 
 def aedgate(*args, timeout=120):
@@ -252,18 +253,23 @@ def test_no_answer_times_out(fleet_key):
     one_line_error(r, "no answer from %s within 2s" % path)
 
 
-def test_a_running_cabinet_survives_a_45_s_mpremote_exec(vdev_factory, mosquitto, backend, fleet_key):
+def test_a_running_cabinet_survives_an_mpremote_exec_longer_than_its_watchdog(vdev_factory, mosquitto, backend,
+                                                                            fleet_key):
     """The app arms the WDT (30 s). mpremote interrupts main.py and enters the raw REPL by soft
     reset: the WDT keeps running (ports/esp32/main.c), the timers stop. boot.py runs again on
-    that soft reset and feeds the WDT from a hardware timer, so a long command is not cut."""
+    that soft reset and feeds the WDT from a hardware timer, so a long command is not cut.
+    The command sleeps 34 s: with no feeding the board would reset at most 30 s after the app's
+    last feed, before mpremote even connected (it slept 45 s before; 4 s past the timeout
+    prove the same)."""
+    assert "def __init__(self, timeout_ms=%d):" % (WDT_S * 1000) in (ROOT / "firmware/board.py").read_text()
     v = vdev_factory("--device-id", DEVICE)
     r = provision(v.path, mosquitto.url, fleet_key)
     assert r.returncode == 0, r.stderr
     backend.wait_for(lambda t, o: t == "aed/v1/%s/status" % DEVICE and o.get("online") is True, 20)
     try:
         r = subprocess.run([str(Path(sys.executable).parent / "mpremote"), "connect", v.path, "exec",
-                            "import time\ntime.sleep(45)\nprint('still here')"],
-                           capture_output=True, text=True, timeout=75)
+                            "import time\ntime.sleep(%d)\nprint('still here')" % (WDT_S + 4)],
+                           capture_output=True, text=True, timeout=WDT_S + 34)
         out = r.stdout
     except subprocess.TimeoutExpired:  # the board reset under mpremote, which waits for ever
         out = "(mpremote hung: the board reset)"

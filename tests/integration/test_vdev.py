@@ -70,6 +70,42 @@ def mpremote(port, *args, timeout=30):
     return r
 
 
+def mpremote_until(port, marker, *args, timeout=8, grace=0.5):
+    """mpremote's output up to `marker` and `grace` seconds more (then it is stopped), or all of
+    it after `timeout`: for a command after which the board never answers again (it crashed)."""
+    import selectors
+    p = subprocess.Popen([str(BIN / "mpremote"), "connect", port, *args], stdout=subprocess.PIPE,
+                         stderr=subprocess.STDOUT)
+    out = b""
+    end = time.monotonic() + timeout
+    sel = selectors.DefaultSelector()
+    sel.register(p.stdout, selectors.EVENT_READ)
+    try:
+        seen = False
+        while time.monotonic() < end:
+            if not seen and marker.encode() in out:
+                seen, end = True, min(end, time.monotonic() + grace)
+            if sel.select(max(0.0, end - time.monotonic())):
+                chunk = os.read(p.stdout.fileno(), 4096)
+                if not chunk:
+                    break
+                out += chunk
+    finally:
+        sel.close()
+        p.kill()
+        p.wait()
+        p.stdout.close()
+    return out.decode(errors="replace")
+
+
+def wait_log(v, text, count=1, timeout=10):
+    """Wait until the harness's log holds `text` `count` times (world changes are asynchronous)."""
+    end = time.monotonic() + timeout
+    while v.log().count(text) < count and time.monotonic() < end:
+        time.sleep(0.05)
+    assert v.log().count(text) >= count, "no %r (x%d) in the vdev's log:\n%s" % (text, count, v.log()[-1500:])
+
+
 def copy_firmware(port, *top, timeout=120):
     """The firmware's source files onto the board, as a technician's `mpremote cp` would: the
     aedgate package's .py files (no host __pycache__) and the named top-level files."""
@@ -316,12 +352,10 @@ def test_ntptime_timers_and_strapping_pins_as_on_the_board(vdev_factory):
     r = mpremote(v.path, "exec", "import machine\nprint(machine.Timer(0).value())")
     assert "timer not set" in r.stderr + r.stdout  # the soft reset of mpremote's raw REPL stopped it
     # GPIO6-11 are accepted by Pin() but are the module's flash bus: configuring one crashes it
-    try:
-        r = mpremote(v.path, "exec", "import machine\nmachine.Pin(7, machine.Pin.OUT)\nprint('still running')",
-                     timeout=8)
-        out = r.stdout
-    except subprocess.TimeoutExpired as e:
-        out = e.stdout.decode() if isinstance(e.stdout, bytes) else (e.stdout or "")
+    # (mpremote waits for ever for the end of a command whose board reset: read until the
+    # crash line, then half a second more in case "still running" follows it)
+    out = mpremote_until(v.path, "flash bus", "exec", "import machine\nmachine.Pin(7, machine.Pin.OUT)\n"
+                         "print('still running')", timeout=8)
     assert "still running" not in out and "flash bus" in out, out
     r = mpremote(v.path, "resume", "exec", "import machine\nprint(machine.reset_cause())")
     assert r.stdout.strip() == "2", (r.stdout, r.stderr)  # a panic: HARD_RESET
@@ -331,23 +365,22 @@ def test_ntptime_timers_and_strapping_pins_as_on_the_board(vdev_factory):
     r = mpremote(v.path, "exec", "with open('config.json', 'w') as f:\n    f.write('{\"pins\": {\"lock\": 5, \"button\": 0}}')")
     assert r.returncode == 0, r.stderr
     mpremote(v.path, "reset")
-    time.sleep(1)
-    assert "lock output on (GPIO5 is pulled up at reset)" in v.log()
+    wait_log(v, "lock output on (GPIO5 is pulled up at reset)")
     # a button on GPIO0 held during a reset: the ROM's download mode, no MicroPython
     v.world('{"button": "hold"}')
     v.world('{"power": "off"}')
     time.sleep(0.3)
     v.world('{"power": "on"}')
-    time.sleep(1)
-    assert "download mode" in v.log()
-    try:
-        r = mpremote(v.path, "exec", "print(6 * 7)", timeout=8)
+    wait_log(v, "download mode")
+    try:  # (a board that runs answers this in well under a second)
+        r = mpremote(v.path, "exec", "print(6 * 7)", timeout=4)
         answered = "42" in r.stdout
     except subprocess.TimeoutExpired:
         answered = False
     assert not answered
+    ons = v.log().count("power on")
     v.world('{"button": "release"}')
     v.world('{"power": "on"}')  # a power cycle with the button released boots again
-    time.sleep(1)
+    wait_log(v, "power on", ons + 1)
     r = mpremote(v.path, "exec", "import machine\nprint(machine.reset_cause())")
     assert r.stdout.strip() == "5", (r.stdout, r.stderr)

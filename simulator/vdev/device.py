@@ -11,6 +11,10 @@ How it is put together:
 - The harness relays bytes between the two ptys. The interpreter's tty is raw (no `\\r\\r\\n`)
   but keeps ISIG, so Ctrl-C from the host interrupts running code (main.py) exactly like a
   board; lone `\\n` from the port is sent as `\\r\\n` as a board's UART would.
+- Host bytes wait in the harness while no interpreter can take them, as in a board's UART
+  receive buffer (docs/twin.md): until the runtime's hello (then boot.py/main.py run and a
+  Ctrl-C interrupts them), and from the end-of-boot marker until the REPL's prompt (the unix
+  port would die of a Ctrl-C there). An mpremote that opens the port at once is served.
 - Ctrl-D at an empty prompt makes the unix port exit where a board soft-reboots. The harness
   writes `MPY: soft reboot\\r\\n`, starts a new interpreter, and — when the reboot came from the
   raw REPL, as with every `mpremote` command — runs boot.py only, hides the banner and puts the
@@ -673,7 +677,7 @@ class VirtualDevice:
             self._deepsleep_ms = int(msg.get("ms") or 0)
             asyncio.ensure_future(self._kill())
         elif "intr" in msg:  # a Ctrl-C the interpreter could not take just now: again, soon
-            self.loop.call_later(0.002, self._write_dev, b"\x03")
+            self.loop.call_later(0.002, self._press_again)
         elif "sta" in msg:  # the Wi-Fi station's state: it outlives a soft reboot
             self._sta = msg["sta"]
         elif "wdt" in msg:
@@ -683,6 +687,13 @@ class VirtualDevice:
             self._wdt_deadline = self.loop.time() + self._wdt_ms / 1000
         elif "rtc" in msg:
             self.clock = (float(msg["rtc"][0]), float(msg["rtc"][1]))
+
+    def _press_again(self) -> None:
+        # Only while code that asked for it may still run: once the boot scripts are over the
+        # harness holds host input (a Ctrl-C in the unix port's way to its REPL would kill it),
+        # and the script it was meant for has ended anyway.
+        if self._accepting:
+            self._write_dev(b"\x03")
 
     def _pins(self) -> dict[str, Any]:
         pins = board_default_pins()

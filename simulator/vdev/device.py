@@ -357,12 +357,15 @@ class VirtualDevice:
 
     async def _supervise(self) -> None:
         mode = "hard"
+        cut = False
         while not self._stopping:
-            if not self.world.power:
-                self._power_on.clear()
-                await self._power_on.wait()
+            if not self.world.power or cut:  # (cut: it may be back on already)
+                if not self.world.power:
+                    self._power_on.clear()
+                    await self._power_on.wait()
                 if self._stopping:
                     return
+                cut = False
                 mode, self.reset_cause = "hard", PWRON_RESET
                 self.clock = (time.time(), 0.0)  # the RTC restarts at 2000-01-01 on power-on
             self.cfg = self._read_config()
@@ -374,6 +377,8 @@ class VirtualDevice:
                     continue
                 self.ota_running = OTA.bootloader(str(self.flash_dir))  # rollback step included
             await self._spawn(run_main=mode != "raw", raw=mode == "raw")
+            if self._pending_reset == "off":  # switched off while it was being started: the
+                await self._kill()             # kill then found only the previous interpreter
             await self.proc.wait()
             self._accepting = False
             self._close_inner()
@@ -383,6 +388,7 @@ class VirtualDevice:
             if kind in ("hard", "wdt", "off", "deepsleep"):  # a chip reset ends the watchdog; a soft reboot does not
                 self._wdt_ms = 0
             if kind == "off":
+                cut = True
                 continue
             if kind == "deepsleep":
                 await asyncio.sleep(self._deepsleep_ms / 1000)

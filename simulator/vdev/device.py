@@ -683,7 +683,7 @@ class VirtualDevice:
             self._deepsleep_ms = int(msg.get("ms") or 0)
             asyncio.ensure_future(self._kill())
         elif "intr" in msg:  # a Ctrl-C the interpreter could not take just now: again, soon
-            self.loop.call_later(0.002, self._press_again)
+            self.loop.call_later(0.002, self._press_again, self.proc)
         elif "sta" in msg:  # the Wi-Fi station's state: it outlives a soft reboot
             self._sta = msg["sta"]
         elif "wdt" in msg:
@@ -694,11 +694,12 @@ class VirtualDevice:
         elif "rtc" in msg:
             self.clock = (float(msg["rtc"][0]), float(msg["rtc"][1]))
 
-    def _press_again(self) -> None:
-        # Only while code that asked for it may still run: once the boot scripts are over the
-        # harness holds host input (a Ctrl-C in the unix port's way to its REPL would kill it),
-        # and the script it was meant for has ended anyway.
-        if self._accepting:
+    def _press_again(self, proc) -> None:
+        # Only while the boot scripts of the interpreter that asked for it still run: once they
+        # are over the harness holds host input (a Ctrl-C on the unix port's way to its REPL
+        # would kill it), and at the REPL a late Ctrl-C would wipe the line being typed (a
+        # full-suite run saw `print(6 * 7)` echoed, then an empty line run instead).
+        if self._accepting and self._phase == "boot" and proc is self.proc:
             self._write_dev(b"\x03")
 
     def _pins(self) -> dict[str, Any]:

@@ -11,6 +11,10 @@ How it is put together:
 - The harness relays bytes between the two ptys. The interpreter's tty is raw (no `\\r\\r\\n`)
   but keeps ISIG, so Ctrl-C from the host interrupts running code (main.py) exactly like a
   board; lone `\\n` from the port is sent as `\\r\\n` as a board's UART would.
+- Host bytes wait in the harness while no interpreter can take them, as in a board's UART
+  receive buffer (docs/twin.md): until the runtime's hello (then boot.py/main.py run and a
+  Ctrl-C interrupts them), and from the end-of-boot marker until the REPL's prompt (the unix
+  port would die of a Ctrl-C there). An mpremote that opens the port at once is served.
 - Ctrl-D at an empty prompt makes the unix port exit where a board soft-reboots. The harness
   writes `MPY: soft reboot\\r\\n`, starts a new interpreter, and — when the reboot came from the
   raw REPL, as with every `mpremote` command — runs boot.py only, hides the banner and puts the
@@ -98,6 +102,11 @@ DNS_FAULTS = ("ok", "slow", "dead")  # the resolver socket.getaddrinfo meets (sh
 # Datasheet, "Strapping Pins": internal weak pull-up on GPIO0, 5, 15, pull-down on 2, 12).
 STRAP_LEVELS = {0: 1, 2: 0, 5: 1, 12: 0, 15: 1}
 NTP_1900_TO_1970 = 2208988800
+
+
+def _partial(buf: bytes, marker: bytes) -> int:
+    """How many bytes at the end of buf could be the start of marker (split across reads)."""
+    return next((k for k in range(len(marker) - 1, 0, -1) if buf.endswith(marker[:k])), 0)
 
 
 def find_micropython() -> str:
@@ -259,7 +268,7 @@ class VirtualDevice:
         self.reset_cause = PWRON_RESET
         self._pending_reset: str | None = None
         self._raw = False            # the interpreter's REPL is in raw mode (tracked from output)
-        self._phase = "run"          # boot | banner | enter_raw | run
+        self._phase = "run"          # boot | prompt | banner | enter_raw | run
         self._expect_raw = False
         self._pend = b""             # output held back while matching markers
         self._tail = b""
@@ -348,12 +357,15 @@ class VirtualDevice:
 
     async def _supervise(self) -> None:
         mode = "hard"
+        cut = False
         while not self._stopping:
-            if not self.world.power:
-                self._power_on.clear()
-                await self._power_on.wait()
+            if not self.world.power or cut:  # (cut: it may be back on already)
+                if not self.world.power:
+                    self._power_on.clear()
+                    await self._power_on.wait()
                 if self._stopping:
                     return
+                cut = False
                 mode, self.reset_cause = "hard", PWRON_RESET
                 self.clock = (time.time(), 0.0)  # the RTC restarts at 2000-01-01 on power-on
             self.cfg = self._read_config()
@@ -365,6 +377,8 @@ class VirtualDevice:
                     continue
                 self.ota_running = OTA.bootloader(str(self.flash_dir))  # rollback step included
             await self._spawn(run_main=mode != "raw", raw=mode == "raw")
+            if self._pending_reset == "off":  # switched off while it was being started: the
+                await self._kill()             # kill then found only the previous interpreter
             await self.proc.wait()
             self._accepting = False
             self._close_inner()
@@ -374,6 +388,7 @@ class VirtualDevice:
             if kind in ("hard", "wdt", "off", "deepsleep"):  # a chip reset ends the watchdog; a soft reboot does not
                 self._wdt_ms = 0
             if kind == "off":
+                cut = True
                 continue
             if kind == "deepsleep":
                 await asyncio.sleep(self._deepsleep_ms / 1000)
@@ -509,18 +524,38 @@ class VirtualDevice:
             i = buf.find(_READY)
             if i < 0:
                 # Hold back only what could be the start of a marker split across reads.
-                keep = next((k for k in range(len(_READY) - 1, 0, -1) if buf.endswith(_READY[:k])), 0)
+                keep = _partial(buf, _READY)
                 self._to_host(buf[:len(buf) - keep])
                 self._pend = buf[len(buf) - keep:]
                 return
             self._to_host(buf[:i])
             buf = buf[i + len(_READY):]
+            # The boot scripts are over and the unix port is on its way to the REPL; a Ctrl-C
+            # now would kill it (SIGINT's default action until the REPL takes the tty raw).
+            # Host bytes wait, as in a board's UART buffer, until the prompt is up; the runtime
+            # waits for this ack before it leaves Python code (shims/_vdevrt.py, _scripts).
+            self._accepting = False
+            if self._ctl is not None:
+                self._ctl.write(b'{"ack": 1}\n')
             if not self._expect_raw:
-                self._phase = "run"
+                self._phase = "prompt"
                 self._raw = False
-                self._filter(buf)
+            else:
+                self._phase = "banner"
+        if self._phase == "prompt":
+            buf = buf.replace(_READY, b"")
+            i = buf.find(b">>> ")
+            if i < 0:
+                keep = max(_partial(buf, b">>> "), _partial(buf, _READY))
+                self._track(buf[:len(buf) - keep])
+                self._to_host(buf[:len(buf) - keep])
+                self._pend = buf[len(buf) - keep:]
                 return
-            self._phase = "banner"
+            self._phase = "run"
+            self._filter(buf)
+            self._accepting = True
+            self._flush_host_in()
+            return
         if self._phase == "banner":
             i = buf.find(b">>> ")
             if i < 0:
@@ -630,7 +665,9 @@ class VirtualDevice:
 
     def _on_shim(self, msg: dict[str, Any]) -> None:
         if "hello" in msg:
-            if not self._expect_raw:
+            # (the pty and this link are read apart: a hello read after the end-of-boot marker
+            # is stale, and the prompt, not it, opens the input then)
+            if not self._expect_raw and self._phase == "boot":
                 self._accepting = True
                 self._flush_host_in()
         elif "out" in msg:
@@ -646,7 +683,7 @@ class VirtualDevice:
             self._deepsleep_ms = int(msg.get("ms") or 0)
             asyncio.ensure_future(self._kill())
         elif "intr" in msg:  # a Ctrl-C the interpreter could not take just now: again, soon
-            self.loop.call_later(0.002, self._write_dev, b"\x03")
+            self.loop.call_later(0.002, self._press_again, self.proc)
         elif "sta" in msg:  # the Wi-Fi station's state: it outlives a soft reboot
             self._sta = msg["sta"]
         elif "wdt" in msg:
@@ -656,6 +693,14 @@ class VirtualDevice:
             self._wdt_deadline = self.loop.time() + self._wdt_ms / 1000
         elif "rtc" in msg:
             self.clock = (float(msg["rtc"][0]), float(msg["rtc"][1]))
+
+    def _press_again(self, proc) -> None:
+        # Only while the boot scripts of the interpreter that asked for it still run: once they
+        # are over the harness holds host input (a Ctrl-C on the unix port's way to its REPL
+        # would kill it), and at the REPL a late Ctrl-C would wipe the line being typed (a
+        # full-suite run saw `print(6 * 7)` echoed, then an empty line run instead).
+        if self._accepting and self._phase == "boot" and proc is self.proc:
+            self._write_dev(b"\x03")
 
     def _pins(self) -> dict[str, Any]:
         pins = board_default_pins()

@@ -118,9 +118,11 @@ def test_follow_under_the_production_acl_says_why_it_sees_nothing(secured_mosqui
         assert "cab-0001 accepted mission M-9" in r.stdout
         assert "cannot follow" in r.stderr and "dispatch read acks only" in r.stderr
         r = aedgate("unlock", "--broker", url, "--user", "registry", "--fleet-key", keyfile, "--device",
-                    "cab-0001", "--mission", "M-9", "--follow", "2",
+                    "cab-0001", "--mission", "M-9", "--follow", "2", "--timeout", "2",
                     env={"AEDGATE_BROKER_PASSWORD": PASSWORDS["registry"]})
-        # the registry account may read events (but not send commands: the ACL drops the token)
+        # the registry account may read events (but not send commands: the ACL drops the token,
+        # so no ack comes: 2 s instead of the default 10 s of waiting for it)
+        assert r.returncode == 3 and "no answer from cab-0001 within 2 s" in r.stdout, r.stdout + r.stderr
         assert "cannot follow" not in r.stderr
     finally:
         cab.close()

@@ -82,13 +82,19 @@ class Watchdog:
         self.fed.append(time.monotonic())
 
 
-BACKLOG = 110  # x 0.5 s per PUBACK: a 55 s drain, past the 45 s the session promised at connect
+# The session promises at connect to check in within 3 x mqtt_timeout_s + 15 s (app._session):
+# 24 s with a 3 s timeout (a PUBACK 0.5 s late is well inside it). 60 x 0.5 s per PUBACK: a 30 s
+# drain, past that promise. (It was 110 events against the 45 s of the default 10 s timeout.)
+MQTT_TIMEOUT_S = 3
+PROMISE_S = 3 * MQTT_TIMEOUT_S + 15
+BACKLOG = 60
 
 
 def test_a_slow_broker_does_not_starve_the_watchdog(mosquitto):
     f = temp_flash()
     f.write("config.json", json.dumps({"device_id": "cab-slow", "broker_host": "127.0.0.1",
-                                       "broker_port": 1, "outbox_limit": 400}))
+                                       "broker_port": 1, "outbox_limit": 400,
+                                       "mqtt_timeout_s": MQTT_TIMEOUT_S}))
     hw = Hardware()
     hw.unique_id = "cab-slow"
     hw.net = LoopNet()
@@ -113,11 +119,13 @@ def test_a_slow_broker_does_not_starve_the_watchdog(mosquitto):
         run.cancel()
         await asyncio.gather(run, return_exceptions=True)
         proxy.close()
-        return stuck_seen, drained, left, proxy.pubacks
-    stuck_seen, drained, left, pubacks = asyncio.run(main())
+        return stuck_seen, drained, left, proxy.pubacks, app.cfg
+    stuck_seen, drained, left, pubacks, app_cfg = asyncio.run(main())
     gaps = [b - a for a, b in zip(hw.wdt.fed, hw.wdt.fed[1:])]
     wipe(f)
     assert left == 0 and pubacks >= BACKLOG, (left, pubacks)
-    assert drained > 45, drained  # the drain really outlasted the promise made at connect
+    assert app_cfg["mqtt_timeout_s"] == MQTT_TIMEOUT_S
+    assert BACKLOG * PUBACK_DELAY_S > PROMISE_S + 5
+    assert drained > PROMISE_S, drained  # the drain really outlasted the promise made at connect
     assert not stuck_seen, stuck_seen[:3]
     assert max(gaps) < 2.0, max(gaps)  # fed every feed_ms throughout, never close to 30 s

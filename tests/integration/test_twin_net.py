@@ -189,6 +189,7 @@ _vdevrt.state["temp_c"] = 21.0
 async def world():
     await sleep_ms(16000)
     _vdevrt.state["temp_rom"] = "28112233445566" + "00"  # a technician swaps the DS18B20
+    print("world: sensor swapped")
 """
 
 
@@ -214,7 +215,18 @@ def test_sensors_quiet_cabinet_power_on_value_and_swapped_sensor(micropython, mo
         quiet_from = len(states())
         time.sleep(9)  # ~5 samples of a cabinet where nothing changes
         quiet = len(states()) - quiet_from
-        time.sleep(14)  # the swap at 16 s, then the new sensor's first readings
+        # The swap at 16 s, then the new sensor's first readings (85.0 discarded): wait for a
+        # state after the swap with the new sensor's reading, at most 20 s (was a fixed 14 s).
+        swapped = None
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            if swapped is None and "world: sensor swapped" in console.read_text():
+                swapped = time.monotonic()
+            after = [o for o, t in states() if swapped is not None and t > swapped]
+            if after and abs(after[-1].get("temp_c", -99) - 21.0) < 0.2:
+                break
+            time.sleep(0.2)
+        assert swapped is not None, console.read_text()[-1500:]
         text = console.read_text()
         last = states()[-1][0]
         assert quiet <= 1, "%d states from a quiet cabinet in 9 s\n%s" % (quiet, text[-1500:])
@@ -252,7 +264,8 @@ def test_selftest_on_a_board_whose_driver_is_connecting(micropython, tmp_path):
     there; and a DS18B20 just powered up read 85.0 (a false warning)."""
     flash = tmp_path / "flash"
     flash.mkdir()
-    (flash / "config.json").write_text(json.dumps({"device_id": "cab-st", "wifi_ssid": "aedsim"}))
+    (flash / "config.json").write_text(json.dumps({"device_id": "cab-st", "wifi_ssid": "aedsim",
+                                                        "lock_pulse_ms": 500}))  # (a 3 s pulse waits 9 s for the coil after a boot)
     script = tmp_path / "st.py"
     script.write_text(SELFTEST % {"shims": str(SHIMS), "firmware": str(FIRMWARE), "flash": str(flash)})
     out = subprocess.run([micropython, str(script)], capture_output=True, text=True, timeout=60).stdout

@@ -5,6 +5,7 @@
 #   harness -> device: a full snapshot of the inputs on connect and after every change:
 #     {"pins": {"4": 0, ...}, "adc": {"34": microvolts}, "temp_c": 21.0 | null,
 #      "wifi": true, "ap": [ssid | null, password | null]}
+#     {"ack": 1}: the end-of-boot marker was seen (boot())
 #   device -> harness: {"hello": 1}, {"out": pin, "v": level}, {"reset": kind},
 #     {"wdt": timeout_ms}, {"feed": 1}, {"rtc": [host_s, device_s]} (the clock was set)
 import json
@@ -29,6 +30,9 @@ def _apply(line):
     try:
         new = json.loads(line)
     except ValueError:
+        return
+    if "ack" in new:  # the harness holds host input until the REPL is up (boot())
+        _acked[0] = True
         return
     old = state["pins"]
     state = new
@@ -189,31 +193,74 @@ def boot(main_globals):
     for k in list(main_globals):
         if k not in ("__name__",):
             del main_globals[k]
-    send({"hello": 1})  # from here on host input may arrive: Ctrl-C interrupts boot.py/main.py
-    ok = _run("boot.py", main_globals)
-    if ok and os.getenv("VDEV_RUN_MAIN") == "1":
-        _run("main.py", main_globals)
-    # Marks the end of the boot scripts for the harness (stripped from what the host sees).
+    _scripts(main_globals, os.getenv("VDEV_RUN_MAIN") == "1")
+
+
+_ran = []        # the scripts started so far, in order ("boot.py", "main.py")
+_ok = [True]     # boot.py ended without an exception (else main.c skips main.py)
+
+
+def _scripts(g, run_main):
+    """boot.py, then main.py, as ports/esp32/main.c runs them. Host bytes flow from the hello
+    on, so a Ctrl-C can also land in the few lines between the scripts: it is kept and
+    interrupts the next script at its first line, never the runtime itself (which would leave
+    the REPL without its end-of-boot marker)."""
+    intr = hello = marked = False
     while True:
         try:
-            sys.stdout.write("\x00vdev:ready\x00")
-            break
+            if not hello:
+                hello = True  # (the harness sends nothing before it has the whole line)
+                send({"hello": 1})  # from here on host input may arrive: Ctrl-C interrupts
+            if not _ran:
+                _run("boot.py", g, intr)
+            elif len(_ran) == 1 and _ok[0] and run_main:
+                _run("main.py", g, intr)
+            else:
+                # The end of the boot scripts, for the harness (stripped from what the host
+                # sees; a second one, after a Ctrl-C right here, too). The harness then holds
+                # host input until the REPL has its prompt up, and answers {"ack": 1}: a
+                # Ctrl-C after this function would meet no handler (the unix port restores
+                # SIGINT's default once a script ends) and kill the interpreter, where a
+                # board's UART just keeps the byte.
+                if not marked:
+                    sys.stdout.write("\x00vdev:ready\x00")
+                    marked = True
+                _await_ack()
+                return
+            intr = False
+        except KeyboardInterrupt:
+            intr = True
+
+
+def _await_ack():
+    if _sock is None:
+        return
+    deadline = time.ticks_add(time.ticks_ms(), 2000)
+    while not _acked[0] and time.ticks_diff(deadline, time.ticks_ms()) > 0:
+        try:
+            _poll.poll(20)
+            drain()
         except KeyboardInterrupt:
             pass
 
 
-def _run(name, g):
+_acked = [False]
+
+
+def _run(name, g, intr=False):
     try:
-        os.stat(name)
-    except OSError:
-        return True
-    try:
+        _ran.append(name)
+        try:
+            os.stat(name)
+        except OSError:
+            return
+        if intr:
+            raise KeyboardInterrupt
         with open(name) as f:
             src = f.read()
         exec(compile(src, name, "exec"), g)
-        return True
     except SystemExit:
-        return False
+        _ok[0] = False
     except BaseException as e:  # KeyboardInterrupt too: a board prints it and goes on
+        _ok[0] = False
         sys.print_exception(e)
-        return False

@@ -318,6 +318,11 @@ class Update:
         # updates-install.md), checked per 4096-byte block against the signed block hashes.
         from aedgate.image import Image
         path, size, _ = f
+        if not self.app.image_confirmed:
+            # Rule 1 (docs/updates-install.md): while the running image may still be on trial,
+            # the partition written is the one the bootloader goes back to. The server repeats
+            # its offer; the app confirms the image once online and healthy (App._healthy).
+            raise Paused("running image not confirmed yet")
         hashes = self.app.slots.place(path + ".sha")
         hashes = hashes[0].read(hashes[1])
         if hashes is None:

@@ -459,11 +459,14 @@ class App:
 
     def _healthy(self):
         """Online: when every task checks in, the running image and release stay."""
-        if not self.stuck():
+        # Not while a new image waits for its slot's switch (update.py, "set_boot"): the image
+        # running may be that one with the old slot; unconfirmed, a reset goes back to the old.
+        if not self.stuck() and self.flash.read("upd.run") != b"set_boot":
             if self.hw.image_valid:  # None where there is no OTA image (docs/hardware.md)
                 self.hw.image_valid()
             # update.py writes a new image only after this (docs/updates-install.md, rule 1)
             self.image_confirmed = True
+        if not self.stuck():
             if self._on_trial() and self.slots.confirm():
                 self.update_notes()
 

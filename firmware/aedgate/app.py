@@ -66,6 +66,7 @@ class App:
         if self.outbox.corrupt:
             self.emit({"type": "events_dropped", "count": self.outbox.corrupt, "reason": "corrupt"})
         self.slots = Slots(flash, VERSION)  # which app slot runs, and whether on trial
+        self.image_confirmed = False  # hw.image_valid() ran this boot (App._healthy)
         self.fw_slot = self.slots.rec["slot"]  # the slot this boot runs (an install switches the record)
         self.update_notes()
         self.update = None            # the download (aedgate/update.py), loaded at the first offer
@@ -450,15 +451,24 @@ class App:
             self.online = True
             self.counters["sessions"] += 1
             self.log("online: %s:%d" % (self.cfg["broker_host"], self.cfg["broker_port"]))
-            if not self.stuck():  # online and every task checking in: the release stays
-                if self.hw.image_valid:  # None where there is no OTA image (docs/hardware.md)
-                    self.hw.image_valid()
-                if self._on_trial() and self.slots.confirm():
-                    self.update_notes()
+            self._healthy()
             self.cabinet.changed = True
             await self._publish_all(client)
         finally:
             reader.cancel()
+
+    def _healthy(self):
+        """Online: when every task checks in, the running image and release stay."""
+        # Not while a new image waits for its slot's switch (update.py, "set_boot"): the image
+        # running may be that one with the old slot; unconfirmed, a reset goes back to the old.
+        if not self.stuck() and self.flash.read("upd.run") != b"set_boot":
+            if self.hw.image_valid:  # None where there is no OTA image (docs/hardware.md)
+                self.hw.image_valid()
+            # update.py writes a new image only after this (docs/updates-install.md, rule 1)
+            self.image_confirmed = True
+        if not self.stuck():
+            if self._on_trial() and self.slots.confirm():
+                self.update_notes()
 
     async def _read(self, client):
         try:

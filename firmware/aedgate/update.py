@@ -30,6 +30,7 @@ IMAGE = "micropython.bin"  # a manifest file that is the MicroPython image, not 
 _REC = "upd."
 _COSE = "upd.cose"         # release.cose while it is fetched and checked
 _RUN = "upd.run"           # there while a download is under way: the app resumes it at boot
+BOOTING = b"set_boot"      # in _RUN from just before the image's set_boot() to the slot switch
 _WAIT_MS = const(10000)    # no block within this: ask again
 _TRIES = const(6)          # unanswered asks in a row before the download pauses
 _REDO = const(1)           # a file whose SHA-256 differs is fetched again this often, then refused
@@ -249,8 +250,9 @@ class Update:
         order = [f for f in files if f is not image] + ([image] if image else [])
         while self.prog.rec["i"] < len(order):
             f = order[self.prog.rec["i"]]
-            if f is image:
-                await self._fetch_image(f)
+            if f is image:   # the last one, never counted done: a resume checks it again,
+                await self._fetch_image(f)   # as a reset after its set_boot() needs
+                break
             else:
                 await self._fetch_file(f)
             self.prog.save(i=self.prog.rec["i"] + 1)
@@ -328,6 +330,18 @@ class Update:
         img = Image(part, hashes, size)
         hashes = None
         n = img.resume()
+        if n < size and self.flash.read(_RUN) == BOOTING:
+            # A reset after set_boot(), before the slot switch: the new image runs (on trial,
+            # unconfirmed: App._healthy) with the old slot, and this partition is the old image.
+            # Reset again: the bootloader goes back to the old image, and the next start finds
+            # the new one whole in the other partition. Once only (the mark goes first).
+            self.flash.write(_RUN, b"")
+            raise Restart("new image with the old slot: back to the old image")
+        if n < size and not self.app.image_confirmed:
+            # Rule 1 (docs/updates-install.md): while the running image may still be on trial,
+            # the partition written is the one the bootloader goes back to. The server repeats
+            # its offer; the app confirms the image once online and healthy (App._healthy).
+            raise Paused("running image not confirmed yet")
         bad = 0
         while n < size:
             data = await self._get(path, n, size - n)
@@ -339,6 +353,7 @@ class Update:
                 if bad > _REDO + 2:
                     raise ReleaseError("bad_image", "block at %d" % nxt)
             n = nxt
+        self.flash.write(_RUN, BOOTING)   # App._healthy confirms no image until the slot switch
         img.finish()
 
     async def _get(self, file, offset, left):

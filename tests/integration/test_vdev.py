@@ -20,7 +20,7 @@ class VDev:
     """`aedsim vdev` in a subprocess: its pty path, its flash (`v.flash / "name"` reads and
     writes files inside its littlefs image), stdin for world changes."""
 
-    def __init__(self, flash_dir, *extra):
+    def __init__(self, flash_dir, *extra, settle=True):
         self.dir = Path(flash_dir)
         self.flash = FlashImage(self.dir / IMAGE_NAME)
         self.proc = subprocess.Popen(
@@ -29,8 +29,14 @@ class VDev:
             text=True)
         self.path = self.proc.stdout.readline().strip()
         assert self.path.startswith("/dev/pts/"), "vdev did not print its pty: %r" % self.path
-        # No pause before the first mpremote: the harness holds host bytes until the first
-        # interpreter can take them, as a board's UART does (docs/twin.md).
+        # The harness holds host bytes until the first interpreter can take them, as a board's
+        # UART does (docs/twin.md), and the two start-up tests below connect at once to prove it.
+        # Every other test still gives the first boot 1.5 s: one fresh-clone suite run after
+        # that fix saw a first `mpremote exec` on a blank vdev wait 30 s for a raw REPL
+        # (test_flash_is_littlefs_…), which 6 runs alone and the 16-start test did not show.
+        # Until that hole is found, the rest of the suite does not depend on it.
+        if settle:
+            time.sleep(1.5)
 
     def world(self, text):
         self.proc.stdin.write(text + "\n")
@@ -53,10 +59,10 @@ class VDev:
 def vdev_factory(tmp_path):
     made = []
 
-    def make(*extra, name="flash"):
+    def make(*extra, name="flash", settle=True):
         d = tmp_path / name
         d.mkdir(exist_ok=True)
-        v = VDev(d, *extra)
+        v = VDev(d, *extra, settle=settle)
         made.append(v)
         return v
     yield make
@@ -200,7 +206,7 @@ def test_ctrl_c_sent_while_the_board_boots_is_never_lost(vdev_factory):
     # import machinery's stat(); the Ctrl-C must still stop main.py as on a board. (It was lost
     # in about one boot in four before the flash asked for it to be pressed again.)
     for i in range(12):
-        v = vdev_factory(name="flash%d" % i)
+        v = vdev_factory(name="flash%d" % i, settle=False)
         (v.flash / "boot.py").write_text("print('boot.py ran')\n")
         (v.flash / "main.py").write_text("import time\nn = 0\nwhile True:\n    n += 1\n"
                                         "    print('tick', n)\n    time.sleep_ms(50)\n")
@@ -219,7 +225,7 @@ def test_mpremote_the_moment_the_port_appears_always_gets_its_raw_repl(vdev_fact
     # in the runtime's own start-up code, boot.py's end marker never came and mpremote waited
     # for a prompt that never came; the 1.5 s `settle` in VDev hid it; it is gone.)
     for i in range(16):
-        v = vdev_factory(name="flash%d" % i)
+        v = vdev_factory(name="flash%d" % i, settle=False)
         r = mpremote(v.path, "exec", "print(6 * 7)", timeout=10)
         assert r.returncode == 0 and r.stdout.strip() == "42", (i, r.stdout, r.stderr)
         v.stop()

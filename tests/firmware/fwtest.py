@@ -334,3 +334,53 @@ def publish_packet(topic, payload, qos=0, retain=False, dup=False, pid=0):
     if isinstance(payload, str):
         payload = payload.encode()
     return bytes(publish_header(topic, len(payload), qos, retain, dup, pid, payload))
+
+
+class PowerCut(BaseException):
+    """The board lost power (a BaseException: nothing in the firmware may swallow it)."""
+
+
+class CutFlash:
+    """A storage.Flash that loses power before its `limit`-th change (write, append, remove,
+    move, counted across sub-folders in `count` = [changes so far, the change that does not
+    happen]); after that nothing reaches it. Flash.write replaces a file atomically, so a cut
+    inside one is the old file, or the new one = the cut before the next change."""
+
+    def __init__(self, inner, count=None, limit=-1):
+        self.inner = inner
+        self.count = count if count is not None else [0, limit]
+
+    def _change(self):
+        c = self.count
+        if c[0] >= c[1] >= 0:
+            c[1] = c[0]        # stays cut
+            raise PowerCut()
+        c[0] += 1
+
+    def read(self, name):
+        return self.inner.read(name)
+
+    def read_at(self, name, start, size):
+        return self.inner.read_at(name, start, size)
+
+    def names(self):
+        return self.inner.names()
+
+    def write(self, name, data):
+        self._change()
+        self.inner.write(name, data)
+
+    def append(self, name, data):
+        self._change()
+        self.inner.append(name, data)
+
+    def remove(self, name):
+        self._change()
+        self.inner.remove(name)
+
+    def move(self, name, dest):
+        self._change()
+        self.inner.move(name, dest.inner)
+
+    def sub(self, name):
+        return CutFlash(self.inner.sub(name), self.count)

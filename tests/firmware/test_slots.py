@@ -1,52 +1,7 @@
 # App slots and trial (firmware/slots.py): a power cut at every flash write of install, switch
 # and trial leaves a cabinet that boots the old or the new version, never neither.
-from fwtest import temp_flash, wipe
+from fwtest import CutFlash, PowerCut, temp_flash, wipe
 from slots import MAX_TRIAL_BOOTS, Slots
-
-
-class PowerCut(Exception):
-    pass
-
-
-class CutFlash:
-    """A storage.Flash that loses power before its `limit`-th change (write, append, remove,
-    counted across sub-folders): what a board sees after a cut at that moment (Flash.write
-    replaces a file atomically, so a cut inside one is the old file, or the new one = the cut
-    before the next change)."""
-
-    def __init__(self, inner, count=None, limit=-1):
-        self.inner = inner
-        self.count = count if count is not None else [0, limit]
-
-    def _change(self):
-        c = self.count
-        if c[0] == c[1]:
-            raise PowerCut()
-        c[0] += 1
-
-    def read(self, name):
-        return self.inner.read(name)
-
-    def read_at(self, name, start, size):
-        return self.inner.read_at(name, start, size)
-
-    def names(self):
-        return self.inner.names()
-
-    def write(self, name, data):
-        self._change()
-        self.inner.write(name, data)
-
-    def append(self, name, data):
-        self._change()
-        self.inner.append(name, data)
-
-    def remove(self, name):
-        self._change()
-        self.inner.remove(name)
-
-    def sub(self, name):
-        return CutFlash(self.inner.sub(name), self.count)
 
 
 def _release(ver):

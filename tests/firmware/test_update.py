@@ -9,7 +9,7 @@ from aedgate import update
 from aedgate.app import App
 from aedgate.compat import asyncio, sleep_ms
 from edsign import public_key
-from fwtest import FullFlash, Hardware, temp_flash, wipe
+from fwtest import CutFlash, FullFlash, Hardware, PowerCut, temp_flash, wipe
 from slots import Slots
 from test_release import SEED, signed
 from test_token import enc
@@ -318,54 +318,6 @@ def test_a_block_that_was_not_asked_for_is_dropped_and_asked_again():
     assert asked == [0, 0, 256, 512]   # (the 2nd entry is the get whose answer was mislabelled)
     assert _booted(f) == "0.2.0"
     wipe(f)
-
-
-class PowerCut(BaseException):
-    """The board lost power (a BaseException: nothing in the firmware may swallow it)."""
-
-
-class CutFlash:
-    """A storage.Flash that loses power before its `limit`-th change (write, append, remove,
-    move, counted across sub-folders); after that nothing reaches it."""
-
-    def __init__(self, inner, count):
-        self.inner = inner
-        self.count = count     # [changes so far, the change that does not happen]
-
-    def _change(self):
-        c = self.count
-        if c[0] >= c[1] >= 0:
-            c[1] = c[0]        # stays cut
-            raise PowerCut()
-        c[0] += 1
-
-    def read(self, name):
-        return self.inner.read(name)
-
-    def read_at(self, name, start, size):
-        return self.inner.read_at(name, start, size)
-
-    def names(self):
-        return self.inner.names()
-
-    def write(self, name, data):
-        self._change()
-        self.inner.write(name, data)
-
-    def append(self, name, data):
-        self._change()
-        self.inner.append(name, data)
-
-    def remove(self, name):
-        self._change()
-        self.inner.remove(name)
-
-    def move(self, name, dest):
-        self._change()
-        self.inner.move(name, dest.inner)
-
-    def sub(self, name):
-        return CutFlash(self.inner.sub(name), self.count)
 
 
 def _cut_run(f, raw, files, cut):

@@ -20,9 +20,17 @@ class VDev:
     """`aedsim vdev` in a subprocess: its pty path, its flash (`v.flash / "name"` reads and
     writes files inside its littlefs image), stdin for world changes."""
 
-    def __init__(self, flash_dir, *extra, settle=True):
+    def __init__(self, flash_dir, *extra, settle=True, files=None):
         self.dir = Path(flash_dir)
         self.flash = FlashImage(self.dir / IMAGE_NAME)
+        # Files a test needs at the first boot go in before the board starts: written while its
+        # interpreter mounts and reads the same littlefs, they raced it (two writers on one
+        # filesystem, which no board has; a full-suite run saw the REPL hang after such a boot).
+        if files:
+            if not self.flash.path.exists():
+                self.flash.format()
+            for name, text in files.items():
+                (self.flash / name).write_text(text)
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "simulator.cli", "vdev", "--flash-dir", str(flash_dir), *extra],
             cwd=ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=open(self.dir.parent / "vdev.log", "ab"),
@@ -59,10 +67,10 @@ class VDev:
 def vdev_factory(tmp_path):
     made = []
 
-    def make(*extra, name="flash", settle=True):
+    def make(*extra, name="flash", settle=True, files=None):
         d = tmp_path / name
         d.mkdir(exist_ok=True)
-        v = VDev(d, *extra, settle=settle)
+        v = VDev(d, *extra, settle=settle, files=files)
         made.append(v)
         return v
     yield make
@@ -206,10 +214,10 @@ def test_ctrl_c_sent_while_the_board_boots_is_never_lost(vdev_factory):
     # import machinery's stat(); the Ctrl-C must still stop main.py as on a board. (It was lost
     # in about one boot in four before the flash asked for it to be pressed again.)
     for i in range(12):
-        v = vdev_factory(name="flash%d" % i, settle=False)
-        (v.flash / "boot.py").write_text("print('boot.py ran')\n")
-        (v.flash / "main.py").write_text("import time\nn = 0\nwhile True:\n    n += 1\n"
-                                        "    print('tick', n)\n    time.sleep_ms(50)\n")
+        v = vdev_factory(name="flash%d" % i, settle=False, files={
+            "boot.py": "print('boot.py ran')\n",
+            "main.py": "import time\nn = 0\nwhile True:\n    n += 1\n    print('tick', n)\n"
+                       "    time.sleep_ms(50)\n"})
         with serial.Serial(v.path, 115200, timeout=0.2) as s:
             s.write(b"\r\x03")
             read_until(s, b">>> ", timeout=5)
@@ -252,9 +260,8 @@ def test_world_changes_reach_the_pins_and_bad_keys_are_reported(vdev_factory):
 
 def test_console_stamps_each_line_and_ctrl_c_exits_cleanly(vdev_factory):
     import re
-    v = vdev_factory()
-    (v.flash / "main.py").write_text("import time\nn = 0\nwhile True:\n    n += 1\n    print('tick', n)\n"
-                                    "    time.sleep_ms(100)\n")
+    v = vdev_factory(files={"main.py": "import time\nn = 0\nwhile True:\n    n += 1\n"
+                                       "    print('tick', n)\n    time.sleep_ms(100)\n"})
     p = subprocess.Popen([sys.executable, "-m", "host_tools.cli", "console", "--port", v.path, "--reset"],
                          cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     lines = []

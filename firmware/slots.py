@@ -162,6 +162,20 @@ class Slots:
             d = d.sub(part)
         return d, parts[-1]
 
+    def running(self, path):
+        """(folder, name) of the manifest path `path` in the slot that runs ("" = the root's
+        package), or None when it has no such folder: nothing is created to look (an empty
+        `aedgate` folder at the root would hide a frozen build's package)."""
+        d = self.flash
+        parts = path.split("/")
+        if self.rec["slot"]:
+            parts.insert(0, self.rec["slot"])
+        for part in parts[:-1]:
+            if part not in d.names():
+                return None
+            d = d.sub(part)
+        return d, parts[-1]
+
     def commit(self, manifest):
         """Every file is in the free slot: mark it complete and switch the record to it, on
         trial. The reason to refuse (nothing switched), or None."""

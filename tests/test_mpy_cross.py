@@ -7,7 +7,8 @@ the sensors' filtering and release verification brought the firmware to ~58 KB, 
 now. Issue 12's download (aedgate/update.py, 5.2 KB of .mpy; app.py and slots.py +0.7 KB for
 its wiring and the streamed install) brought it from 63,198 to 69,076 bytes (67.5 KiB, measured
 with mpy-cross 1.29); the OTA image writer (aedgate/image.py, 1.9 KB) to 70,994 bytes (69.3
-KiB), so it is 70 KB. update.py and image.py are loaded only when an offer arrives, so an idle
+KiB), so it was 70 KB; copying unchanged files from the running slot instead of fetching them
+(update.py, slots.py) to 71,767 bytes, so it is 72 KB. update.py and image.py are loaded only when an offer arrives, so an idle
 cabinet's heap does not carry them. RAM, the ESP32's real limit, is held by tests/test_heap_budget.py and
 tests/test_heap_lifecycle.py (docs/design.md, "Memory on the device")."""
 import subprocess
@@ -17,7 +18,7 @@ import pytest
 from tests.fixtures import ROOT, require_tool
 
 FIRMWARE_FILES = sorted(p for p in (ROOT / "firmware").rglob("*.py") if p.name != "manifest.py")
-MPY_BUDGET = 70 * 1024  # 70,994 bytes measured with update.py and image.py (see above)
+MPY_BUDGET = 72 * 1024  # 71,767 bytes measured with update.py's local copy (see above)
 
 
 @pytest.fixture(scope="module")

@@ -105,6 +105,25 @@ def _line(ro, t0: float, workers: Workers) -> str:
                                            c["failed"], c["pending"], online, n, ro.server.served))
 
 
+def _to_fetch(rel: Path, manifest: dict, block: int | None) -> dict:
+    """What each cabinet must download of release `rel`: release.cose and the files that differ
+    from the package on its flash (the factory install, simulator/world/flash.py); the others
+    are copied on the cabinet's flash (firmware/aedgate/update.py)."""
+    import hashlib
+    from aedgate.config import SCHEMA
+    from host_tools.releases import RELEASE_FILE
+    from simulator.world.flash import factory_files
+    top, pkg = factory_files()
+    have = dict(top, **{"aedgate/" + k: v for k, v in pkg.items()})
+    block = block or SCHEMA["update_block"][1]
+    changed = [f for f in manifest["files"]
+               if f[0] not in have or hashlib.sha256(have[f[0]]).digest() != bytes(f[2])]
+    cose = (rel / RELEASE_FILE).stat().st_size
+    blocks = -(-cose // block) + sum(-(-f[1] // block) for f in changed)
+    return {"changed_files": [f[0] for f in changed], "fetch_bytes": cose + sum(f[1] for f in changed),
+            "blocks_per_cabinet": blocks}
+
+
 async def rollout(args) -> dict:
     from host_tools.backend import BrokerOptions
     from host_tools.rollout import Plan, Rollout
@@ -131,6 +150,10 @@ async def rollout(args) -> dict:
         m = releases.build(rel, new, args.release, key, work)
         out["release"].update({"id": releases.release_id(rel), "files": len(m["files"]),
                                "bytes": sum(f[1] for f in m["files"])})
+        out["release"].update(_to_fetch(rel, m, args.update_block))
+        _say("each cabinet fetches %d blocks (%d bytes): release.cose + %d changed files"
+             % (out["release"]["blocks_per_cabinet"], out["release"]["fetch_bytes"],
+                len(out["release"]["changed_files"])))
         _say("release %s %s (%s): %d files, %d bytes, signed by kid %s" % (
             new, args.release, out["release"]["id"], len(m["files"]), out["release"]["bytes"],
             entry["kid"]))
@@ -399,6 +422,11 @@ def print_table(r: dict) -> None:
     t.add_row("back on old, by reason", json.dumps(ro["back_on_old_by_reason"]))
     t.add_row("offered outside the canary", str(ro["offered_outside_canary"]))
     t.add_row("blocks served", "%d (%d bytes)" % (ro["blocks_served"], ro["bytes_served"]))
+    rel = r["release"]
+    t.add_row("to fetch per cabinet", "%d blocks, %d bytes: release.cose + %s (the other %d files "
+              "are copied from its flash)" % (rel["blocks_per_cabinet"], rel["fetch_bytes"],
+                                              ", ".join(rel["changed_files"]) or "nothing",
+                                              rel["files"] - len(rel["changed_files"])))
     u = r["unlock"]
     t.add_row("unlock p50 / p99 (during rollout)", "%s / %s ms (%s)" % (u["p50_ms"], u["p99_ms"],
                                                                      u["results"]))

@@ -19,7 +19,7 @@ from aedgate.storage import Flash
 from slots import Slots
 
 from simulator.fleet import slotboot
-from simulator.world.flash import ESP32_VFS_BYTES, MemoryFlash
+from simulator.world.flash import ESP32_VFS_BYTES, MemoryFlash, factory_install
 from simulator.world.net import NetStats, SimNet
 from simulator.world.faults import FaultyFlash, PowerCut
 from simulator.world.hardware import CabinetWorld, SimClock, SimHardware, SimWDT
@@ -161,6 +161,7 @@ class SimCabinet:
         self.world.lock_continuous = config.get("lock_type") == "hold"
         inner = Flash(str(flash_dir)) if flash_dir is not None else MemoryFlash(ESP32_VFS_BYTES)
         inner.write("config.json", json.dumps(config).encode())
+        factory_install(inner)
         self.flash = FaultyFlash(inner, on_cut=self._power_cut)
         self.world.on_flash_cut = self.flash.cut_after
         self.world.on_flash_full = self.flash.set_full

@@ -94,3 +94,75 @@ class MemoryFlash:
         old_blocks = _blocks(old if isinstance(old, int) else len(old)) if old is not None else 0
         if top.used() + (_blocks(size) - old_blocks) * _BLOCK > top.capacity:
             raise OSError(_ENOSPC, "ENOSPC")
+
+
+class SharedFolder(MemoryFlash):
+    """A folder that every cabinet of a simulator process holds and none writes: the factory
+    package's `aedgate/` (see factory_install). Its blocks count against each cabinet's
+    capacity, as the files do on a board; a write raises EROFS, since on a board it would
+    change only that cabinet."""
+    __slots__ = ("_used",)
+
+    def __init__(self, files: dict[str, bytes]) -> None:
+        super().__init__()
+        self.files = dict(files)
+        self._used: int | None = None
+
+    def used(self) -> int:
+        if self._used is None:
+            self._used = MemoryFlash.used(self)
+        return self._used
+
+    def _readonly(self, *_args) -> None:
+        raise OSError(30, "EROFS: the factory package is shared by the simulated fleet")
+
+    _room = remove = move = sub = _readonly
+
+
+_factory: tuple[dict[str, bytes], dict[str, bytes]] | None = None
+
+
+def factory_files() -> tuple[dict[str, bytes], dict[str, bytes]]:
+    """The firmware package as `aedgate provision` copies it to a board's root (package.json's
+    files, as .py): ({top-level name: bytes}, {name in aedgate/: bytes}), read once."""
+    global _factory
+    if _factory is None:
+        import json as _json
+        from host_tools.firmware import FIRMWARE
+        top: dict[str, bytes] = {}
+        pkg: dict[str, bytes] = {}
+        for dest, src in _json.loads((FIRMWARE / "package.json").read_text())["urls"]:
+            data = (FIRMWARE / src).read_bytes()
+            if "/" in dest:
+                folder, name = dest.split("/", 1)
+                if folder != "aedgate" or "/" in name:
+                    raise ValueError("package.json: %s is not in aedgate/" % dest)
+                pkg[name] = data
+            else:
+                top[dest] = data
+        _factory = (top, pkg)
+    return _factory
+
+
+_shared_pkg: SharedFolder | None = None
+
+
+def factory_install(flash) -> None:
+    """Put the root's package on a simulated cabinet's flash, as provisioning leaves it on a
+    board: an update then copies the files a release did not change from it instead of
+    downloading them (firmware/aedgate/update.py). A MemoryFlash gets one SharedFolder for
+    `aedgate/` (no copy per cabinet); a folder on disk (storage.Flash) gets real files."""
+    global _shared_pkg
+    top, pkg = factory_files()
+    for name, data in top.items():
+        flash.write(name, data)
+    if isinstance(flash, MemoryFlash):
+        if _shared_pkg is None:
+            _shared_pkg = SharedFolder(pkg)
+        if flash.subs is None:
+            flash.subs = {}
+        flash.subs["aedgate"] = _shared_pkg
+    else:
+        d = flash.sub("aedgate")
+        for name, data in pkg.items():
+            d.write(name, data)

@@ -16,10 +16,12 @@ from test_token import enc
 
 PUB = public_key(SEED)
 BODY = b"x" * 700        # app.py of a test release: three 256-byte blocks
+SAME = b"# lock.py, unchanged since 0.1.0\n" + b"y" * 2500   # copied from the root, not fetched
 
 
 def _files(ver):
     return [("aedgate/__init__.py", b"VERSION = %r\n" % ver),
+            ("aedgate/lock.py", SAME),
             ("aedgate/app.py", b"# app " + ver.encode() + b"\n" + BODY)]
 
 
@@ -35,6 +37,7 @@ def _root(f):
     # The root's package, version 0.1.0 (aedgate.VERSION, what the App reports running).
     f.sub("aedgate").write("__init__.py", b"VERSION = '0.1.0'\n")
     f.sub("aedgate").write("app.py", b"# app 0.1.0\n" + BODY)
+    f.sub("aedgate").write("lock.py", SAME)
 
 
 def _booted(f):
@@ -42,7 +45,7 @@ def _booted(f):
     slot = Slots(f).boot(True)
     d = (f.sub(slot) if slot else f).sub("aedgate")
     init, app = d.read("__init__.py"), d.read("app.py")
-    if init is None or app is None:
+    if init is None or app is None or d.read("lock.py") != SAME:
         return None
     ver = init.decode().split("'")[1]
     return ver if app == b"# app " + ver.encode() + b"\n" + BODY else None
@@ -161,7 +164,10 @@ def test_download_verify_install_then_reset_into_the_new_slot():
     order = [(g["file"], g["offset"], g["len"]) for g in server.gets]
     assert order[0] == ("release.cose", 0, min(256, len(raw)))
     assert [o for o in order if o[0] == "aedgate/app.py"] == [
-        ("aedgate/app.py", 0, 256), ("aedgate/app.py", 256, 256), ("aedgate/app.py", 512, len(files[1][1]) - 512)]
+        ("aedgate/app.py", 0, 256), ("aedgate/app.py", 256, 256), ("aedgate/app.py", 512, len(files[2][1]) - 512)]
+    # lock.py is the running version's byte for byte: copied on the flash, never asked for
+    assert sorted(set(o[0] for o in order)) == ["aedgate/__init__.py", "aedgate/app.py", "release.cose"]
+    assert f.sub("a").sub("aedgate").read("lock.py") == SAME
     assert all(b == (0, 0, False) for b in server.busy)  # never a get while something else waited
     assert _booted(f) == "0.2.0"                      # boot.py after the reset: the new slot, on trial
     assert Slots(f).rec["trial"] == 1
@@ -171,6 +177,44 @@ def test_download_verify_install_then_reset_into_the_new_slot():
     offer(app, raw)
     drive(app, server, lambda s: False, limit_ms=300)
     assert server.gets == [] and not [t for t in server.types() if t in ("update_offered", "update_refused")]
+    wipe(f)
+
+
+def test_only_files_the_running_version_lacks_byte_for_byte_are_fetched():
+    # A copy at the root that differs (same size, one byte: rot or a technician's patch), one
+    # that is missing and one that is longer are fetched; the unchanged one is copied. The
+    # running slot is the source once an update has run: slot "a" here, the new one goes to "b".
+    f = temp_flash()
+    _root(f)
+    same = b"z" * 3000
+    rotten = bytearray(same)
+    rotten[1234] ^= 1
+    files = _files("0.2.0") + [("aedgate/rot.py", same), ("aedgate/new.py", same),
+                               ("aedgate/long.py", same)]
+    f.sub("aedgate").write("rot.py", bytes(rotten))
+    f.sub("aedgate").write("long.py", same + b"\n")
+    raw, files = _release("0.2.0", files=files)
+    app = _app(f)
+    server = Server(app, raw, files)
+    offer(app, raw)
+    assert isinstance(drive(app, server, lambda s: False), update.Restart)
+    fetched = sorted(set(g["file"] for g in server.gets))
+    assert fetched == ["aedgate/__init__.py", "aedgate/app.py", "aedgate/long.py", "aedgate/new.py",
+                       "aedgate/rot.py", "release.cose"], fetched
+    assert _booted(f) == "0.2.0"
+    slot = f.sub("a").sub("aedgate")
+    assert [slot.read(n) for n in ("rot.py", "new.py", "long.py")] == [same] * 3
+    Slots(f).confirm()
+    # 0.3.0 from slot "a": everything but __init__.py and app.py is copied from "a" into "b"
+    raw3, files3 = _release("0.3.0", files=_files("0.3.0") + files[3:])
+    app = _app(f)
+    server = Server(app, raw3, files3)
+    offer(app, raw3)
+    assert isinstance(drive(app, server, lambda s: False), update.Restart)
+    assert sorted(set(g["file"] for g in server.gets)) == ["aedgate/__init__.py", "aedgate/app.py",
+                                                          "release.cose"]
+    assert _booted(f) == "0.3.0" and Slots(f).rec["slot"] == "b"
+    assert f.sub("b").sub("aedgate").read("lock.py") == SAME
     wipe(f)
 
 

@@ -61,3 +61,31 @@ def test_world_key_flash_full_reaches_the_cabinets_flash():
     assert w.apply({"flash": "full"}) == [] and seen == [True]
     assert w.apply({"flash": "ok"}) == [] and seen == [True, False]
     assert w.apply({"flash": "melted"}) != []
+
+
+def test_factory_package_is_on_every_cabinets_flash_shared_counted_and_read_only(tmp_path):
+    # Provisioning leaves the package at a board's root; an update copies the files a release
+    # did not change from there (firmware/aedgate/update.py). The fleet shares one copy.
+    import json
+
+    from host_tools.firmware import FIRMWARE
+    from simulator.world.flash import factory_install
+    from slots import Slots
+    a, b = MemoryFlash(capacity=2 * 1024 * 1024), MemoryFlash(capacity=2 * 1024 * 1024)
+    before = a.used()
+    factory_install(a)
+    factory_install(b)
+    urls = json.loads((FIRMWARE / "package.json").read_text())["urls"]
+    for dest, src in urls:
+        d, name = Slots(a).running(dest)           # where update.py looks: the running slot ""
+        assert d.read(name) == (FIRMWARE / src).read_bytes(), dest
+    assert a.sub("aedgate") is b.sub("aedgate")    # one copy per simulator process
+    assert a.used() - before >= sum((FIRMWARE / src).stat().st_size for _, src in urls) // 2
+    with pytest.raises(OSError) as e:
+        a.sub("aedgate").write("app.py", b"a cabinet's own change")
+    assert e.value.args[0] == 30                   # EROFS: it would change every cabinet
+    assert Slots(a).running("nothere/x.py") is None and "nothere" not in a.names()
+    disk = tmp_path / "cab"                        # a small fleet's folder per cabinet: real files
+    from aedgate.storage import Flash
+    factory_install(Flash(str(disk)))
+    assert (disk / "aedgate" / "app.py").read_bytes() == (FIRMWARE / "aedgate" / "app.py").read_bytes()

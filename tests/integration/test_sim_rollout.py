@@ -28,6 +28,12 @@ def test_good_release_reaches_every_cabinet_with_unlocks_and_events_flowing():
     assert r["events"]["gaps"] == 0 and r["events"]["duplicates"] == 0
     assert r["unlock"]["sent"] > 0 and r["unlock"]["results"] == {"accepted": r["unlock"]["sent"]}
     assert r["failed"] == []
+    # Only the changed file travels (VERSION is in aedgate/__init__.py); the rest is copied on
+    # each cabinet's flash from the package it runs: one request per block, none lost here.
+    rel = r["release"]
+    assert rel["changed_files"] == ["aedgate/__init__.py"] and rel["files"] > 20
+    assert ro["blocks_served"] == 20 * rel["blocks_per_cabinet"]
+    assert rel["blocks_per_cabinet"] <= 5
 
 
 def test_crashing_release_halts_after_its_canary_and_every_canary_is_back_and_says_why():

@@ -187,9 +187,17 @@ def test_broker_killed_with_publishes_in_flight_loses_nothing(durable_broker, si
         for i in range(6):  # events flowing, the broker acking them
             toggle(i)
             time.sleep(0.03)
-        for cab in cabs:  # (the backend has had some: the broker is mid-stream)
-            be.wait_for(lambda t, o, d=cab.device_id: t == "aed/v1/%s/event" % d
-                        and o.get("type") == "door_opened")
+        # Every event the broker has acknowledged so far has reached the backend. An event
+        # Mosquitto acknowledged but neither delivered nor saved yet (autosave) dies with it, and
+        # no cabinet resends what was acknowledged: that window is the broker's, stated in
+        # docs/reliability.md. Under load the backend can lag behind the acks; this test is about
+        # the PUBLISHes that get no PUBACK, so it waits for the backend first.
+        wait_drained(sim)
+        deadline = time.time() + 20
+        while not all(set(range(1, c.app.outbox.seq + 1)) <= {e["seq"] for e in seqs_by_device(be).get(c.device_id, [])}
+                      for c in cabs):
+            assert time.time() < deadline, "the backend did not get what the broker acknowledged"
+            time.sleep(0.05)
         os.kill(durable_broker.proc.pid, signal.SIGSTOP)
         for i in range(6, 16):  # the broker reads nothing and acks nothing now
             toggle(i)

@@ -31,13 +31,18 @@ def _blocks(n: int) -> int:
 
 
 class MemoryFlash:
-    __slots__ = ("files", "subs", "capacity", "_top")
+    __slots__ = ("files", "subs", "capacity", "_top", "_total")
 
     def __init__(self, capacity: int | None = None, top: "MemoryFlash | None" = None) -> None:
         self.files: dict[str, bytes | int] = {}
         self.subs: dict[str, MemoryFlash] | None = None
         self.capacity = capacity      # bytes; None: unlimited
         self._top = top               # the flash a sub-folder's blocks count against
+        # Bytes in use in the whole flash, kept up to date on the top folder by every change (a
+        # fleet writes on every event: a walk over all files per write cost 7 % of a worker)
+        self._total = 2 * _BLOCK      # this folder's metadata pair
+        if top is not None:
+            top._total += self._total
 
     def read(self, name: str) -> bytes | None:
         """The file's bytes, or None when it does not exist."""
@@ -52,19 +57,28 @@ class MemoryFlash:
         """Replace `name` with `data` (bytes, str, or an iterable of parts, as storage.Flash
         takes) in one step (atomic, like the rename on littlefs)."""
         data = joined(data)
-        self._room(name, len(data))
+        grow = self._room(name, len(data))
         self.files[name] = len(data) if len(data) > _INLINE and not any(data) else bytes(data)
+        (self._top or self)._total += grow
 
     def append(self, name: str, data: bytes) -> None:
         old = self.read(name) or b""
-        self._room(name, len(old) + len(data))
+        grow = self._room(name, len(old) + len(data))
         self.files[name] = old + bytes(data)
+        (self._top or self)._total += grow
 
     def remove(self, name: str) -> None:
-        self.files.pop(name, None)
+        old = self.files.pop(name, None)
+        if old is not None:
+            (self._top or self)._total -= _size(old)
 
     def move(self, name: str, dest: "MemoryFlash") -> None:
-        dest.files[name] = self.files.pop(name)
+        data = self.files.pop(name)
+        if name in dest.files:            # replaced, as a rename over a file does
+            dest.remove(name)
+        dest.files[name] = data
+        (self._top or self)._total -= _size(data)
+        (dest._top or dest)._total += _size(data)
 
     def names(self) -> list[str]:
         return list(self.files) + list(self.subs or ())
@@ -76,24 +90,41 @@ class MemoryFlash:
             self.subs[name] = MemoryFlash(top=self._top or self)
         return self.subs[name]
 
+    def attach(self, name: str, folder: "MemoryFlash") -> None:
+        """Put an existing folder (a SharedFolder) here as sub-folder `name`."""
+        if self.subs is None:
+            self.subs = {}
+        self.subs[name] = folder
+        (self._top or self)._total += folder.used()
+
     # -- capacity --------------------------------------------------------------------------
     def used(self) -> int:
-        """Bytes in use, counted in whole blocks as littlefs allocates them."""
+        """Bytes in use, counted in whole blocks as littlefs allocates them (for a sub-folder:
+        its own and its sub-folders')."""
+        return self._total if self._top is None else self.walk()
+
+    def walk(self) -> int:
+        """used(), counted file by file."""
         total = 2 * _BLOCK  # this folder's metadata pair
         for data in self.files.values():
-            total += _blocks(data if isinstance(data, int) else len(data)) * _BLOCK
+            total += _size(data)
         for sub in (self.subs or {}).values():
-            total += sub.used()
+            total += sub.used() if isinstance(sub, SharedFolder) else sub.walk()
         return total
 
-    def _room(self, name: str, size: int) -> None:
+    def _room(self, name: str, size: int) -> int:
+        """How many bytes of blocks writing `size` bytes as `name` adds; ENOSPC past capacity."""
         top = self._top or self
-        if top.capacity is None:
-            return
         old = self.files.get(name)
-        old_blocks = _blocks(old if isinstance(old, int) else len(old)) if old is not None else 0
-        if top.used() + (_blocks(size) - old_blocks) * _BLOCK > top.capacity:
+        grow = _blocks(size) * _BLOCK - (_size(old) if old is not None else 0)
+        if top.capacity is not None and top._total + grow > top.capacity:
             raise OSError(_ENOSPC, "ENOSPC")
+        return grow
+
+
+def _size(data) -> int:
+    """The blocks a stored file takes, in bytes."""
+    return _blocks(data if isinstance(data, int) else len(data)) * _BLOCK
 
 
 class SharedFolder(MemoryFlash):
@@ -106,11 +137,9 @@ class SharedFolder(MemoryFlash):
     def __init__(self, files: dict[str, bytes]) -> None:
         super().__init__()
         self.files = dict(files)
-        self._used: int | None = None
+        self._used = MemoryFlash.walk(self)
 
     def used(self) -> int:
-        if self._used is None:
-            self._used = MemoryFlash.used(self)
         return self._used
 
     def _readonly(self, *_args) -> None:
@@ -159,9 +188,7 @@ def factory_install(flash) -> None:
     if isinstance(flash, MemoryFlash):
         if _shared_pkg is None:
             _shared_pkg = SharedFolder(pkg)
-        if flash.subs is None:
-            flash.subs = {}
-        flash.subs["aedgate"] = _shared_pkg
+        flash.attach("aedgate", _shared_pkg)
     else:
         d = flash.sub("aedgate")
         for name, data in pkg.items():

@@ -21,6 +21,11 @@ def test_memory_flash_counts_whole_blocks_and_raises_enospc_when_full():
     f.remove("a")                                 # removing frees room, as on littlefs
     sub.append("2", b"z" * 4097)
     assert sub.read("2") == b"z" * 4097 and sorted(f.names()) == ["ob", "small"]
+    # the running total every change keeps equals a count file by file
+    sub.move("2", f)                              # into the root, as a rename does
+    f.write("small", b"x" * 4000)                 # grows from inline to a block: all 8 used
+    f.remove("nothing")
+    assert f.used() == f.walk() == 8 * 4096
 
 
 def test_zero_files_cost_no_ram_but_read_back_the_same():

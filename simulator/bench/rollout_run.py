@@ -26,6 +26,7 @@ import tempfile
 import threading
 import time
 from collections import Counter
+from typing import Callable
 from pathlib import Path
 
 from simulator.bench.fleet_bench import CpuMeter, Shard, _pct, _proc_rss, _r
@@ -52,7 +53,10 @@ class Unlocks:
         self.brokers, self.key, self.cabinets, self.every = brokers, fleet_key, cabinets, every_s
         self.window = window_s
         self.rng = random.Random(seed)
-        self.lat: list[tuple[float, float]] = []   # (send time, ms)
+        self.lat: list[tuple[float, float, str]] = []   # (send time, ms, the cabinet's rollout phase)
+        # The target's phase in the rollout (pending / started / done), read at the send and at
+        # the ack: "started->done" means it finished its update (and so reset) meanwhile.
+        self.phase_of: Callable[[str], str] | None = None
         self.missed: list[tuple[str, str]] = []    # (device, result) of missions not accepted
         self.results: Counter = Counter()
         self.stop = threading.Event()
@@ -69,23 +73,38 @@ class Unlocks:
             while not self.stop.wait(self.every):
                 n = self.rng.randint(1, self.cabinets)
                 t = time.time()
+                p0 = self._phase(device_id(n))
                 r = dispatch_tool.unlock(ds[shard_of(n, len(ds))], self.key, device_id(n),
                                          "rollout-%d" % i, window_s=self.window, timeout=10)
+                p1 = self._phase(device_id(n))
                 i += 1
                 self.results[r["result"]] += 1
                 if r["result"] != "accepted":
                     self.missed.append((device_id(n), r["result"]))
                 if r.get("latency_ms") is not None:
-                    self.lat.append((t, r["latency_ms"]))
+                    self.lat.append((t, r["latency_ms"], p0 if p0 == p1 else "%s->%s" % (p0, p1)))
         finally:
             for d in ds:
                 d.close()
 
+    def _phase(self, device: str) -> str:
+        try:
+            return self.phase_of(device) if self.phase_of else "pending"
+        except Exception:  # (read from another thread while the controller changes it)
+            return "?"
+
     def report(self, t_from: float, t_to: float) -> dict:
-        lat = [ms for t, ms in self.lat if t_from <= t <= t_to]
+        during = [(ms, ph) for t, ms, ph in self.lat if t_from <= t <= t_to]
+        lat = [ms for ms, _ in during]
+        by_phase: dict = {}
+        for ph in sorted(set(ph for _, ph in during)):
+            v = [ms for ms, p in during if p == ph]
+            by_phase[ph] = {"n": len(v), "p50_ms": _r(_pct(v, 50)), "p99_ms": _r(_pct(v, 99)),
+                            "max_ms": _r(max(v))}
         return {"sent": sum(self.results.values()), "results": dict(self.results),
                 "samples_during_rollout": len(lat), "p50_ms": _r(_pct(lat, 50)),
                 "p99_ms": _r(_pct(lat, 99)), "max_ms": _r(max(lat) if lat else None),
+                "by_phase": by_phase,
                 "not_accepted": [{"device": d, "result": res} for d, res in self.missed]}
 
 
@@ -204,6 +223,7 @@ async def rollout(args) -> dict:
         ro = Rollout(str(work / "rollout.db"), str(rel), plan, [BrokerOptions(u) for u in urls],
                      devices=devices, tick=0.2, log=_say)
         await asyncio.to_thread(ro.start)
+        unl.phase_of = lambda d: ro.cabs[d].phase if d in ro.cabs else "pending"
         # The controller counts a cabinet it has not yet seen online as offline (not offered, and
         # not holding its wave up): let every retained status arrive before the first step.
         t_seen = time.time()
@@ -430,6 +450,9 @@ def print_table(r: dict) -> None:
     u = r["unlock"]
     t.add_row("unlock p50 / p99 (during rollout)", "%s / %s ms (%s)" % (u["p50_ms"], u["p99_ms"],
                                                                      u["results"]))
+    for ph, v in u.get("by_phase", {}).items():
+        t.add_row("  to cabinets %s" % ph, "%d: p50 %s / p99 %s / max %s ms" % (
+            v["n"], v["p50_ms"], v["p99_ms"], v["max_ms"]))
     e = r["events"]
     t.add_row("event gaps / duplicates", "%d / %d" % (e["gaps"], e["duplicates"]))
     Console(stderr=True).print(t)

@@ -16,7 +16,10 @@
 # The work is a generator that yields between small pieces of work (below), so verify_async()
 # can give the asyncio loop back (unlocks keep being served) while a manifest is checked.
 from aedgate.compat import const, sleep_ms
-from aedgate.sha512 import SHA512
+try:  # a runtime with a native SHA-512 (CPython, where the simulator runs whole fleets)
+    from hashlib import sha512 as SHA512
+except ImportError:  # every MicroPython port: our own (aedgate/sha512.py)
+    from aedgate.sha512 import SHA512
 
 # Work between two yields: one point decoding, one 128-byte SHA-512 block (each ~0.75 ms on the
 # unix port, the longest steps: docs/benchmarks.md, bench_ed25519.py) or _STEP rounds of the

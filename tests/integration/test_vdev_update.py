@@ -146,3 +146,54 @@ def test_a_release_offered_over_mqtt_is_installed_booted_on_trial_and_confirmed(
     v.stop()
     for path, size, digest in manifest["files"]:
         assert hashlib.sha256((v.flash / ("a/" + path)).read_bytes()).digest() == digest, path
+
+
+def test_a_power_cut_in_the_middle_of_the_download_resumes_where_the_flash_left_off(
+        vdev_factory, mosquitto, backend, fleet_key, tmp_path):  # noqa: F811
+    public, folder, manifest = _release(tmp_path)
+    v = _provisioned(vdev_factory, mosquitto, backend, fleet_key, public)
+    server = Server(mosquitto.port, folder)
+    # The cut comes while the cabinet waits for a block in the middle of the largest file, with
+    # files before it and blocks of it already on flash.
+    big = max(manifest["files"], key=lambda f: f[1])
+    assert big[1] > 3 * 1536, big
+    held = threading.Event()
+
+    def hold(g):
+        if g["file"] == big[0] and g["offset"] >= 2 * 1536:
+            held.set()
+            return True
+        return False
+    server.hold = hold
+    try:
+        rel = server.rels[0]
+        server.offer(rel)
+        assert held.wait(60), "the download never reached %s" % big[0]
+        with server.lock:
+            before = [g for _, g in server.gets]
+        cut = before[-1]
+        v.world('{"power": "off"}')
+        time.sleep(0.5)
+        server.hold = None
+        v.world('{"power": "on"}')
+        # No new offer: the cabinet resumes by itself (upd.run on flash), at the offset it had.
+        backend.wait_for(_type("update_installed"), 60)
+        backend.wait_for(_type("update_confirmed"), 60)
+        _, st = backend.wait_for(lambda t, o: t == "aed/v1/%s/state" % DEVICE and o.get("fw_trial") is False
+                                 and o.get("fw_slot") == "a", 10)
+        assert st["fw"] == "0.2.0", st
+    finally:
+        server.close()
+    after = [g for _, g in server.gets][len(before):]
+    files = [f[0] for f in manifest["files"]]
+    done = set(files[:files.index(big[0])])
+    # Resumed: release.cose and the files finished before the cut are never asked again, and
+    # the interrupted file goes on from the offset that was asked when the power went.
+    assert after[0]["file"] == big[0] and after[0]["offset"] == cut["offset"], (cut, after[:3])
+    assert not [g for g in after if g["file"] in done or g["file"] == "release.cose"]
+    assert len(before) + len(after) <= len({(g["file"], g["offset"]) for g in before + after}) + 1
+    evs = _events(backend)
+    types = _in_order(evs, ("update_offered", "update_verified", "update_downloaded",
+                            "update_installed", "update_trial", "update_confirmed"))
+    assert types.count("update_offered") == 1 and types.count("boot") == 3, types
+    assert [e["cause"] for e in evs if e["type"] == "boot"][1] == "power_on"

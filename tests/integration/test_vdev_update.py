@@ -134,7 +134,7 @@ def test_a_release_offered_over_mqtt_is_installed_booted_on_trial_and_confirmed(
     back = next(t for topic, p, r, t in msgs if t > at and topic.endswith("/status") and b'"online": true' in p)
     print("offer to installed %.1f s, to confirmed %.1f s, back online %.1f s after update_installed, "
           "%d gets, %d bytes" % (t_installed - t0, t_done - t0, back - at, len(server.gets), server.blocks.bytes))
-    assert back - at < 6, back - at
+    assert back - at < 8, back - at   # 1.7 s measured; the old pause alone was 10 s
     assert v.log().count("reset: machine.reset()") == 2   # provisioning's, then the update's
     evs = _events(backend)
     types = _in_order(evs, ("boot", "update_offered", "update_verified", "update_downloaded",

@@ -18,6 +18,7 @@ from host_tools import releases
 from host_tools.rollout.blocks import GET_TOPIC, BlockServer
 from host_tools.rollout.release import ServedRelease
 from tests.integration.test_provision import DEVICE, fleet_key, provision  # noqa: F401 (fixture)
+from tests.fixtures import schema_validator
 from tests.integration.test_vdev import vdev_factory  # noqa: F401 (fixture)
 
 
@@ -140,6 +141,9 @@ def test_a_release_offered_over_mqtt_is_installed_booted_on_trial_and_confirmed(
     types = _in_order(evs, ("boot", "update_offered", "update_verified", "update_downloaded",
                             "update_installed", "update_trial", "update_confirmed"))
     assert types.count("boot") == 2 and types.index("update_installed") < len(types) - 1 - types[::-1].index("boot")
+    check = schema_validator("event")
+    for e in evs:
+        assert list(check.iter_errors(e)) == [], e
     by = {e["type"]: e for e in evs}
     assert by["update_offered"]["release"] == rel.id and by["update_offered"]["size"] == rel.size
     assert by["update_downloaded"]["bytes"] == sum(f[1] for f in manifest["files"])

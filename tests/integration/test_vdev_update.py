@@ -13,6 +13,7 @@ import threading
 import time
 
 import paho.mqtt.client as mqtt
+import serial
 
 from host_tools import releases
 from host_tools.rollout.blocks import GET_TOPIC, BlockServer
@@ -56,6 +57,28 @@ class Server:
     def close(self):
         self.c.loop_stop()
         self.c.disconnect()
+
+
+class Console:
+    """The board's serial console, read in a thread while the test runs (as a technician's
+    `aedgate console` would), so what main.py prints can be checked."""
+
+    def __init__(self, port):
+        self.port = serial.Serial(port, 115200, timeout=0.1)
+        self.data = b""
+        self.running = True
+        self.t = threading.Thread(target=self._read, daemon=True)
+        self.t.start()
+
+    def _read(self):
+        while self.running:
+            self.data += self.port.read(self.port.in_waiting or 1)
+
+    def close(self):
+        self.running = False
+        self.t.join(2)
+        self.port.close()
+        return self.data.decode(errors="replace")
 
 
 def _events(backend):
@@ -113,6 +136,7 @@ def test_a_release_offered_over_mqtt_is_installed_booted_on_trial_and_confirmed(
     public, folder, manifest = _release(tmp_path)
     v = _provisioned(vdev_factory, mosquitto, backend, fleet_key, public)
     server = Server(mosquitto.port, folder)
+    console = Console(v.path)
     try:
         rel = server.rels[0]
         t0 = time.monotonic()
@@ -127,6 +151,9 @@ def test_a_release_offered_over_mqtt_is_installed_booted_on_trial_and_confirmed(
         assert st["fw"] == "0.2.0", st
     finally:
         server.close()
+        out = console.close()
+    # What the board printed: the deliberate reset's line, no traceback (the crash path's).
+    assert "update 0.2.0 installed: reset into slot a" in out and "Traceback" not in out, out[-3000:]
     # The reset after the install is deliberate (main.py): update_installed sent, lock off, then
     # machine.reset() at once. Through the crash path it was a traceback and a 10 s pause: the
     # cabinet back online 12.6 s after update_installed reached the backend.

@@ -1,5 +1,6 @@
 # Starts the cabinet application. A crash must never leave the lock driven or loop fast:
-# outputs off, a pause, then a clean reset (reported as the next boot's cause).
+# outputs off, a pause, then a clean reset (reported as the next boot's cause). An installed
+# update ends the app on purpose (aedgate.update.Restart): outputs off and a reset, no pause.
 import sys
 import time
 
@@ -22,6 +23,13 @@ except KeyboardInterrupt:
         hw.wdt.hold_for_repl()
 except Exception as e:
     hw.all_off()
+    upd = sys.modules.get("aedgate.update")  # loaded only by an offer; its Restart is not a fault
+    if upd is not None and isinstance(e, upd.Restart):
+        # A release is installed: update.py waited until the outbox had sent update_installed
+        # (and everything before it) with no unlock window open, the lock is off: reset at once
+        # into the new slot, on trial (docs/updates-install.md). No crash pause to wait out.
+        print(e)
+        machine.reset()
     sys.print_exception(e)
     time.sleep(10)
     machine.reset()

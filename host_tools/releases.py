@@ -8,9 +8,11 @@ import asyncio
 import hashlib
 import json
 import os
+import re
 import stat
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -29,6 +31,7 @@ BOARDS = {"esp32": "xtensawin"}
 MANIFEST_FILE = "manifest.cbor"
 RELEASE_FILE = "release.cose"
 FILES_DIR = "files"
+VERSION_FILE = "aedgate/__init__.py"  # its VERSION line is set to the release's version
 ALG_EDDSA = -8
 TAG_COSE_SIGN1 = 18
 # The MicroPython image (docs/updates-install.md "The MicroPython image"): written by the cabinet
@@ -153,6 +156,23 @@ def check_image(image: bytes, board: str, name: str) -> None:
                                % (name, len(image), APP_PARTITION_BYTES))
 
 
+def _stamped(path: Path, version: str, tmp: Path) -> Path:
+    """A copy of the package's __init__.py with VERSION = version: the cabinet reports the
+    version it runs from this line (boot event, status and state `fw`), and the rollout counts a
+    cabinet done only when `fw` names the release's version, so a release built as 0.2.0 from a
+    tree that says 0.1.0 would run 0.2.0 yet never be seen done (test_vdev_update.py)."""
+    try:
+        text = path.read_text()
+    except OSError as e:
+        raise ReleaseToolError("cannot read %s: %s" % (path, e.strerror or e)) from None
+    text, n = re.subn(r'(?m)^VERSION = "[^"\n]*"$', 'VERSION = "%s"' % version, text)
+    if n != 1:
+        raise ReleaseToolError("%s has no line VERSION = \"...\" to set the release's version in" % path)
+    out = tmp / "__init__.py"
+    out.write_text(text)
+    return out
+
+
 def build(out_dir: str, version: str, board: str = "esp32", min_version: str | None = None,
           may_replace: str | None = None, created: int | None = None,
           firmware: Path = FIRMWARE, source: bool = False,
@@ -190,14 +210,18 @@ def build(out_dir: str, version: str, board: str = "esp32", min_version: str | N
             raise ReleaseToolError(str(e)) from None
     files = []
     mpy = None
+    stamp = tempfile.TemporaryDirectory(prefix="aedgate-release-")
     for dest, src in pkg["urls"]:
         path = firmware / src
+        if dest == VERSION_FILE:
+            path = _stamped(path, version, Path(stamp.name))
         if mpy_cross and dest.endswith(".py") and dest not in NOT_COMPILED:
             dest = dest[:-3] + ".mpy"
             target = out / FILES_DIR / dest
             target.parent.mkdir(parents=True, exist_ok=True)
-            r = subprocess.run([mpy_cross, "-march=" + BOARDS[board], "-o", str(target), str(path)],
-                               capture_output=True, text=True)
+            # -s: the name tracebacks show is the package path, not this machine's folder
+            r = subprocess.run([mpy_cross, "-march=" + BOARDS[board], "-s", dest[:-4] + ".py", "-o",
+                                str(target), str(path)], capture_output=True, text=True)
             if r.returncode:
                 raise ReleaseToolError("mpy-cross failed on %s: %s"
                                        % (src, (r.stderr.strip().splitlines() or ["?"])[-1]))
@@ -209,6 +233,7 @@ def build(out_dir: str, version: str, board: str = "esp32", min_version: str | N
             target.parent.mkdir(parents=True, exist_ok=True)
             target.write_bytes(data)
         files.append([dest, len(data), hashlib.sha256(data).digest()])
+    stamp.cleanup()
     if image_data is not None:
         # The hash list first: a cabinet fetches and keeps it before the image's blocks.
         for dest, data in ((IMAGE_HASHES, image_hashes(image_data)), (IMAGE_FILE, image_data)):

@@ -19,6 +19,54 @@ from host_tools import releases
 COSE = releases.RELEASE_FILE   # "release.cose": the name a get uses for the signed manifest
 
 
+# Every reason a cabinet gives for refusing a release (`update_refused`) or going back from one
+# (`update_rolled_back`), with what it means for the operator. The failed-cabinets report shows
+# the meaning beside the code; docs/updates.md ("Why a cabinet failed") lists the same codes.
+# tests/rollout/test_reasons.py derives the codes the firmware can send from its source and
+# holds this list and the docs to them.
+REFUSED = {
+    "too_large": "release.cose is over 8,192 bytes",
+    "malformed": "release.cose is not a COSE_Sign1 (or shorter than offered)",
+    "bad_header": "the signature's header has other fields than alg and kid",
+    "bad_alg": "not signed with EdDSA",
+    "unknown_kid": "signed with a key not in the cabinet's release_keys",
+    "bad_signature": "the signature does not verify: tampered or wrongly signed",
+    "bad_manifest": "the signed manifest breaks the manifest rules",
+    "wrong_board": "built for another board",
+    "wrong_mpy": "compiled for another MicroPython .mpy format",
+    "not_newer": "not newer than the running or last confirmed version (rollback protection)",
+    "needs_version": "the cabinet runs a version older than the release's min_version",
+    "bad_version": "the manifest's version is not MAJOR.MINOR.PATCH",
+    "on_trial": "another release is still on trial on the cabinet",
+    "bad_file": "a file's size or SHA-256 differs from the manifest (detail: its path)",
+    "no_image_slot": "the release has a MicroPython image and the board has no OTA partition",
+    "bad_image": "the MicroPython image failed its block hashes or the bootloader's check",
+    "no_space": "the cabinet's flash (or its OTA partition) has no room for the release",
+    "internal": "a fault in the cabinet while checking (detail: the error); the cabinet runs on",
+}
+ROLLED_BACK = {
+    "crash_loop": "the new release reset more than 3 times on trial",
+    "trial_timeout": "the new release did not come online and healthy within update_trial_s",
+    "slot_missing": "the new release's slot was incomplete at boot",
+}
+CONTROLLER = {
+    "timeout": "no progress from the cabinet within the wave timeout",
+    "already": "the cabinet already ran the release",
+}
+
+
+def explain(reason: str | None) -> str:
+    """What a failed cabinet's recorded reason ("refused:<code>", "rolled_back:<code>", or one
+    of the controller's own) means, in one line; an unknown code says so."""
+    if not reason:
+        return ""
+    kind, _, code = reason.partition(":")
+    table = {"refused": REFUSED, "rolled_back": ROLLED_BACK}.get(kind)
+    if table is None:
+        return CONTROLLER.get(reason, "unknown reason")
+    return table.get(code, "unknown reason code (newer firmware than these tools?)")
+
+
 class ReleaseDirError(Exception):
     """A release folder the server will not serve; str() is one line."""
 

@@ -7,6 +7,7 @@ import sqlite3
 import time
 
 from host_tools.backend.reports import Report, _iso
+from host_tools.rollout.release import explain
 
 
 def rollout_row(db: sqlite3.Connection) -> dict | None:
@@ -33,8 +34,8 @@ def failures(db: sqlite3.Connection, rollout: int, limit: int = 50) -> Report:
     rows = db.execute(
         "SELECT device, wave, reason, detail, finished FROM cabinets WHERE rollout = ? AND "
         "phase = 'failed' ORDER BY finished LIMIT ?", (rollout, limit)).fetchall()
-    return Report("failed cabinets", ["cabinet", "wave", "reason", "detail", "when_utc"],
-                  [(d, w, r, dt, _iso(t)) for d, w, r, dt, t in rows])
+    return Report("failed cabinets", ["cabinet", "wave", "reason", "detail", "meaning", "when_utc"],
+                  [(d, w, r, dt, explain(r), _iso(t)) for d, w, r, dt, t in rows])
 
 
 def cabinets(db: sqlite3.Connection, rollout: int) -> Report:

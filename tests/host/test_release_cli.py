@@ -2,6 +2,7 @@
 mpy-cross, and every error path (non-zero exit, exactly one line on stderr)."""
 from __future__ import annotations
 
+import re
 import shutil
 import stat
 from pathlib import Path
@@ -173,3 +174,31 @@ def test_source_build_ships_py_files_and_no_mpy_format(signed_release, tmp_path,
     assert run(capsys, "release", "sign", "--key", key, rel)[0] == 0
     code, out, err = run(capsys, "release", "inspect", rel, "--key", pub)
     assert code == 0 and "files match" in out, err
+
+
+def test_build_sets_the_package_version_to_the_release_version(tmp_path, capsys):
+    """The cabinet reports `fw` from aedgate/__init__.py's VERSION line, and a rollout counts it
+    done only when `fw` names the release: a release built as 0.2.0 from a tree that says 0.1.0
+    ran 0.2.0 on the vdev yet reported 0.1.0 (test_vdev_update.py failed on that). Both the
+    source and the compiled build carry the release's version; the rest of the file is kept."""
+    from host_tools.firmware import FIRMWARE
+    original = (FIRMWARE / "aedgate" / "__init__.py").read_text()
+    rel = tmp_path / "src-7.8.9"
+    code, out, err = run(capsys, "release", "build", "--source", "--version", "7.8.9", "--out", rel)
+    assert code == 0, err
+    text = (rel / "files" / "aedgate" / "__init__.py").read_text()
+    assert 'VERSION = "7.8.9"' in text and text.count("VERSION = ") == 1
+    assert text.replace('"7.8.9"', "X") == re.sub(r'"\d+\.\d+\.\d+"', "X", original, count=1)
+    rel = tmp_path / "mpy-7.8.9"
+    code, out, err = run(capsys, "release", "build", "--version", "7.8.9", "--out", rel)
+    assert code == 0, err
+    compiled = (rel / "files" / "aedgate" / "__init__.mpy").read_bytes()
+    assert b"7.8.9" in compiled and b"0.1.0" not in compiled
+    assert str(tmp_path).encode() not in compiled and b"aedgate/__init__.py" in compiled  # mpy-cross -s
+    # A package without a VERSION line cannot be given the release's version: one-line error.
+    fw = tmp_path / "fw"
+    shutil.copytree(FIRMWARE, fw, ignore=shutil.ignore_patterns("__pycache__"))
+    (fw / "aedgate" / "__init__.py").write_text("# no version here\n")
+    from host_tools import releases
+    with pytest.raises(releases.ReleaseToolError, match="no line VERSION"):
+        releases.build(str(tmp_path / "none"), "1.0.0", firmware=fw, source=True)

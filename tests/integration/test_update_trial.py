@@ -31,3 +31,57 @@ def test_release_on_trial_is_confirmed_once_online(mosquitto, backend, sim_facto
     assert sim.fleet["cab-0001"].slot == "a"
     rec = Slots(f).rec
     assert rec["trial"] == 0 and rec["floor"] == "0.2.0" and rec["notes"] == []
+
+
+def test_a_release_that_never_comes_online_rolls_back_with_trial_timeout(mosquitto, backend, monkeypatch,
+                                                                         tmp_path):
+    """The `offline` bad release (simulator/fleet/releases.py: its session fails right after
+    every CONNACK) on trial never confirms: after update_trial_s (60 s, the config minimum) the
+    app gives it up, main.py resets, the previous version runs and reports update_rolled_back
+    with reason trial_timeout. The 60 s pass in virtual time (tests/virtualtime.py) while the
+    cabinet talks to a real Mosquitto; the good release, the same way, is confirmed and stays."""
+    import asyncio
+    import time
+
+    from simulator.fleet.runner import SimCabinet
+    from simulator.world.hardware import SimClock
+    from tests import virtualtime
+
+    key, entry = releases.make_key(tmp_path)
+    host, port = "127.0.0.1", mosquitto.port
+    results = {}
+    for version, kind in (("0.2.0", "good"), ("0.3.0", "offline")):
+        releases.build(tmp_path / kind, version, kind, key, tmp_path)
+        did = "cab-%s" % kind
+        cfg = {"device_id": did, "broker_host": host, "broker_port": port, "release_keys": [entry],
+               "update_trial_s": 60, "ntp_host": ""}
+
+        async def main(did=did, cfg=cfg, kind=kind):
+            cab = SimCabinet(did, None, SimClock(), cfg)
+            assert Slots(cab.flash, "0.1.0").install(*releases.install_files(tmp_path / kind)) is None
+            t0 = time.monotonic()
+            cab.start("hard")                  # the reset after the install
+            end = t0 + 75                      # virtual seconds: past the 60 s trial
+            while time.monotonic() < end:
+                await asyncio.sleep(5)
+            cab._halt()
+            return cab, time.monotonic() - t0
+        real = time.perf_counter()
+        cab, virtual = virtualtime.run(main, monkeypatch, grace=0.05)
+        results[kind] = (cab, virtual, time.perf_counter() - real)
+    print({k: (round(v, 1), round(r, 1)) for k, (_, v, r) in results.items()})
+
+    cab, virtual, real = results["offline"]
+    ev = backend.wait_for(_ev("cab-offline", "update_rolled_back"), 10)[1]
+    assert (ev["version"], ev["to"], ev["reason"]) == ("0.3.0", "0.1.0", "trial_timeout"), ev
+    assert cab.slot == "" and cab.crashes == 1            # one reset: _trial's, no crash loop
+    rec = Slots(cab.flash).rec
+    assert (rec["slot"], rec["trial"], rec["floor"]) == ("", 0, "0.1.0")
+    st = backend.wait_for(lambda t, o: t == "aed/v1/cab-offline/state" and o.get("fw") == "0.1.0", 10)[1]
+    assert st["fw_slot"] == "root" and st["fw_trial"] is False
+    assert real < virtual / 3, (virtual, real)           # the trial did not take its 60 s
+
+    cab, virtual, real = results["good"]
+    backend.wait_for(_ev("cab-good", "update_confirmed"), 10)
+    assert not [m for m in backend.messages if m[0] == "aed/v1/cab-good/event" and b"rolled_back" in m[1]]
+    assert cab.slot == "a" and cab.crashes == 0 and Slots(cab.flash).rec["trial"] == 0

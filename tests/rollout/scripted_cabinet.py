@@ -12,7 +12,7 @@ real app. What they do, as the brief says a cabinet does:
 - then the events update_downloaded, update_verified, update_installed, a reboot (status offline,
   then online), and by `behaviour`:
   good     -> state fw=new, fw_trial true, update_trial, then update_confirmed and fw_trial false
-  rollback -> back on the old version, update_rolled_back {version, to, reason: "not_online"}
+  rollback -> back on the old version, update_rolled_back {version, to, reason: "trial_timeout"}
   refuse   -> update_refused {release, reason: "bad_file"} instead of installing
   silent   -> ignores every offer (a cabinet whose update task is stuck)
 """
@@ -206,7 +206,7 @@ class ScriptedCabinet:
             if self.behaviour == "rollback":
                 self.handled[rid] = ("refused", "rolled_back")
                 self._on_connect(self.c, None, None, 0)
-                self.emit("update_rolled_back", version=version, to=old, reason="not_online")
+                self.emit("update_rolled_back", version=version, to=old, reason="trial_timeout")
                 return
             self.fw, self.trial = version, True
             self.handled[rid] = ("running",)

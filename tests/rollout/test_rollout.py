@@ -85,7 +85,7 @@ def test_bad_release_halts_after_its_canary_with_the_canary_back_on_the_old_vers
     assert ro.run(timeout=60) == "halted"
     assert "2 of 2 started cabinets failed" in ro.reason
     for c in ro.by_wave[0]:
-        assert c.phase == "failed" and c.reason == "rolled_back:not_online" and c.detail == "0.1.0"
+        assert c.phase == "failed" and c.reason == "rolled_back:trial_timeout" and c.detail == "0.1.0"
     assert all(c.phase == "pending" and c.offers == 0 for w in ro.by_wave[1:] for c in w)
     by_id = {c.device: c for c in cabs}
     for d in ("cab-0", "cab-1"):

@@ -108,7 +108,8 @@ def test_start_status_versions_and_halt_from_the_command_line(capsys, tmp_path, 
         code, out, err = run(capsys, "rollout", "status", "--db", db, "--format", "json")
         st = json.loads(out)
         assert [f["cabinet"] for f in st["failed cabinets"]] == ["bad-2"]
-        assert st["failed cabinets"][0]["reason"] == "rolled_back:not_online"
+        assert st["failed cabinets"][0]["reason"] == "rolled_back:trial_timeout"
+        assert "update_trial_s" in st["failed cabinets"][0]["meaning"]
         code, out, err = run(capsys, "rollout", "resume", "--db", db, "--broker", mosquitto.url)
         assert "halted" in one_line(code, err, 2)
     finally:

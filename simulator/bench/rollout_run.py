@@ -108,6 +108,20 @@ class Unlocks:
                 "not_accepted": [{"device": d, "result": res} for d, res in self.missed]}
 
 
+def _phase(ro, device: str) -> str:
+    """A cabinet's place in the rollout as the controller sees it: pending, done, failed, or
+    while started: `started:updating` (online on the old version: offered, downloading,
+    checking, installing), `started:offline` (resetting into the new slot, or lost) and
+    `started:trial` (the new version online, not yet confirmed)."""
+    c = ro.cabs.get(device)
+    if c is None or c.phase != "started":
+        return c.phase if c is not None else "pending"
+    f = ro.fleet.get(device)
+    if not (f and f[3]):
+        return "started:offline"
+    return "started:trial" if f[2] else "started:updating"
+
+
 def _say(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
 
@@ -223,7 +237,7 @@ async def rollout(args) -> dict:
         ro = Rollout(str(work / "rollout.db"), str(rel), plan, [BrokerOptions(u) for u in urls],
                      devices=devices, tick=0.2, log=_say)
         await asyncio.to_thread(ro.start)
-        unl.phase_of = lambda d: ro.cabs[d].phase if d in ro.cabs else "pending"
+        unl.phase_of = lambda d, ro=ro: _phase(ro, d)
         # The controller counts a cabinet it has not yet seen online as offline (not offered, and
         # not holding its wave up): let every retained status arrive before the first step.
         t_seen = time.time()

@@ -54,3 +54,22 @@ def test_release_verification_heap(micropython, tmp_path):
     print("release verify heap (unix port, 64-bit): %s" % json.dumps(result))
     (tmp_path / "heap.json").write_text(json.dumps(result))
     assert verified - loaded <= VERIFY_HEAP_BUDGET, result
+
+
+def test_a_verification_leaves_its_signature_code_behind_no_more(micropython, tmp_path):
+    """release.verify loads ed25519 and sha512 for the check and drops them after it: on a board
+    their ~19 KB would otherwise stay in the heap through the whole download."""
+    key = Ed25519PrivateKey.from_private_bytes(bytes(range(32)))
+    pub = key.public_key().public_bytes(ser.Encoding.Raw, ser.PublicFormat.Raw)
+    payload = cbor2.dumps({"format": 1, "version": "0.2.0", "board": "esp32", "created": 1795000000,
+                           "files": [["aedgate/app.mpy", 2000, bytes(32)]]})
+    rel = tmp_path / "release.cose"
+    rel.write_bytes(releases.sign(payload, key))
+    p = subprocess.run([micropython, "-X", "heapsize=2M", str(ROOT / "tests" / "firmware" / "heap_release.py"),
+                        str(ROOT / "firmware"), str(rel), pub.hex(), "kept"],
+                       capture_output=True, text=True, timeout=120)
+    words = p.stdout.split()
+    assert words[:1] == ["kept"], p.stdout + p.stderr
+    kept, loaded = int(words[1]), words[3]
+    print("heap kept after a verification: %d bytes, modules loaded: %s" % (kept, loaded))
+    assert loaded == "False" and kept < 4096, p.stdout

@@ -8,8 +8,8 @@
 # Each raises ReleaseError(reason, detail); reason is one of REASONS, for the refused event.
 import hashlib
 
-from aedgate import cbor, ed25519
-from aedgate.compat import const
+from aedgate import cbor
+from aedgate.compat import MICROPYTHON, const
 from aedgate.token import _bstr_head
 
 MAX_RELEASE_BYTES = const(8192)
@@ -53,6 +53,23 @@ async def verify(raw, keys):
         raise
     except Exception as e:  # noqa: BLE001 - see the docstring
         raise ReleaseError("internal", type(e).__name__)
+    finally:
+        _forget()
+
+
+def _forget():
+    # The signature code runs once per release: on a board its ~19 KB (ed25519, sha512 and its
+    # constants) go back to the heap for the download instead of staying loaded. (CPython keeps
+    # them: a simulator verifies for thousands of cabinets, and an import costs ~2 ms there.)
+    if MICROPYTHON:
+        import sys
+        import aedgate
+        for name in ("ed25519", "sha512"):
+            sys.modules.pop("aedgate." + name, None)
+            try:
+                delattr(aedgate, name)
+            except (AttributeError, KeyError):  # not loaded (MicroPython says KeyError)
+                pass
 
 
 async def _verify(raw, keys):
@@ -92,6 +109,7 @@ async def _verify(raw, keys):
     # Sig_structure = ["Signature1", protected, external_aad b"", payload], fed in pieces.
     parts = (b"\x84\x6aSignature1", _bstr_head(len(protected)), protected, b"\x40",
              _bstr_head(len(payload)), payload)
+    from aedgate import ed25519  # loaded for this check only (_forget)
     if not await ed25519.verify_async(public, signature, parts):
         raise ReleaseError("bad_signature", None)
     return parse_manifest(payload)

@@ -130,8 +130,8 @@ def test_new_image_on_trial_rolls_back_with_its_slot_unless_confirmed():
 def test_no_image_written_while_the_running_image_is_not_confirmed():
     # Rule 1 (docs/updates-install.md): the running image is on trial (an earlier image update,
     # not yet online): the other partition is the one the bootloader goes back to and must not
-    # be touched. The download pauses before the image; once the app is online and healthy, the
-    # repeated offer completes it.
+    # be touched. The download waits before the image; once the app is online and healthy, it
+    # goes on (the repeated offer changes nothing).
     otatwin.new_chip()
     P = otatwin.esp32.Partition
     first = _image("1.5.0", 4096 + 1000)

@@ -56,8 +56,9 @@ class Paused(Exception):
 
 
 class Restart(Exception):
-    """Not a fault: a release is installed and update_installed sent; main.py resets the board
-    and boot.py runs the new slot on trial."""
+    """Not a fault: main.py resets the board at once (no crash pause). Raised when a release is
+    installed and update_installed sent (boot.py then runs the new slot on trial), and by
+    App._trial when a release on trial is given up (the previous slot runs)."""
 
 
 def _encode(rec):

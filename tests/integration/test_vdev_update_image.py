@@ -15,6 +15,7 @@ from host_tools import releases
 from simulator.vdev.device import OTA
 from tests.integration.test_provision import DEVICE, fleet_key  # noqa: F401 (fixture)
 from tests.integration.test_vdev import vdev_factory  # noqa: F401 (fixture)
+from tests.integration.test_vdev_ota import _show
 from tests.integration.test_vdev_update import Server, _events, _in_order, _provisioned, _type
 from tests.fixtures import schema_validator
 
@@ -85,6 +86,9 @@ def test_a_release_with_an_image_goes_to_the_next_ota_partition_boots_on_trial_a
         print("offer to confirmed %.1f s, %d gets" % (time.monotonic() - t0, len(server.gets)))
     finally:
         server.close()
+    # What the board runs now, asked at its REPL (Ctrl-C stops the app): the new image, from
+    # ota_1, which is also the one the next reset boots.
+    assert _show(v.path, resume=True) == ("ota_1", "ota_1", IMAGE_VERSION)
     gets = [g for _, g in server.gets]
     image = [g["offset"] for g in gets if g["file"] == "micropython.bin"]
     # The hash list before the image's blocks, each image block asked once, in order.

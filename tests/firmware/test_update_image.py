@@ -159,6 +159,34 @@ def test_no_image_written_while_the_running_image_is_not_confirmed():
     wipe(f)
 
 
+def test_image_download_waits_for_the_running_image_to_be_confirmed_then_goes_on_by_itself():
+    # As after a power cut in the middle of the image: the app starts unconfirmed (not online
+    # yet), the download gets to the image and waits; once the app is online and healthy it goes
+    # on without a new offer. Before, it paused until the next offer and this test failed
+    # (as tests/integration/test_vdev_update_image.py's power cut did).
+    otatwin.new_chip()
+    f = temp_flash()
+    _root(f)
+    app = _twin(_app(f))                              # not online yet: not confirmed
+    raw, files = _img_release()
+    server = Server(app, raw, files)
+    offer(app, raw)
+    polls = [0]
+
+    def later(s):
+        polls[0] += 1
+        if polls[0] == 100:                           # ~0.5 s in: online and healthy now
+            assert "micropython.bin" not in [g["file"] for g in s.gets]
+            app._healthy()
+        return False
+    assert _restarted(drive(app, server, later, limit_ms=5000))
+    assert [g["file"] for g in server.gets].count("release.cose") >= 1
+    assert [e["type"] for e in server.events].count("update_offered") == 1
+    assert otatwin.reset() == ("ota_1", "2.0.0")
+    assert _booted(f) == "0.2.0"
+    wipe(f)
+
+
 class Watched:
     """The twin's partition, noting at each read what a ticker task had counted by then."""
 

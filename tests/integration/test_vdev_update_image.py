@@ -92,7 +92,8 @@ def test_a_release_with_an_image_goes_to_the_next_ota_partition_boots_on_trial_a
     gets = [g for _, g in server.gets]
     image = [g["offset"] for g in gets if g["file"] == "micropython.bin"]
     # The hash list before the image's blocks, each image block asked once, in order.
-    assert [g["file"] for g in gets].index("micropython.bin.sha") < [g["file"] for g in gets].index("micropython.bin")
+    names = [g["file"] for g in gets]
+    assert names.index("micropython.bin.sha") < names.index("micropython.bin")
     assert image == list(range(0, SIZE, 1536)), image
     assert server.blocks.refused == {}
     # One deliberate reset (the update's) after provisioning's: the bootloader took ota_1.

@@ -44,6 +44,7 @@ test: venv broker-deps
 bench: venv broker-deps
 	mkdir -p bench-results
 	$(BIN)/micropython tests/firmware/bench_token.py | tee bench-results/token.txt
+	$(BIN)/micropython -X heapsize=8M tests/firmware/bench_refusals.py firmware bench-results/refusals.json
 	$(BIN)/python -m simulator.bench.latency --json bench-results/latency.json
 	$(BIN)/python -m simulator.bench.flash_cost --json bench-results/flash.json
 	$(BIN)/python -m simulator.bench.mqtt_client --json bench-results/mqtt-client.json

@@ -1,6 +1,7 @@
 # Starts the cabinet application. A crash must never leave the lock driven or loop fast:
 # outputs off, a pause, then a clean reset (reported as the next boot's cause). An installed
-# update ends the app on purpose (aedgate.update.Restart): outputs off and a reset, no pause.
+# update, or a release given up after its trial, ends the app on purpose
+# (aedgate.update.Restart): outputs off and a reset, no pause.
 import sys
 import time
 
@@ -27,7 +28,8 @@ except Exception as e:
     if upd is not None and isinstance(e, upd.Restart):
         # A release is installed: update.py waited until the outbox had sent update_installed
         # (and everything before it) with no unlock window open, the lock is off: reset at once
-        # into the new slot, on trial (docs/updates-install.md). No crash pause to wait out.
+        # into the new slot, on trial (docs/updates-install.md). Or a release on trial was given
+        # up (App._trial): reset at once into the previous slot. No crash pause to wait out.
         print(e)
         machine.reset()
     sys.print_exception(e)

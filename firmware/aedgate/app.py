@@ -154,8 +154,19 @@ class App:
         _connected); then it is given up and the board restarts on the previous slot."""
         await asyncio.sleep(self.cfg["update_trial_s"])
         if self._on_trial():
+            ver = self.slots.rec["ver"]
             self.slots.expire("trial_timeout")
-            raise RuntimeError("update trial: not online in time")
+            while self.window.task is not None:   # an unlock under way ends first
+                await sleep_ms(100)
+            # Not a fault: a deliberate reset into the previous slot, like the one after an
+            # install (main.py resets at once on update.Restart: no traceback, no 10 s crash
+            # pause). The previous version reports update_rolled_back at its boot.
+            why = "update trial: %s not online in time: reset into the previous slot" % ver
+            try:
+                from aedgate.update import Restart
+            except Exception:  # no memory for it: the crash path resets as well, only later
+                raise RuntimeError(why)
+            raise Restart(why)
 
     def _on_trial(self):
         # The running release is on trial (not one installed since this boot, waiting for the reset).

@@ -56,8 +56,9 @@ class Paused(Exception):
 
 
 class Restart(Exception):
-    """Not a fault: a release is installed and update_installed sent; main.py resets the board
-    and boot.py runs the new slot on trial."""
+    """Not a fault: main.py resets the board at once (no crash pause). Raised when a release is
+    installed and update_installed sent (boot.py then runs the new slot on trial), and by
+    App._trial when a release on trial is given up (the previous slot runs)."""
 
 
 def _encode(rec):
@@ -372,7 +373,9 @@ class Update:
             raise ReleaseError("no_image_slot", None)
         img = Image(part, hashes, size)
         hashes = None
-        n = img.resume()
+        for _ in img.checking():   # what is on flash, re-hashed 4 KB at a time (1.5 MB in all):
+            await sleep_ms(0)      # an unlock and the watchdog's feed go in between
+        n = img.next_offset()
         if n < size and self.flash.read(_RUN) == BOOTING:
             # A reset after set_boot(), before the slot switch: the new image runs (on trial,
             # unconfirmed: App._healthy) with the old slot, and this partition is the old image.
@@ -380,11 +383,14 @@ class Update:
             # the new one whole in the other partition. Once only (the mark goes first).
             self.flash.write(_RUN, b"")
             raise Restart("new image with the old slot: back to the old image")
-        if n < size and not self.app.image_confirmed:
+        while n < size and not self.app.image_confirmed:
             # Rule 1 (docs/updates-install.md): while the running image may still be on trial,
-            # the partition written is the one the bootloader goes back to. The server repeats
-            # its offer; the app confirms the image once online and healthy (App._healthy).
-            raise Paused("running image not confirmed yet")
+            # the partition written is the one the bootloader goes back to. Wait until the app
+            # confirms it (online and healthy: App._healthy), as after every reset: a download a
+            # power cut interrupted in the image goes on by itself, without a new offer.
+            if self.offer is not None and self.offer[0] != self.rid.hex():
+                raise Paused("another release offered")
+            await self.signal.wait_ms(1000)
         bad = 0
         while n < size:
             data = await self._get(path, n, size - n)

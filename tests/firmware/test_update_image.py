@@ -130,8 +130,8 @@ def test_new_image_on_trial_rolls_back_with_its_slot_unless_confirmed():
 def test_no_image_written_while_the_running_image_is_not_confirmed():
     # Rule 1 (docs/updates-install.md): the running image is on trial (an earlier image update,
     # not yet online): the other partition is the one the bootloader goes back to and must not
-    # be touched. The download pauses before the image; once the app is online and healthy, the
-    # repeated offer completes it.
+    # be touched. The download waits before the image; once the app is online and healthy, it
+    # goes on (the repeated offer changes nothing).
     otatwin.new_chip()
     P = otatwin.esp32.Partition
     first = _image("1.5.0", 4096 + 1000)
@@ -156,6 +156,95 @@ def test_no_image_written_while_the_running_image_is_not_confirmed():
     assert _restarted(drive(app, server, lambda s: False))
     assert otatwin.reset() == ("ota_0", "2.0.0")
     assert _booted(f) == "0.2.0"
+    wipe(f)
+
+
+def test_image_download_waits_for_the_running_image_to_be_confirmed_then_goes_on_by_itself():
+    # As after a power cut in the middle of the image: the app starts unconfirmed (not online
+    # yet), the download gets to the image and waits; once the app is online and healthy it goes
+    # on without a new offer. Before, it paused until the next offer and this test failed
+    # (as tests/integration/test_vdev_update_image.py's power cut did).
+    otatwin.new_chip()
+    f = temp_flash()
+    _root(f)
+    app = _twin(_app(f))                              # not online yet: not confirmed
+    raw, files = _img_release()
+    server = Server(app, raw, files)
+    offer(app, raw)
+    polls = [0]
+
+    def later(s):
+        polls[0] += 1
+        if polls[0] == 100:                           # ~0.5 s in: online and healthy now
+            assert "micropython.bin" not in [g["file"] for g in s.gets]
+            app._healthy()
+        return False
+    assert _restarted(drive(app, server, later, limit_ms=5000))
+    assert [g["file"] for g in server.gets].count("release.cose") >= 1
+    assert [e["type"] for e in server.events].count("update_offered") == 1
+    assert otatwin.reset() == ("ota_1", "2.0.0")
+    assert _booted(f) == "0.2.0"
+    wipe(f)
+
+
+class Watched:
+    """The twin's partition, noting at each read what a ticker task had counted by then."""
+
+    def __init__(self, part, ticks, seen):
+        self.part, self.ticks, self.seen = part, ticks, seen
+
+    def readblocks(self, block, buf, off=0):
+        self.seen.append(self.ticks[0])
+        self.part.readblocks(block, buf, off)
+
+    def ioctl(self, op, arg):
+        return self.part.ioctl(op, arg)
+
+
+def test_resumed_image_is_rechecked_on_flash_with_the_loop_running_between_blocks():
+    # After a reset in the middle of the image the blocks on flash are re-hashed before the next
+    # get (1.5 MB on a board: seconds of an ESP32's time). Between two 4 KB blocks other tasks
+    # (an unlock, the watchdog's feed) run. Before: Image.resume() re-read every block in one go,
+    # the ticker never ran during it (all reads saw the same count), and this test failed.
+    from aedgate.compat import asyncio, sleep_ms
+    otatwin.new_chip()
+    f = temp_flash()
+    _root(f)
+    img = _image("2.0.0", 3 * 4096 + 1000)
+    raw, files = _img_release(img)
+    app = _twin(_app(f))
+    app._healthy()
+    def held(g):   # the image's fourth block: not answered (the power goes while it waits)
+        return g["file"] == "micropython.bin" and g["offset"] >= 3 * 4096
+    server = Server(app, raw, files, lambda g, d: None if held(g) else d)
+    offer(app, raw)
+    drive(app, server, lambda s: [g for g in s.gets if held(g)])
+    # the next boot: the download resumes by itself (upd.run), the image's three blocks on flash
+    app = _twin(_app(f))
+    app._healthy()
+    P = otatwin.esp32.Partition
+    ticks, seen = [0], []
+    app.hw.image_slot = lambda: Watched(P(P.RUNNING).get_next_update(), ticks, seen)
+
+    async def main():
+        async def tick():
+            while True:
+                ticks[0] += 1
+                await sleep_ms(0)
+        t = asyncio.create_task(tick())
+        u = asyncio.create_task(app._updates())
+        waited = 0
+        while not (app.update and app.update.ask) and waited < 5000:
+            await sleep_ms(1)
+            waited += 1
+        ask = app.update.ask if app.update else None
+        u.cancel()
+        t.cancel()
+        await sleep_ms(0)
+        return ask
+    ask = asyncio.run(main())
+    assert ask is not None and '"offset": 12288' in ask and "micropython.bin" in ask, ask
+    assert len(seen) >= 3 * 4 and len(set(seen)) >= 3, seen   # 3 good blocks, 4 reads each
     wipe(f)
 
 

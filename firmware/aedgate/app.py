@@ -438,14 +438,15 @@ class App:
         self._sntp()  # Wi-Fi is up now: the first sync comes before the status and the events
         reader = asyncio.create_task(self._read(client))  # acks arrive through the reader
         try:
-            await client.subscribe(self.topic + "cmd/#", 1)
-            for t in ("update/offer", "update/block"):  # two: update/# would echo our own gets
-                try:
-                    await client.subscribe(self.topic + t, 1)
-                except MQTTError as e:
-                    if e.args[0] != "suback":
-                        raise
-                    self.log("mqtt: %s refused by the broker: no updates" % t)  # the cabinet works on
+            # One SUBSCRIBE, one round trip, for all three (two update topics: update/# would
+            # echo our own gets). Refused commands end the session; refused updates do not.
+            t = self.topic
+            codes = await client.subscribe_each((t + "cmd/#", t + "update/offer", t + "update/block"), 1)
+            if codes[0] == 0x80:
+                raise MQTTError("suback")
+            for i in (1, 2):
+                if codes[i] == 0x80:  # the cabinet works on
+                    self.log("mqtt: %s refused by the broker: no updates" % ("update/offer", "update/block")[i - 1])
             await client.publish(self.topic + "status", self._status(True), 1, True)
             self.mqtt = client
             self.online = True

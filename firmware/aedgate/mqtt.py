@@ -186,13 +186,21 @@ class MQTTClient:
 
     async def subscribe(self, topic, qos=1):
         """Returns the granted QoS; raises MQTTError("suback") when the broker refuses."""
-        if qos not in (0, 1):
-            raise ValueError("qos")
-        pid = self._next_pid()
-        code = await self._acked(pid, _w.subscribe_packet(pid, topic, qos))
+        code = (await self.subscribe_each((topic,), qos))[0]
         if code == 0x80:
             raise MQTTError("suback")
         return code
+
+    async def subscribe_each(self, topics, qos=1):
+        """Subscribes to every topic of `topics` (up to mqttwire.SUB_MAX) in one SUBSCRIBE and
+        returns the broker's codes, one per topic (0x80: refused), for the caller to judge."""
+        if qos not in (0, 1):
+            raise ValueError("qos")
+        pid = self._next_pid()
+        codes = await self._acked(pid, _w.subscribe_packet(pid, topics, qos))
+        if len(codes) != len(topics):
+            raise MQTTError("protocol")  # a SUBACK must answer each filter asked
+        return codes
 
     async def run(self):
         """Reads and dispatches until the link ends: returns after close()/disconnect(), raises

@@ -504,8 +504,10 @@ class App:
             upd = self.update
             if upd is not None and upd.ask is not None and self.window.task is None:
                 # A download's one get: only now, with no ack or event waiting and no unlock
-                # window open (aedgate/update.py paces itself on it).
-                await client.publish(self.topic + "update/get", upd.ask, 1)
+                # window open (aedgate/update.py paces itself on it). QoS 0: update.py asks
+                # again when no block comes, so a PUBACK per block would only add a round trip
+                # (docs/protocol.md "Firmware updates").
+                await client.publish(self.topic + "update/get", upd.ask, 0)
                 upd.sent()
                 self.alive("session", progress_ms)
                 continue

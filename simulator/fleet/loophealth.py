@@ -112,25 +112,34 @@ class FleetCollector:
 
 class LagProbe:
     """How late the worker's loop runs: a timer every 10 ms, and how far past due it fires.
-    Every cabinet of the worker (an unlock too) waits at least that long when the loop is busy."""
+    Every cabinet of the worker (an unlock too) waits at least that long when the loop is busy.
+    With the worst lag of each phase goes the CPU the worker's thread used meanwhile
+    (`<phase>_cpu_ms`): close to the lag, the loop was busy with its own work; far below it, the
+    process waited for a core (a shared machine) or was blocked."""
 
     PERIOD_S = 0.01
 
     def __init__(self) -> None:
         self.worst = {"boot": 0.0, "steady": 0.0}
+        self.cpu = {"boot": 0.0, "steady": 0.0}
 
     async def run(self, phase) -> None:
         loop = asyncio.get_running_loop()
         while True:
             due = loop.time() + self.PERIOD_S
+            cpu0 = time.thread_time()
             await asyncio.sleep(self.PERIOD_S)
             late = (loop.time() - due) * 1000
             p = phase()
             if late > self.worst[p]:
                 self.worst[p] = late
+                self.cpu[p] = (time.thread_time() - cpu0) * 1000
 
     def report(self) -> dict:
-        return {k: round(v, 1) for k, v in self.worst.items()}
+        out = {k: round(v, 1) for k, v in self.worst.items()}
+        for k, v in self.cpu.items():
+            out[k + "_cpu_ms"] = round(v, 1)
+        return out
 
 
 class BatchedEpoll(selectors.EpollSelector):

@@ -2,6 +2,7 @@
 # and the MQTT session, as a handful of asyncio tasks. The same code runs on the ESP32 (board.py
 # builds `hw` from machine.Pin & co.) and in the simulator (simulated `hw`).
 import json
+import random
 
 from aedgate import VERSION, config
 from aedgate import lock as locks
@@ -20,6 +21,14 @@ _STATE_MIN_INTERVAL_MS = 1000  # at most one state message a second, however bus
 # Longest wait between two connection attempts: long enough to spread a national fleet's
 # reconnects after a broker outage, short enough that a cabinet is never unreachable for long.
 _BACKOFF_CAP_MS = 120000
+
+
+def period_ms(ms):
+    """A periodic task's next wait: `ms` less up to a tenth, drawn afresh each time. Cabinets that
+    booted together (a blackout ends, a broker comes back) would otherwise send their heartbeats
+    and take their readings in step for ever, a burst at the broker each period; the promise
+    ("at least every heartbeat_s") still holds."""
+    return ms - random.getrandbits(30) % (ms // 10 + 1)
 # SNTP: again a day after a good answer, 5 minutes after a failed one (ticks: < 6 days).
 _SNTP_EVERY_MS = 86400000
 _SNTP_RETRY_MS = 300000
@@ -315,11 +324,11 @@ class App:
             # The clock may run fast in the simulator; the promise is in real time, so give it
             # the whole interval (a slower clock is never an issue on a device).
             self.alive("sensors", self.cfg["sample_s"] * 1000 + 15000)
-            await self.clock.sleep_ms(self.cfg["sample_s"] * 1000)
+            await self.clock.sleep_ms(period_ms(self.cfg["sample_s"] * 1000))
 
     async def _heartbeat(self):
         while True:
-            await self.clock.sleep_ms(self.cfg["heartbeat_s"] * 1000)
+            await self.clock.sleep_ms(period_ms(self.cfg["heartbeat_s"] * 1000))
             self.state_changed()
 
     # -- watchdog ------------------------------------------------------------------------

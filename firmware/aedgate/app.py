@@ -2,7 +2,6 @@
 # and the MQTT session, as a handful of asyncio tasks. The same code runs on the ESP32 (board.py
 # builds `hw` from machine.Pin & co.) and in the simulator (simulated `hw`).
 import json
-import random
 
 from aedgate import VERSION, config
 from aedgate import lock as locks
@@ -11,7 +10,7 @@ from aedgate.commands import Commands
 from aedgate.compat import IrqSignal, TaskSignal, asyncio, sleep_ms, ticks_add, ticks_diff, ticks_ms
 from aedgate.gate import Gate
 from aedgate.link import Broker
-from aedgate.mqtt import MQTTClient, MQTTError, backoff_ms
+from aedgate.mqtt import MQTTClient, MQTTError, backoff_ms, period_ms
 from aedgate.outbox import Outbox
 from aedgate.window import UnlockWindow
 from slots import Slots
@@ -20,16 +19,7 @@ _EXPIRY_FILE = "expiry"
 _STATE_MIN_INTERVAL_MS = 1000  # at most one state message a second, however busy the cabinet
 # Longest wait between two connection attempts: long enough to spread a national fleet's
 # reconnects after a broker outage, short enough that a cabinet is never unreachable for long.
-_BACKOFF_CAP_MS = 120000
-
-
-def period_ms(ms):
-    """A periodic task's next wait: `ms` less up to a tenth, drawn afresh each time. Cabinets that
-    booted together (a blackout ends, a broker comes back) would otherwise send their heartbeats
-    and take their readings in step for ever, a burst at the broker each period; the promise
-    ("at least every heartbeat_s") still holds."""
-    return ms - random.getrandbits(30) % (ms // 10 + 1)
-# SNTP: again a day after a good answer, 5 minutes after a failed one (ticks: < 6 days).
+_BACKOFF_CAP_MS = 120000# SNTP: again a day after a good answer, 5 minutes after a failed one (ticks: < 6 days).
 _SNTP_EVERY_MS = 86400000
 _SNTP_RETRY_MS = 300000
 
@@ -453,9 +443,8 @@ class App:
             codes = await client.subscribe_each((t + "cmd/#", t + "update/offer", t + "update/block"), 1)
             if codes[0] == 0x80:
                 raise MQTTError("suback")
-            for i in (1, 2):
-                if codes[i] == 0x80:  # the cabinet works on
-                    self.log("mqtt: %s refused by the broker: no updates" % ("update/offer", "update/block")[i - 1])
+            if 0x80 in codes:
+                self.log("mqtt: update topics refused by the broker: no updates")  # works on
             await client.publish(self.topic + "status", self._status(True), 1, True)
             self.mqtt = client
             self.online = True

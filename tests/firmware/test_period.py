@@ -1,8 +1,8 @@
 # Periodic tasks (heartbeat, sensor readings) wait `period_ms`: never longer than configured (the
 # promise is "at least every heartbeat_s"), up to a tenth shorter, drawn afresh each time, so
 # cabinets that booted in the same moment drift apart instead of bursting together each period
-# (docs/benchmarks.md "Steady stalls").
-from aedgate.app import period_ms
+# (docs/benchmarks.md "Steady stalls"); in aedgate/mqtt.py beside the reconnect backoff.
+from aedgate.mqtt import period_ms
 
 
 def test_within_a_tenth_below_and_different_each_time():

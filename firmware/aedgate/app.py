@@ -10,7 +10,7 @@ from aedgate.commands import Commands
 from aedgate.compat import IrqSignal, TaskSignal, asyncio, sleep_ms, ticks_add, ticks_diff, ticks_ms
 from aedgate.gate import Gate
 from aedgate.link import Broker
-from aedgate.mqtt import MQTTClient, MQTTError, backoff_ms
+from aedgate.mqtt import MQTTClient, MQTTError, backoff_ms, period_ms
 from aedgate.outbox import Outbox
 from aedgate.window import UnlockWindow
 from slots import Slots
@@ -19,8 +19,7 @@ _EXPIRY_FILE = "expiry"
 _STATE_MIN_INTERVAL_MS = 1000  # at most one state message a second, however busy the cabinet
 # Longest wait between two connection attempts: long enough to spread a national fleet's
 # reconnects after a broker outage, short enough that a cabinet is never unreachable for long.
-_BACKOFF_CAP_MS = 120000
-# SNTP: again a day after a good answer, 5 minutes after a failed one (ticks: < 6 days).
+_BACKOFF_CAP_MS = 120000# SNTP: again a day after a good answer, 5 minutes after a failed one (ticks: < 6 days).
 _SNTP_EVERY_MS = 86400000
 _SNTP_RETRY_MS = 300000
 
@@ -326,11 +325,11 @@ class App:
             # The clock may run fast in the simulator; the promise is in real time, so give it
             # the whole interval (a slower clock is never an issue on a device).
             self.alive("sensors", self.cfg["sample_s"] * 1000 + 15000)
-            await self.clock.sleep_ms(self.cfg["sample_s"] * 1000)
+            await self.clock.sleep_ms(period_ms(self.cfg["sample_s"] * 1000))
 
     async def _heartbeat(self):
         while True:
-            await self.clock.sleep_ms(self.cfg["heartbeat_s"] * 1000)
+            await self.clock.sleep_ms(period_ms(self.cfg["heartbeat_s"] * 1000))
             self.state_changed()
 
     # -- watchdog ------------------------------------------------------------------------
@@ -449,14 +448,14 @@ class App:
         self._sntp()  # Wi-Fi is up now: the first sync comes before the status and the events
         reader = asyncio.create_task(self._read(client))  # acks arrive through the reader
         try:
-            await client.subscribe(self.topic + "cmd/#", 1)
-            for t in ("update/offer", "update/block"):  # two: update/# would echo our own gets
-                try:
-                    await client.subscribe(self.topic + t, 1)
-                except MQTTError as e:
-                    if e.args[0] != "suback":
-                        raise
-                    self.log("mqtt: %s refused by the broker: no updates" % t)  # the cabinet works on
+            # One SUBSCRIBE, one round trip, for all three (two update topics: update/# would
+            # echo our own gets). Refused commands end the session; refused updates do not.
+            t = self.topic
+            codes = await client.subscribe_each((t + "cmd/#", t + "update/offer", t + "update/block"), 1)
+            if codes[0] == 0x80:
+                raise MQTTError("suback")
+            if 0x80 in codes:
+                self.log("mqtt: update topics refused by the broker: no updates")  # works on
             await client.publish(self.topic + "status", self._status(True), 1, True)
             self.mqtt = client
             self.online = True
@@ -514,8 +513,10 @@ class App:
             upd = self.update
             if upd is not None and upd.ask is not None and self.window.task is None:
                 # A download's one get: only now, with no ack or event waiting and no unlock
-                # window open (aedgate/update.py paces itself on it).
-                await client.publish(self.topic + "update/get", upd.ask, 1)
+                # window open (aedgate/update.py paces itself on it). QoS 0: update.py asks
+                # again when no block comes, so a PUBACK per block would only add a round trip
+                # (docs/protocol.md "Firmware updates").
+                await client.publish(self.topic + "update/get", upd.ask, 0)
                 upd.sent()
                 self.alive("session", progress_ms)
                 continue

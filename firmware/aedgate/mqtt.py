@@ -43,6 +43,14 @@ def backoff_ms(attempt, base_ms=1000, cap_ms=300000):
     return floor + random.getrandbits(30) % (top - floor + 1)
 
 
+def period_ms(ms):
+    # A periodic task's next wait (the app's heartbeat and readings): `ms` less up to a tenth,
+    # drawn afresh each time. Cabinets that booted together (a blackout ends) would otherwise
+    # send their heartbeats and take their readings in step for ever, a burst at the broker
+    # each period; "at least every heartbeat_s" still holds.
+    return ms - random.getrandbits(30) % (ms // 10 + 1)
+
+
 class MQTTClient:
     def __init__(self, client_id, net, host, port=1883, keepalive=60, user=None, password=None,
                  will=None, ssl=None, server_hostname=None, on_message=None,
@@ -184,15 +192,13 @@ class MQTTClient:
         else:
             await self._send(head, payload)
 
-    async def subscribe(self, topic, qos=1):
-        """Returns the granted QoS; raises MQTTError("suback") when the broker refuses."""
+    async def subscribe_each(self, topics, qos=1):
+        """Subscribes to every topic of `topics` (up to mqttwire.SUB_MAX) in one SUBSCRIBE and
+        returns the broker's codes, one per topic (0x80: refused), for the caller to judge."""
         if qos not in (0, 1):
             raise ValueError("qos")
         pid = self._next_pid()
-        code = await self._acked(pid, _w.subscribe_packet(pid, topic, qos))
-        if code == 0x80:
-            raise MQTTError("suback")
-        return code
+        return await self._acked(pid, _w.subscribe_packet(pid, topics, qos))
 
     async def run(self):
         """Reads and dispatches until the link ends: returns after close()/disconnect(), raises

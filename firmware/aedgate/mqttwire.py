@@ -1,6 +1,6 @@
 # MQTT 3.1.1 packets on the wire: encoders for what the client sends, one bounded reader for what
 # the broker sends. No sockets here, so it is unit-tested (and fuzzed) without a network.
-# Only what the cabinet uses: QoS 0/1, one topic per SUBSCRIBE, no QoS 2.
+# Only what the cabinet uses: QoS 0/1, up to SUB_MAX topics per SUBSCRIBE, no QoS 2.
 import struct
 
 from aedgate.compat import const
@@ -18,10 +18,13 @@ DISCONNECT_PACKET = b"\xe0\x00"
 MAX_REMAINING = const(268435455)  # largest length a 4-byte varint can say
 TOPIC_CAP = const(256)  # longer incoming topic names are skipped, not stored
 _SKIP_CHUNK = const(256)  # discarded bytes are read this many at a time
+# Topic filters in one SUBSCRIBE: the cabinet's session subscribes its three (cmd/#,
+# update/offer, update/block) in one packet, one round trip instead of three.
+SUB_MAX = const(4)
 
 # The exact size of each fixed-size packet the broker may send us, by its first byte (flags
-# included: anything else in the low nibble is malformed). SUBACK is 3 because we subscribe one
-# topic at a time.
+# included: anything else in the low nibble is malformed). SUBACK is 2 + one return code per
+# filter asked (1 to SUB_MAX): its entry is the smallest, and read_packet allows up to SUB_MAX.
 _FIXED = {CONNACK: 2, PUBACK: 2, SUBACK: 3, UNSUBACK: 2, PINGRESP: 0}
 
 
@@ -111,8 +114,12 @@ def publish_header(topic, payload_len, qos=0, retain=False, dup=False, pid=0, pa
     return buf
 
 
-def subscribe_packet(pid, topic, qos):
-    return _packet(0x82, struct.pack("!H", pid) + _str(topic) + bytes((qos,)))
+def subscribe_packet(pid, topics, qos):
+    """One SUBSCRIBE for `topics` (a tuple of 1 to SUB_MAX topics), all at `qos`."""
+    body = struct.pack("!H", pid)
+    for t in topics:
+        body += _str(t) + bytes((qos,))
+    return _packet(0x82, body)
 
 
 def puback_packet(pid):
@@ -153,11 +160,12 @@ async def _skip(rd, n):
 async def read_packet(rd, max_payload):
     """Reads one packet from the broker. Never asks `rd` for more than max(max_payload,
     TOPIC_CAP) bytes at once, whatever the packet claims. Returns one of
-      (CONNACK, session_present, return_code)   (PUBACK, pid)   (SUBACK, pid, code)
+      (CONNACK, session_present, return_code)   (PUBACK, pid)   (SUBACK, pid, codes)
       (UNSUBACK, pid)   (PINGRESP,)
       (PUBLISH, topic, payload, qos, retain, dup, pid)
     where topic is None when it must be dropped and payload is None when it was longer than
-    max_payload (skipped unread). Raises MQTTError only."""
+    max_payload (skipped unread), and codes are the SUBACK's return codes (bytes, one per
+    filter). Raises MQTTError only."""
     try:
         b = await rd.readexactly(2)  # every packet has at least its type and one length byte
         first = b[0]
@@ -177,7 +185,7 @@ async def read_packet(rd, max_payload):
         if want is None:
             # QoS 2 handshakes, or packets only a client sends: a broker that sends them is broken.
             raise MQTTError("protocol" if first & 0xF0 in (0x50, 0x60, 0x70) else "malformed")
-        if n != want:
+        if n != want and not (first == SUBACK and want < n <= 2 + SUB_MAX):
             raise MQTTError("malformed")
         if first == PINGRESP:
             return (PINGRESP,)
@@ -188,9 +196,10 @@ async def read_packet(rd, max_payload):
             return (CONNACK, bool(body[0] & 1), body[1])
         pid = (body[0] << 8) | body[1]
         if first == SUBACK:
-            if body[2] not in (0, 1, 2, 0x80):
-                raise MQTTError("malformed")
-            return (SUBACK, pid, body[2])
+            for c in body[2:]:
+                if c not in (0, 1, 2, 0x80):
+                    raise MQTTError("malformed")
+            return (SUBACK, pid, body[2:])
         return (first, pid)
     except EOFError:  # the stream ended mid-packet (CPython's IncompleteReadError is one too)
         raise MQTTError("closed")

@@ -246,7 +246,9 @@ class Rollout:
             return
         device, block = ans
         self.last_get[device] = t
-        self.feed.clients[shard].publish(block_topic(device), block, qos=1, retain=False)
+        # QoS 0 (docs/protocol.md "Firmware updates"): the cabinet asks again for a block that
+        # does not come, so a PUBACK per block would be a second ack layer for nothing.
+        self.feed.clients[shard].publish(block_topic(device), block, qos=0, retain=False)
 
     def _may_fetch(self, device: str, rel: ServedRelease) -> bool:
         c = self.cabs.get(device)

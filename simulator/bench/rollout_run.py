@@ -30,13 +30,24 @@ from typing import Callable
 from pathlib import Path
 
 from simulator.bench.fleet_bench import CpuMeter, Shard, _pct, _proc_rss, _r
-from simulator.fleet.workers import RunSpec, Workers, plan_sources, raise_nofile
+from simulator.fleet.workers import RunSpec, Workers, plan_sources, raise_nofile, slices
 
 def _root_version() -> str:
     """What the cabinets run before the rollout: the simulator's own firmware/ (the root)."""
     import simulator  # noqa: F401  (firmware/ on sys.path)
     from aedgate import VERSION
     return VERSION
+
+
+def spread_over_workers(cabinets: int, workers: int) -> list[str]:
+    """The rollout's device order (its waves take cabinets in this order): one from each
+    worker process in turn. Each worker holds a contiguous slice of ids (workers.slices), so in
+    sorted order the canary and every wave up to 50 % fell on the first worker while the other
+    one idled (measured: 79 % vs 5 % CPU at 1,000 cabinets), and that worker's loop carried
+    twice the downloads, twice the lag, for every unlock it held."""
+    from simulator.fleet.runner import device_id
+    ids = [[device_id(first + i) for i in range(count)] for first, count in slices(cabinets, workers)]
+    return [ids[w][i] for i in range(max(len(s) for s in ids)) for w in range(workers) if i < len(ids[w])]
 
 
 def _next_version(v: str) -> str:
@@ -233,7 +244,7 @@ async def rollout(args) -> dict:
         plan = Plan(canary=args.canary, waves=parse_waves(args.waves), rate=args.rate,
                     halt_at=parse_halt(args.halt_at), wave_timeout=args.wave_timeout,
                     offer_every=args.offer_every)
-        devices = [device_id(n) for n in range(1, args.cabinets + 1)]
+        devices = spread_over_workers(args.cabinets, spec.workers)
         ro = Rollout(str(work / "rollout.db"), str(rel), plan, [BrokerOptions(u) for u in urls],
                      devices=devices, tick=0.2, log=_say)
         await asyncio.to_thread(ro.start)

@@ -72,7 +72,7 @@ def _fetcher(url: str, ids: list[str], files: list[tuple[str, int]], rid: str, c
         name, size = files[i]
         c.publish("aed/v1/%s/update/get" % d, json.dumps(
             {"v": 1, "ts": 1800000000, "release": rid, "file": name, "offset": off,
-             "len": min(1024, size - off)}), 1)
+             "len": min(1024, size - off)}), 0)  # QoS 0, as a cabinet asks (docs/protocol.md)
 
     def on_message(cl, u, m):
         d = m.topic.split("/")[2]

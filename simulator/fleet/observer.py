@@ -26,8 +26,8 @@ class Observer(FleetState):
                                   max_payload=4096)
         await self._client.connect(clean_session=True)
         self._task = asyncio.create_task(self._client.run())
-        for sub in ("status", "state", "event", "ack"):
-            await self._client.subscribe("aed/v1/+/" + sub, 1)
+        await self._client.subscribe_each(
+            tuple("aed/v1/+/" + sub for sub in ("status", "state", "event", "ack")), 1)
         return self
 
     async def stop(self) -> None:

@@ -39,7 +39,12 @@ class ControlClient(MQTTClient):
         self.topics: dict[str, int] = {}
 
     async def subscribe(self, topic, qos=1):
-        code = await super().subscribe(topic, qos)
+        """One topic; returns the granted QoS, MQTTError("suback") when refused. (The
+        firmware's client has only subscribe_each: the cabinet subscribes all its topics in
+        one packet, and a device carries no code it does not use.)"""
+        code = (await self.subscribe_each((topic,), qos))[0]
+        if code == 0x80:
+            raise MQTTError("suback")
         self.topics[topic] = qos
         return code
 RAMP_TICK_S = 0.02  # a connection ramp starts its cabinets in bursts this far apart

@@ -65,7 +65,7 @@ class Aedgate:
         self.run = asyncio.create_task(self.c.run())
 
     async def sub(self, topic):
-        await self.c.subscribe(topic, 1)
+        await self.c.subscribe_each((topic,), 1)
 
     def pub(self, topic, payload, qos):
         return self.c.publish(topic, payload, qos)

@@ -73,6 +73,7 @@ class Server:
         self.answer = answer    # (get, data) -> data to send, or None to send nothing
         self.events = []
         self.gets = []
+        self.get_qos = set()    # QoS of the gets: 0 (docs/protocol.md: no PUBACK per block)
         self.busy = []          # what waited when a get went out: (outbox, acks, window open)
 
     async def publish(self, topic, payload, qos=0, retain=False):
@@ -84,6 +85,7 @@ class Server:
             self.busy.append((len(app.outbox), len(app._acks), app.window.task is not None))
             g = json.loads(payload)
             self.gets.append(g)
+            self.get_qos.add(qos)
             asyncio.create_task(self._block(g))
         await sleep_ms(0)
 
@@ -169,6 +171,7 @@ def test_download_verify_install_then_reset_into_the_new_slot():
     assert sorted(set(o[0] for o in order)) == ["aedgate/__init__.py", "aedgate/app.py", "release.cose"]
     assert f.sub("a").sub("aedgate").read("lock.py") == SAME
     assert all(b == (0, 0, False) for b in server.busy)  # never a get while something else waited
+    assert server.get_qos == {0}                      # no PUBACK round trip per block
     assert _booted(f) == "0.2.0"                      # boot.py after the reset: the new slot, on trial
     assert Slots(f).rec["trial"] == 1
     # The same offer again (the server repeats it until it sees a result): nothing to do.

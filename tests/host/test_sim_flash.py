@@ -94,3 +94,30 @@ def test_factory_package_is_on_every_cabinets_flash_shared_counted_and_read_only
     from aedgate.storage import Flash
     factory_install(Flash(str(disk)))
     assert (disk / "aedgate" / "app.py").read_bytes() == (FIRMWARE / "aedgate" / "app.py").read_bytes()
+
+
+def test_capacity_check_counts_the_same_blocks_as_used_through_every_operation():
+    # The capacity check keeps a running count instead of walking every folder at each append
+    # (a firmware download appends once per block); it must never drift from used().
+    import random
+    rng = random.Random(7)
+    f = MemoryFlash(capacity=64 * 4096)
+    folders = [f, f.sub("a"), f.sub("ob"), f.sub("a").sub("lib")]
+    for _ in range(600):
+        d = rng.choice(folders)
+        name = rng.choice("xyz")
+        op = rng.randrange(5)
+        try:
+            if op == 0:
+                d.write(name, bytes(rng.choice((0, 100, 129, 4096, 4097, 9000))))
+            elif op == 1:
+                d.write(name, b"q" * rng.choice((10, 128, 129, 5000)))
+            elif op == 2:
+                d.append(name, b"a" * rng.choice((1, 1024, 1536)))
+            elif op == 3:
+                d.remove(name)
+            elif name in d.files:
+                d.move(name, rng.choice(folders))
+        except OSError as e:
+            assert e.args[0] == 28
+        assert f.used() == f.walk() <= 64 * 4096

@@ -52,8 +52,8 @@ def test_connect_subscribe_and_round_trip(mosquitto, backend):
         c = client(mosquitto.port, "cab-rt", on_message=inbox)
         assert await c.connect() is False and c.connected
         run = asyncio.create_task(c.run())
-        assert await c.subscribe("aed/v1/rt/in", 1) == 1
-        assert await c.subscribe("aed/v1/rt/in0", 0) == 0
+        assert await c.subscribe_each(("aed/v1/rt/in",), 1) == b"\x01"
+        assert await c.subscribe_each(("aed/v1/rt/in0",), 0) == b"\x00"
         await c.publish("aed/v1/rt/in", b"q1-self", qos=1)
         await c.publish("aed/v1/rt/in0", "q0-self", qos=0)
         got = {await inbox.next(), await inbox.next()}
@@ -81,7 +81,7 @@ def test_retained_message_flag_for_fresh_subscriber(mosquitto):
         sub = client(mosquitto.port, "cab-sub", on_message=inbox)
         await sub.connect()
         run2 = asyncio.create_task(sub.run())
-        await sub.subscribe("aed/v1/ret/#", 1)
+        await sub.subscribe_each(("aed/v1/ret/#",), 1)
         assert await inbox.next() == ("aed/v1/ret/state", b"door=shut", True, False)
         await pub.publish("aed/v1/ret/state", b"door=open", qos=1)  # live: not retained
         assert await inbox.next() == ("aed/v1/ret/state", b"door=open", False, False)
@@ -226,7 +226,7 @@ def test_oversize_message_reported_as_none_and_link_survives(mosquitto, backend)
         c = client(mosquitto.port, "cab-big", on_message=inbox, max_payload=2048)
         await c.connect()
         run = asyncio.create_task(c.run())
-        await c.subscribe("aed/v1/big/#", 1)
+        await c.subscribe_each(("aed/v1/big/#",), 1)
         backend.publish("aed/v1/big/cmd", b"x" * 10240, qos=1)
         assert await inbox.next() == ("aed/v1/big/cmd", None, False, False)
         backend.publish("aed/v1/big/cmd", b"x" * 2048, qos=1)
@@ -362,7 +362,7 @@ async def main():
                    on_message=lambda t, p, r, d: got.append((t, p, r)))
     print("session", await c.connect())
     run = asyncio.create_task(c.run())
-    print("granted", await c.subscribe("aed/v1/mpy/in", 1))
+    print("granted", (await c.subscribe_each(("aed/v1/mpy/in",), 1))[0])
     await c.publish("aed/v1/mpy/out", b"q0", 0)
     await c.publish("aed/v1/mpy/out", "q1", 1)
     for _ in range(500):

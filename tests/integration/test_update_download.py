@@ -43,7 +43,7 @@ class Responder:
         path = self.folder / ("release.cose" if g["file"] == "release.cose" else "files/" + g["file"])
         data = path.read_bytes()[g["offset"]:g["offset"] + g["len"]]
         block = cbor2.dumps([bytes.fromhex(g["release"]), g["file"], g["offset"], data])
-        client.publish(msg.topic.rsplit("/", 1)[0] + "/block", block, qos=1)
+        client.publish(msg.topic.rsplit("/", 1)[0] + "/block", block, qos=0)  # as the update server sends it
 
     def offer(self):
         raw = (self.folder / "release.cose").read_bytes()

@@ -127,7 +127,7 @@ class ScriptedCabinet:
         self.gets += 1
         self.c.publish(self._t("update/get"), json.dumps({
             "v": 1, "ts": int(time.time()), "release": d["release"], "file": d["file"],
-            "offset": d["offset"], "len": want}), 1, False)
+            "offset": d["offset"], "len": want}), 0, False)  # QoS 0, as the firmware asks
         token = object()
         d["token"] = token
         threading.Timer(self.retry_s, self._retry, (token,)).start()

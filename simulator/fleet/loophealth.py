@@ -5,9 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import gc
-import math
-import select
-import selectors
 import time
 from typing import Callable
 
@@ -140,47 +137,3 @@ class LagProbe:
         for k, v in self.cpu.items():
             out[k + "_cpu_ms"] = round(v, 1)
         return out
-
-
-class BatchedEpoll(selectors.EpollSelector):
-    """epoll that hands the loop at most BATCH ready sockets per turn (the stdlib's asks for
-    as many as there are sockets registered).
-
-    A worker's loop runs, per turn, the callbacks of every socket that was ready, then what
-    those callbacks scheduled. A cabinet's answer to an unlock takes several turns (the command
-    is read, the reader wakes the app, the publisher wakes, the ack goes out), and with 500
-    cabinets downloading each turn is ~500 blocks' work: the unlock waited several of those.
-    With a bounded batch, the unlock's follow-up steps run after at most BATCH other sockets'
-    work each, as they would on a board of its own; sockets left ready are returned by the next
-    turn's epoll_wait (level-triggered epoll moves each returned socket to the back of its ready
-    list, so all are served in turn: Linux fs/eventpoll.c, ep_send_events)."""
-
-    BATCH = 64
-
-    def select(self, timeout=None):
-        if timeout is None:
-            timeout = -1
-        elif timeout <= 0:
-            timeout = 0
-        else:
-            timeout = math.ceil(timeout * 1e3) * 1e-3  # at least `timeout`, as the stdlib rounds
-        ready = []
-        try:
-            events = self._selector.poll(timeout, self.BATCH)
-        except InterruptedError:
-            return ready
-        for fd, ev in events:
-            mask = 0
-            if ev & ~select.EPOLLIN:
-                mask |= selectors.EVENT_WRITE
-            if ev & ~select.EPOLLOUT:
-                mask |= selectors.EVENT_READ
-            key = self._key_from_fd(fd)
-            if key:
-                ready.append((key, mask & key.events))
-        return ready
-
-
-def fleet_loop() -> asyncio.AbstractEventLoop:
-    """The event loop a fleet worker runs on (BatchedEpoll)."""
-    return asyncio.SelectorEventLoop(BatchedEpoll())

@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import simulator  # noqa: F401
-from simulator.fleet.loophealth import FleetCollector, LagProbe, fleet_loop
+from simulator.fleet.loophealth import FleetCollector, LagProbe
 
 FD_RESERVE = 64        # files a worker needs besides its cabinets' sockets
 PORTS_PER_PAIR = 20000  # planned use of one (source, broker) pair's ~28k ephemeral ports
@@ -253,7 +253,7 @@ def _worker_main(spec: RunSpec, index: int, first: int, count: int, conn) -> Non
         return
     if spec.seed is not None:
         random.seed("%s:%d" % (spec.seed, first))  # ADC noise, backoff jitter: reproducible
-    with asyncio.Runner(loop_factory=fleet_loop) as runner:
+    with asyncio.Runner() as runner:
         runner.run(run_slice(spec, index, first, count, conn.send, conn.poll))
 
 

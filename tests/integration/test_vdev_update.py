@@ -131,6 +131,38 @@ def _in_order(evs, kinds):
     return types
 
 
+def cut_and_resume(v, server, backend, hold, what):
+    """Offer the release, cut the power while the board waits for the block `hold(get)` holds
+    back, power it on again (no new offer: it resumes by itself from upd.run on flash) and wait
+    until the release is confirmed and the state says so. Returns the gets before and after the
+    cut."""
+    held = threading.Event()
+
+    def holding(g):
+        if hold(g):
+            held.set()
+            return True
+        return False
+    server.hold = holding
+    try:
+        server.offer(server.rels[0])
+        assert held.wait(60), "the download never reached %s" % what
+        with server.lock:
+            before = [g for _, g in server.gets]
+        v.world('{"power": "off"}')
+        time.sleep(0.5)
+        server.hold = None
+        v.world('{"power": "on"}')
+        backend.wait_for(_type("update_installed"), 60)
+        backend.wait_for(_type("update_confirmed"), 60)
+        _, st = backend.wait_for(lambda t, o: t == "aed/v1/%s/state" % DEVICE and o.get("fw_trial") is False
+                                 and o.get("fw_slot") == "a", 10)
+        assert st["fw"] == "0.2.0", st
+    finally:
+        server.close()
+    return before, [g for _, g in server.gets][len(before):]
+
+
 def test_a_release_offered_over_mqtt_is_installed_booted_on_trial_and_confirmed(
         vdev_factory, mosquitto, backend, fleet_key, tmp_path):  # noqa: F811
     public, folder, manifest = _release(tmp_path)
@@ -201,34 +233,9 @@ def test_a_power_cut_in_the_middle_of_the_download_resumes_where_the_flash_left_
     # files before it and blocks of it already on flash.
     big = max(manifest["files"], key=lambda f: f[1])
     assert big[1] > 3 * 1536, big
-    held = threading.Event()
-
-    def hold(g):
-        if g["file"] == big[0] and g["offset"] >= 2 * 1536:
-            held.set()
-            return True
-        return False
-    server.hold = hold
-    try:
-        rel = server.rels[0]
-        server.offer(rel)
-        assert held.wait(60), "the download never reached %s" % big[0]
-        with server.lock:
-            before = [g for _, g in server.gets]
-        cut = before[-1]
-        v.world('{"power": "off"}')
-        time.sleep(0.5)
-        server.hold = None
-        v.world('{"power": "on"}')
-        # No new offer: the cabinet resumes by itself (upd.run on flash), at the offset it had.
-        backend.wait_for(_type("update_installed"), 60)
-        backend.wait_for(_type("update_confirmed"), 60)
-        _, st = backend.wait_for(lambda t, o: t == "aed/v1/%s/state" % DEVICE and o.get("fw_trial") is False
-                                 and o.get("fw_slot") == "a", 10)
-        assert st["fw"] == "0.2.0", st
-    finally:
-        server.close()
-    after = [g for _, g in server.gets][len(before):]
+    before, after = cut_and_resume(v, server, backend,
+                                   lambda g: g["file"] == big[0] and g["offset"] >= 2 * 1536, big[0])
+    cut = before[-1]
     files = [f[0] for f in manifest["files"]]
     done = set(files[:files.index(big[0])])
     # Resumed: release.cose and the files finished before the cut are never asked again, and

@@ -8,7 +8,6 @@ bootloader starts ota_1 on trial (PENDING_VERIFY) with slot a on trial; online a
 app marks the image valid and confirms the slot. A power cut in the middle of the image: after
 power-on the cabinet resumes by itself at the first block not good on flash, and finishes."""
 import hashlib
-import threading
 import time
 
 from host_tools import releases
@@ -16,7 +15,7 @@ from simulator.vdev.device import OTA
 from tests.integration.test_provision import DEVICE, fleet_key  # noqa: F401 (fixture)
 from tests.integration.test_vdev import vdev_factory  # noqa: F401 (fixture)
 from tests.integration.test_vdev_ota import _show
-from tests.integration.test_vdev_update import Server, _events, _in_order, _provisioned, _type
+from tests.integration.test_vdev_update import Server, _events, _in_order, _provisioned, _type, cut_and_resume
 from tests.fixtures import schema_validator
 
 BLOCK = 4096
@@ -117,34 +116,12 @@ def test_a_power_cut_in_the_middle_of_the_image_resumes_at_the_first_block_not_o
     public, folder, manifest = _release(tmp_path)
     v = _provisioned(vdev_factory, mosquitto, backend, fleet_key, public)
     server = Server(mosquitto.port, folder)
-    held = threading.Event()
-
-    def hold(g):   # the cut while the board waits for a block in the image's second 4 KB block
-        if g["file"] == "micropython.bin" and g["offset"] > BLOCK:
-            held.set()
-            return True
-        return False
-    server.hold = hold
-    try:
-        server.offer(server.rels[0])
-        assert held.wait(60), "the download never reached the image"
-        with server.lock:
-            before = [g for _, g in server.gets]
-        cut = before[-1]
-        v.world('{"power": "off"}')
-        time.sleep(0.5)
-        server.hold = None
-        v.world('{"power": "on"}')
-        # No new offer: the cabinet resumes by itself (upd.run on flash) from the image's
-        # first block that does not read back good: block 0 is, block 1 is half written.
-        backend.wait_for(_type("update_installed"), 60)
-        backend.wait_for(_type("update_confirmed"), 60)
-        _, st = backend.wait_for(lambda t, o: t == "aed/v1/%s/state" % DEVICE and o.get("fw_trial") is False
-                                 and o.get("fw_slot") == "a", 10)
-        assert st["fw"] == "0.2.0", st
-    finally:
-        server.close()
-    after = [g for _, g in server.gets][len(before):]
+    # The cut while the board waits for a block in the image's second 4 KB block; it resumes
+    # from the image's first block that does not read back good: block 0 is, block 1 is half
+    # written.
+    before, after = cut_and_resume(v, server, backend,
+                                   lambda g: g["file"] == "micropython.bin" and g["offset"] > BLOCK, "the image")
+    cut = before[-1]
     assert cut["offset"] > BLOCK and after[0]["file"] == "micropython.bin", (cut, after[:3])
     assert after[0]["offset"] == BLOCK, after[:3]
     assert [g["file"] for g in after] == ["micropython.bin"] * len(after), after   # nothing else again

@@ -253,14 +253,17 @@ def test_no_answer_times_out(fleet_key):
     one_line_error(r, "no answer from %s within 2s" % path)
 
 
+EXEC_S = 45  # issue 10: "a 45 s mpremote exec on that running cabinet is not cut by its watchdog"
+
+
 def test_a_running_cabinet_survives_an_mpremote_exec_longer_than_its_watchdog(vdev_factory, mosquitto, backend,
                                                                             fleet_key):
     """The app arms the WDT (30 s). mpremote interrupts main.py and enters the raw REPL by soft
     reset: the WDT keeps running (ports/esp32/main.c), the timers stop. boot.py runs again on
     that soft reset and feeds the WDT from a hardware timer, so a long command is not cut.
-    The command sleeps 34 s: with no feeding the board would reset at most 30 s after the app's
-    last feed, before mpremote even connected (it slept 45 s before; 4 s past the timeout
-    prove the same)."""
+    The command sleeps 45 s, as issue 10 asks (with no feeding the board would reset at most
+    30 s after the app's last feed, before mpremote even connected). It slept 34 s while the
+    suite ran in one process; in four workers the 11 s more cost no wall-clock time to speak of."""
     assert "def __init__(self, timeout_ms=%d):" % (WDT_S * 1000) in (ROOT / "firmware/board.py").read_text()
     v = vdev_factory("--device-id", DEVICE)
     r = provision(v.path, mosquitto.url, fleet_key)
@@ -268,8 +271,8 @@ def test_a_running_cabinet_survives_an_mpremote_exec_longer_than_its_watchdog(vd
     backend.wait_for(lambda t, o: t == "aed/v1/%s/status" % DEVICE and o.get("online") is True, 20)
     try:
         r = subprocess.run([str(Path(sys.executable).parent / "mpremote"), "connect", v.path, "exec",
-                            "import time\ntime.sleep(%d)\nprint('still here')" % (WDT_S + 4)],
-                           capture_output=True, text=True, timeout=WDT_S + 34)
+                            "import time\ntime.sleep(%d)\nprint('still here')" % EXEC_S],
+                           capture_output=True, text=True, timeout=EXEC_S + 30)
         out = r.stdout
     except subprocess.TimeoutExpired:  # the board reset under mpremote, which waits for ever
         out = "(mpremote hung: the board reset)"

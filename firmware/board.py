@@ -127,6 +127,9 @@ class WiFi:
                 return
             await sleep_ms(100)
         st = self._status()
+        if w.isconnected():  # it got its address between the last look and the status read
+            self._said = None
+            return
         if st != self._said:  # once per status, not every attempt
             self._said = st
             self.log("wifi: not connected, status %s" % st)

@@ -38,7 +38,21 @@ def _rmtree(path):
     os.rmdir(path)
 
 
-class FullFlash:
+class ReadThrough:
+    """Base of the flash wrappers below that change only how writes behave: reads and listings
+    go to the wrapped flash unchanged."""
+
+    def read(self, name):
+        return self.inner.read(name)
+
+    def read_at(self, name, start, size):
+        return self.inner.read_at(name, start, size)
+
+    def names(self):
+        return self.inner.names()
+
+
+class FullFlash(ReadThrough):
     """A flash whose filesystem fills up: past `room` bytes of new data (or at once, room=0),
     writes and appends raise OSError(ENOSPC) as littlefs does; removing frees room."""
 
@@ -53,15 +67,6 @@ class FullFlash:
             self.top.refused += 1
             raise OSError(28, "ENOSPC")
         self.top.room -= n
-
-    def read(self, name):
-        return self.inner.read(name)
-
-    def read_at(self, name, start, size):
-        return self.inner.read_at(name, start, size)
-
-    def names(self):
-        return self.inner.names()
 
     def write(self, name, data):
         data = joined(data)
@@ -340,7 +345,7 @@ class PowerCut(BaseException):
     """The board lost power (a BaseException: nothing in the firmware may swallow it)."""
 
 
-class CutFlash:
+class CutFlash(ReadThrough):
     """A storage.Flash that loses power before its `limit`-th change (write, append, remove,
     move, counted across sub-folders in `count` = [changes so far, the change that does not
     happen]); after that nothing reaches it. Flash.write replaces a file atomically, so a cut
@@ -356,15 +361,6 @@ class CutFlash:
             c[1] = c[0]        # stays cut
             raise PowerCut()
         c[0] += 1
-
-    def read(self, name):
-        return self.inner.read(name)
-
-    def read_at(self, name, start, size):
-        return self.inner.read_at(name, start, size)
-
-    def names(self):
-        return self.inner.names()
 
     def write(self, name, data):
         self._change()

@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 
 from simulator.bench.fleet_bench import Shard
-from simulator.fleet.loophealth import FleetCollector
+from simulator.fleet.loophealth import FleetCollector, FleetLoop
 from simulator.fleet.runner import Fleet
 from simulator.fleet.workers import raise_nofile
 
@@ -96,7 +96,7 @@ def main(argv=None) -> int:
     with tempfile.TemporaryDirectory(prefix="aedsim-stalls-") as work:
         shard = Shard(Path(work)).start()
         try:
-            with asyncio.Runner() as runner:
+            with asyncio.Runner(loop_factory=FleetLoop) as runner:
                 r = runner.run(measure(args, shard.url))
         finally:
             shard.stop()

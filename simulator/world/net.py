@@ -74,10 +74,11 @@ class NetStats:
     a list, receives (send time, key) for every PUBLISH payload: key = trace_key(payload, crc32 of
     the device id), which a backend recomputes from what it receives (latency benchmark)."""
 
-    __slots__ = ("opened", "open_errors", "published", "trace")
+    __slots__ = ("opened", "closed", "open_errors", "published", "trace")
 
     def __init__(self) -> None:
         self.opened = 0
+        self.closed = 0  # plain links whose connection is gone (opened - closed: sockets open)
         self.open_errors = 0
         self.published = 0
         self.trace: list | None = None
@@ -121,6 +122,8 @@ class Link(asyncio.Protocol):
         return False  # close the transport
 
     def connection_lost(self, exc) -> None:
+        if self._stats is not None:
+            self._stats.closed += 1
         self._lost = True
         self._eof = True
         if exc is not None:

@@ -1,0 +1,78 @@
+"""The fleet worker's event loop (simulator/fleet/loophealth.py FleetLoop): cancelled timers leave
+the heap at their deadline instead of in one O(n) rebuild, a stall for every cabinet of the
+worker; everything else is the stdlib loop's."""
+import asyncio
+
+from simulator.fleet.loophealth import FleetLoop
+
+
+def _heap_after_cancelling(loop_factory):
+    """20,000 live timers 60 s ahead, one in 0.5 s, and 30,000 more due in 1 s, cancelled (what
+    PUBACKs do to the publish timeouts): the heap's size one turn later, and after the cancelled
+    ones' deadline; plus what fired."""
+    fired = []
+
+    async def main():
+        loop = asyncio.get_running_loop()
+        live = [loop.call_later(60, fired.append, "live") for _ in range(20000)]
+        loop.call_later(0.5, fired.append, "early")  # the heap's top is live until then
+        doomed = [loop.call_later(1.0, fired.append, "cancelled") for _ in range(30000)]
+        for h in doomed:
+            h.cancel()
+        await asyncio.sleep(0)
+        one_turn = len(loop._scheduled)
+        await asyncio.sleep(1.1)
+        later = len(loop._scheduled)
+        loop.call_later(0.01, fired.append, "due")
+        await asyncio.sleep(0.05)
+        for h in live:
+            h.cancel()
+        return one_turn, later
+
+    with asyncio.Runner(loop_factory=loop_factory) as runner:
+        return runner.run(main()) + (fired,)
+
+
+def test_the_stdlib_loop_rebuilds_its_heap_in_one_turn():
+    # what FleetLoop exists for: the 30,000 cancelled timers are gone in the very next turn
+    one_turn, later, fired = _heap_after_cancelling(asyncio.SelectorEventLoop)
+    assert one_turn == 20001, one_turn
+
+
+def test_fleet_loop_lets_cancelled_timers_leave_at_their_deadline():
+    one_turn, later, fired = _heap_after_cancelling(FleetLoop)
+    assert one_turn == 50001, one_turn        # no rebuild
+    assert later == 20000, later               # popped from the top once due: bounded
+    assert fired == ["early", "due"]           # cancelled ones never ran; live ones wait
+
+
+def test_the_fleet_workers_run_on_the_fleet_loop():
+    import inspect
+    from simulator.fleet import workers
+    assert "loop_factory=FleetLoop" in inspect.getsource(workers._worker_main)
+
+
+def test_net_stats_count_sockets_open_for_the_worker_report():
+    # the worker reports open files as its start-up count plus opened - closed (listing
+    # /proc/self/fd with 15,000 sockets stalled the loop 40 ms)
+    import socket
+    from simulator.world.net import NetStats, SimNet
+
+    async def main():
+        server = await asyncio.start_server(lambda r, w: None, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        stats = NetStats()
+        net = SimNet(None, stats, "cab-0001")
+        links = [(await net.connect((socket.AF_INET, ("127.0.0.1", port))))[0] for _ in range(3)]
+        during = stats.opened - stats.closed
+        links[0].transport.close()
+        links[1].transport.abort()
+        await asyncio.sleep(0.05)
+        after = stats.opened - stats.closed
+        links[2].transport.close()
+        server.close()
+        await server.wait_closed()
+        await asyncio.sleep(0.05)
+        return during, after, stats.opened - stats.closed
+
+    assert asyncio.run(main()) == (3, 1, 0)

@@ -48,6 +48,7 @@ class ControlClient(MQTTClient):
         self.topics[topic] = qos
         return code
 RAMP_TICK_S = 0.02  # a connection ramp starts its cabinets in bursts this far apart
+CENSUS_CHUNK = 500  # cabinets counted per loop turn by Fleet.census (~1.5 ms)
 
 
 def parse_broker(url: str) -> tuple[str, int]:
@@ -482,6 +483,24 @@ class Fleet:
 
     def online(self) -> int:
         return sum(1 for c in self.cabinets.values() if c.app is not None and c.app.online)
+
+    async def census(self) -> tuple[int, int, int]:
+        """(online, events waiting in outboxes, the largest outbox), counted between the loop's
+        other work: one pass over 15,000 cabinets took ~40 ms, a stall for all of them (and for
+        an unlock) once a second, so the pass yields every CENSUS_CHUNK cabinets."""
+        online = total = top = 0
+        for i, c in enumerate(list(self.cabinets.values())):
+            if i and i % CENSUS_CHUNK == 0:
+                await asyncio.sleep(0)
+            app = c.app
+            if app is not None:
+                if app.online:
+                    online += 1
+                n = len(app.outbox)
+                total += n
+                if n > top:
+                    top = n
+        return online, total, top
 
     def outbox_depths(self) -> tuple[int, int]:
         """(total, largest) number of events waiting on the cabinets' flash."""

@@ -170,10 +170,9 @@ async def run_slice(spec: RunSpec, index: int, first: int, count: int, report, s
     # Open files: counted once here, then the cabinets' sockets added from the counters. Listing
     # /proc/self/fd with 15,000 entries took 40 ms, a stall for every cabinet, every 5 s.
     fds0 = _fds()
-    n = 0
+    online = total = top = 0
 
     def snapshot(final: bool = False) -> dict:
-        total, top = fleet.outbox_depths()
         c = fleet.counters
         return {"w": index, "t": time.time(), "t_start": t_start, "cabinets": count,
                 "first": first, "started": fleet.started, "online": online,
@@ -183,7 +182,8 @@ async def run_slice(spec: RunSpec, index: int, first: int, count: int, report, s
                 "crashes": sum(cab.crashes for cab in fleet.cabinets.values()) if final else 0,
                 "outbox_total": total, "outbox_max": top, "rss_kib": rss_kib(),
                 "rss0_kib": rss0, "rss_built_kib": built, "rss_online_kib": rss_online,
-                "cpu_s": _cpu_s() - cpu0, "fds": _fds() if final else fds0 + stats.opened - stats.closed, "all_online_t": all_online_t,
+                "cpu_s": _cpu_s() - cpu0, "all_online_t": all_online_t,
+                "fds": _fds() if final else fds0 + stats.opened - stats.closed,
                 "recent": list(c.recent)[-5:], "pid": os.getpid(),
                 "workload": workload.summary(), "gc": collector.report(), "lag_max_ms": lag.report(),
                 "final": final}
@@ -191,8 +191,7 @@ async def run_slice(spec: RunSpec, index: int, first: int, count: int, report, s
     try:
         while not stopping():
             await asyncio.sleep(REPORT_S)
-            n += 1
-            online = fleet.online()
+            online, total, top = await fleet.census()
             if all_online_t is None and online == count:
                 all_online_t = fleet.counters.last_online_t or time.time()
                 rss_online = rss_kib()
@@ -202,6 +201,7 @@ async def run_slice(spec: RunSpec, index: int, first: int, count: int, report, s
             report(snapshot())
     finally:
         online = fleet.online()
+        total, top = fleet.outbox_depths()
         lag_task.cancel()
         gc_task.cancel()
         collector.close()  # before the fleet stops: what it finds died while the fleet ran

@@ -76,3 +76,32 @@ def test_net_stats_count_sockets_open_for_the_worker_report():
         return during, after, stats.opened - stats.closed
 
     assert asyncio.run(main()) == (3, 1, 0)
+
+
+def test_fleet_census_counts_like_one_pass_but_lets_the_loop_run_between_chunks():
+    from types import SimpleNamespace as NS
+    from simulator.fleet import runner
+
+    fleet = runner.Fleet.__new__(runner.Fleet)
+    fleet.cabinets = {}
+    for i in range(3 * runner.CENSUS_CHUNK + 7):
+        app = None if i % 7 == 0 else NS(online=i % 3 != 0, outbox=[0] * (i % 11))
+        fleet.cabinets["cab-%d" % i] = NS(app=app)
+    ticks = []
+
+    async def main():
+        async def ticker():
+            while True:
+                ticks.append(1)
+                await asyncio.sleep(0)
+        t = asyncio.create_task(ticker())
+        await asyncio.sleep(0)
+        n0 = len(ticks)
+        got = await fleet.census()
+        t.cancel()
+        return got, len(ticks) - n0
+
+    (online, total, top), turns = asyncio.run(main())
+    assert (online, (total, top)) == (fleet.online(), fleet.outbox_depths())
+    assert online > 0 and total > 0 and top == 10
+    assert turns >= 3  # the ticker ran between the chunks

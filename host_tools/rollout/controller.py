@@ -120,7 +120,10 @@ class Rollout:
         self.fleet: dict[str, list] = {}    # device -> [fw, fw_slot, fw_trial, online, shard, seen]
         self._fleet_dirty: set = set()
         self.inbox: deque = deque()
-        self.last_get: dict[str, float] = {}
+        # (device, time) of each block served, from the paho threads: a deque, which they can
+        # append to while step() drains it (a dict they added to made step()'s walk over it fail
+        # with "dictionary changed size during iteration" in a 30,000-cabinet rollout)
+        self.gets: deque = deque()
         self.server = BlockServer([self.release], allow=self._may_fetch)
         self.feed: FleetSubscriber | None = None
         self.limiter: RateLimiter | None = None
@@ -245,7 +248,7 @@ class Rollout:
         if ans is None:
             return
         device, block = ans
-        self.last_get[device] = t
+        self.gets.append((device, t))
         # QoS 0 (docs/protocol.md "Firmware updates"): the cabinet asks again for a block that
         # does not come, so a PUBACK per block would be a second ack layer for nothing.
         self.feed.clients[shard].publish(block_topic(device), block, qos=0, retain=False)
@@ -326,11 +329,11 @@ class Rollout:
         # 2. what the fleet said (stamped with this step's time: a wave that ends in this step
         # starts the next one at the same instant, never before)
         self._drain(now)
-        for device, t in list(self.last_get.items()):
+        while self.gets:  # a block served is progress for a started cabinet
+            device, t = self.gets.popleft()
             c = self.cabs.get(device)
-            if c is not None and c.phase in ("started", "failed") and (c.last_progress or 0) < t:
-                if c.phase == "started":
-                    self._progress(c, t)
+            if c is not None and c.phase == "started" and (c.last_progress or 0) < t:
+                self._progress(c, t)
         # 3. timeouts
         started = failed = 0
         for c in self.cabs.values():

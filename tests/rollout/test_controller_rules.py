@@ -117,3 +117,58 @@ def test_controller_rules(broker, release_kit, fleet):
             assert status == "done"
     finally:
         ro.close()
+
+
+def test_blocks_served_by_the_paho_threads_while_a_step_runs(broker, release_kit):
+    """The update server answers gets on paho's threads while step() runs on another one: each
+    get is progress for its cabinet, also one that lands mid-step. (The walk over a dict those
+    threads added to failed once with "dictionary changed size during iteration" in a
+    30,000-cabinet rollout; they now append to a deque the step drains. That switch inside the
+    walk is not reproduced here on demand: the other thread's moments are forced at the
+    collector's callbacks, 20 gets at each, with a gen-0 threshold of 1.)"""
+    import gc
+    import json
+    ids = ["cab-%04d" % i for i in range(3000)]
+    clock = [1_800_000_000.0]
+    ro = Rollout(str(Path(tempfile.mkdtemp()) / "r.db"), release_kit["good"],
+                 Plan(canary=0, waves=[100], rate=1e9, halt_at=("count", 10 ** 6)),
+                 [BrokerOptions(broker.url)], devices=ids, clock=lambda: clock[0],
+                 discover_s=0.05, client_id="rules-%d" % next(_n)).start()
+    name = next(iter(ro.release.files))
+    payload = json.dumps({"v": 1, "ts": 1800000000, "release": ro.release.id, "file": name,
+                          "offset": 0, "len": 64}).encode()
+
+    def served(device, t):
+        ro._on_raw("aed/v1/%s/update/get" % device, payload, False, 0, t)
+
+    try:
+        for d in ids:
+            ro.inbox.append((d, "status", {"online": True, "fw": "0.1.0"}, 0))
+        ro.step()
+        assert ro.counts()["started"] == len(ids)
+        for d in ids[:2600]:  # more than CPython keeps spare 2-tuples for: a walk allocates
+            served(d, clock[0] + 1)
+        late = iter(ids[2600:])
+
+        def paho_thread(phase, info):
+            if phase == "start":
+                for d in itertools.islice(late, 20):
+                    served(d, clock[0] - 1)
+        clock[0] += 3
+        threshold = gc.get_threshold()
+        gc.callbacks.append(paho_thread)
+        gc.set_threshold(1, 1, 1)
+        try:
+            ro.step()
+        finally:
+            gc.set_threshold(*threshold)
+            gc.callbacks.remove(paho_thread)
+        rest = list(late)
+        assert len(rest) <= len(ids) - 2600 - 20, "no get landed during the step"
+        for d in rest:
+            served(d, clock[0] - 1)
+        ro.step()  # the gets that came after the walk are taken by the next step
+        assert all(ro.cabs[d].last_progress == clock[0] - 2 for d in ids[:2600])
+        assert all(ro.cabs[d].last_progress == clock[0] - 1 for d in ids[2600:])
+    finally:
+        ro.close()

@@ -105,3 +105,36 @@ def test_fleet_census_counts_like_one_pass_but_lets_the_loop_run_between_chunks(
     assert (online, (total, top)) == (fleet.online(), fleet.outbox_depths())
     assert online > 0 and total > 0 and top == 10
     assert turns >= 3  # the ticker ran between the chunks
+
+
+def test_a_reset_apps_parts_are_dropped_once_its_task_has_ended(monkeypatch):
+    # simulator/fleet/runner.py: a reset app's cycles (its parts hold its bound methods) are
+    # broken at once instead of waiting for a full collection, which never comes for an app
+    # from before the worker froze its heap
+    from simulator.fleet import runner
+    monkeypatch.setattr(runner, "DISPOSE_S", 0.05)
+
+    class App:
+        pass
+
+    async def main():
+        app = App()
+        app.cabinet = {"on_change": app}  # a part that refers back to the app
+        cleaned = []
+
+        async def run():
+            try:
+                await asyncio.sleep(10)
+            finally:
+                await asyncio.sleep(0.02)       # its own cleanup still uses the app
+                cleaned.append(app.cabinet["on_change"] is app)
+        task = asyncio.create_task(run())
+        await asyncio.sleep(0)
+        task.cancel()
+        runner._dispose_later(task, app)
+        await asyncio.sleep(0.04)               # task ended at ~0.02 s: parts still there
+        during = sorted(vars(app))
+        await asyncio.sleep(0.08)
+        return cleaned, during, sorted(vars(app))
+
+    assert asyncio.run(main()) == ([True], ["cabinet"], [])

@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import simulator  # noqa: F401
+from simulator.fleet import turntrace
 from simulator.fleet.loophealth import FleetCollector, FleetLoop, LagProbe
 
 FD_RESERVE = 64        # files a worker needs besides its cabinets' sockets
@@ -244,6 +245,7 @@ def _die_with_parent() -> None:
 
 def _worker_main(spec: RunSpec, index: int, first: int, count: int, conn) -> None:
     _die_with_parent()
+    turntrace.install_from_env()  # a diagnostic: AEDSIM_TURN_TRACE=<folder>, docs/scale.md
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent stops us, after its summary
     soft, hard = raise_nofile()
     if count + FD_RESERVE > soft:

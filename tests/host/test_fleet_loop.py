@@ -138,3 +138,41 @@ def test_a_reset_apps_parts_are_dropped_once_its_task_has_ended(monkeypatch):
         return cleaned, during, sorted(vars(app))
 
     assert asyncio.run(main()) == ([True], ["cabinet"], [])
+
+
+def test_turn_trace_names_the_work_of_a_long_turn(tmp_path):
+    # simulator/fleet/turntrace.py, what AEDSIM_TURN_TRACE turns on in fleet workers (it patches
+    # asyncio process-wide, so it runs in a child process here)
+    import json
+    import subprocess
+    import sys
+    script = """
+import asyncio, time
+from simulator.fleet import turntrace
+turntrace.install_from_env()
+
+async def busy_cabinet():
+    await asyncio.sleep(0.01)
+    end = time.perf_counter() + 0.08
+    while time.perf_counter() < end:
+        pass
+
+async def main():
+    for _ in range(20):
+        await asyncio.sleep(0.001)   # short turns: not written
+    await asyncio.gather(busy_cabinet(), asyncio.sleep(0.05))
+
+asyncio.run(main())
+"""
+    env = dict(__import__("os").environ, AEDSIM_TURN_TRACE=str(tmp_path))
+    subprocess.run([sys.executable, "-c", script], check=True, env=env, timeout=60)
+    files = list(tmp_path.glob("turns-*.jsonl"))
+    assert len(files) == 1
+    rows = [json.loads(line) for line in files[0].read_text().splitlines()]
+    assert len(rows) == 1, rows
+    turn = rows[0]
+    assert turn["ms"] >= 75 and 0 < turn["cpu_ms"] <= turn["ms"] + 5, turn  # (a shared core)
+    name, ms, n = turn["top"][0]
+    assert name == "test_turn_trace_names_the_work_of_a_long_turn.<locals>.busy_cabinet" or \
+        name.endswith("busy_cabinet"), turn
+    assert ms >= 75 and n == 1

@@ -20,7 +20,7 @@ class FleetLoop(asyncio.SelectorEventLoop):
     Here nothing is counted, so no rebuild happens: a cancelled timer leaves the heap when it
     reaches the top (as the stdlib also does), at its deadline. The firmware's timeouts are
     seconds long, so the heap holds at most a few thousand extra entries (`Handle.cancel`
-    has already dropped their callbacks); `tests/sim/test_fleet_loop.py` checks both."""
+    has already dropped their callbacks); `tests/host/test_fleet_loop.py` checks both."""
 
     def _timer_handle_cancelled(self, handle) -> None:
         pass

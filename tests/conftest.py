@@ -1,4 +1,5 @@
 import os
+import signal
 import sys
 
 # Imported up front: hypothesis' pytest plugin would otherwise import it lazily at the end of
@@ -13,6 +14,13 @@ sys.path.insert(0, str(FIRMWARE))
 sys.path.insert(0, str(ROOT / "tests" / "firmware"))
 
 pytest_plugins = ["tests.fixtures"]
+
+# Tests stop the CLIs they start (registry ingest, console) with SIGINT, as a user's Ctrl-C does.
+# A shell's background job (`make test &`, nohup) starts with SIGINT ignored, every child would
+# inherit that, and a Python child then never sees KeyboardInterrupt: those tests failed on
+# their timeouts. A handler here (not inherited across exec) gives each child the default back.
+if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 def pytest_terminal_summary(terminalreporter):

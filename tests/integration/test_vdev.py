@@ -220,9 +220,12 @@ def test_ctrl_c_sent_while_the_board_boots_is_never_lost(vdev_factory):
                        "    time.sleep_ms(50)\n"})
         with serial.Serial(v.path, 115200, timeout=0.2) as s:
             s.write(b"\r\x03")
-            read_until(s, b">>> ", timeout=5)
-            s.write(b"print(6 * 7)\r")
-            read_until(s, b"42", timeout=5)
+            try:
+                read_until(s, b">>> ", timeout=5)
+                s.write(b"print(6 * 7)\r")
+                read_until(s, b"42", timeout=5)
+            except AssertionError as e:  # what the board and the harness did, to tell why
+                raise AssertionError("boot %d: %s\nthe board's log:\n%s" % (i, e, v.log()[-3000:]))
         v.stop()
 
 

@@ -380,6 +380,11 @@ class VirtualDevice:
             if self._pending_reset == "off":  # switched off while it was being started: the
                 await self._kill()             # kill then found only the previous interpreter
             await self.proc.wait()
+            if self.proc.returncode == -signal.SIGINT and self._pending_reset is None:
+                # A board's UART keeps a Ctrl-C until code takes it; here one reached the unix
+                # port while SIGINT had its default action. Said, so the hole can be found.
+                self.log("the interpreter died of a Ctrl-C in phase %r (a harness hole: a board "
+                         "would have kept it)" % self._phase)
             self._accepting = False
             self._close_inner()
             if self._stopping:

@@ -283,6 +283,8 @@ class Rollout:
                     elif body.get("fw") == ver and c.phase == "started":
                         self._progress(c, now)   # on trial: on its way
             elif kind == "event" and c is not None:
+                if body.get("type") == "update_confirmed" and body.get("version") == f[0]:
+                    f[2] = 0  # no longer on trial, whether or not its next state came yet
                 self._event(c, body, now)
 
     def _event(self, c: Cab, ev: dict, now: float) -> None:

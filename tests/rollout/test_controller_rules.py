@@ -172,3 +172,27 @@ def test_blocks_served_by_the_paho_threads_while_a_step_runs(broker, release_kit
         assert all(ro.cabs[d].last_progress == clock[0] - 1 for d in ids[2600:])
     finally:
         ro.close()
+
+
+def test_a_confirmed_release_is_not_reported_on_trial_before_its_next_state(broker, release_kit):
+    # The cabinet's update_confirmed event can arrive after the last state it sent on trial: the
+    # versions report must not count it on trial then (a CLI test saw on_trial 1 after "done").
+    from host_tools.rollout.report import versions
+    clock = [1_800_000_000.0]
+    ro = Rollout(str(Path(tempfile.mkdtemp()) / "r.db"), release_kit["good"],
+                 Plan(canary=0, waves=[100], rate=1e9, halt_at=("count", 1)),
+                 [BrokerOptions(broker.url)], devices=["cab-01"], clock=lambda: clock[0],
+                 discover_s=0.05, client_id="rules-%d" % next(_n)).start()
+    ver = ro.release.version
+    try:
+        ro.inbox.append(("cab-01", "status", {"online": True, "fw": "0.1.0"}, 0))
+        ro.step()
+        ro.inbox.append(("cab-01", "state", {"fw": ver, "fw_slot": "b", "fw_trial": True}, 0))
+        ro.step()
+        assert versions(ro.store.db).rows == [(ver, 1, 1, 1, 100.0)]
+        ro.inbox.append(("cab-01", "event", {"type": "update_confirmed", "version": ver}, 0))
+        ro.step()
+        assert ro.counts()["done"] == 1
+        assert versions(ro.store.db).rows == [(ver, 1, 1, 0, 100.0)]
+    finally:
+        ro.close()

@@ -213,7 +213,7 @@ def build_parser() -> argparse.ArgumentParser:
                      help="print a progress line every few seconds instead of a live table")
     run.add_argument("--every", type=float, default=5.0, metavar="S", help="seconds between --plain lines")
     run.add_argument("--json", metavar="FILE", help="also write the end-of-run JSON summary here")
-    run.set_defaults(func=lambda a: asyncio.run(_run(a)))
+    run.set_defaults(func=_run_on_fleet_loop)
 
     demo = sub.add_parser("demo", help="a short scripted demo with an embedded broker",
                           description="Start an embedded broker and four cabinets, then play a short "
@@ -279,6 +279,14 @@ async def _scenario(args) -> int:
     except OSError as e:
         raise SimError("cannot reach broker %s: %s" % (args.broker, e.strerror or e))
     return 0
+
+
+def _run_on_fleet_loop(args) -> int:
+    """`aedsim run`: with --workers 1 the cabinets share this process's loop, so it is the fleet
+    workers' loop (loophealth.FleetLoop), not the stdlib's."""
+    from simulator.fleet.loophealth import FleetLoop
+    with asyncio.Runner(loop_factory=FleetLoop) as runner:
+        return runner.run(_run(args))
 
 
 def main(argv=None) -> int:

@@ -17,7 +17,6 @@ import contextlib
 import errno
 import io
 import os
-import threading
 import time
 from typing import Any, Callable
 
@@ -27,6 +26,10 @@ from host_tools.cli import CliError
 
 BAUD = 115200
 CHUNK = 512  # bytes per write command: larger saves round trips, the raw-paste window paces it
+_RAW_PROMPT = b"raw REPL; CTRL-B to exit\r\n>"
+FIRST_ANSWER_S = 1.0  # a running board is at its raw REPL well within this after Ctrl-C, Ctrl-A
+AGAIN_S = 2.0         # then they are sent again this often (a board that was restarting)
+QUIET_S = 0.3         # without a soft reboot: the board is done answering late copies
 
 
 class DeviceError(CliError):
@@ -36,18 +39,6 @@ class DeviceError(CliError):
 def _last_line(text: str) -> str:
     lines = [ln.strip() for ln in text.strip().splitlines() if ln.strip()]
     return lines[-1] if lines else text.strip()
-
-
-def _received(printed: str) -> bytes:
-    """What the device sent during a failed handshake: mpremote prints it as bytes reprs."""
-    got = b""
-    for line in printed.splitlines():
-        try:
-            value = ast.literal_eval(line.strip())
-        except (ValueError, SyntaxError):
-            value = line.encode()
-        got += value if isinstance(value, bytes) else str(value).encode()
-    return got
 
 
 def _diagnose_open(port: str) -> DeviceError:
@@ -105,31 +96,83 @@ class Device:
                 self.transport = SerialTransport(self.port, baudrate=BAUD, timeout=1)
         except TransportError:
             raise _diagnose_open(self.port) from None
-        # mpremote waits for its prompt; a device that keeps sending other data could hold it
-        # forever, so the handshake runs under a deadline of our own.
-        result: dict[str, Any] = {}
-        seen = io.StringIO()
-
-        def handshake() -> None:
-            try:
-                with contextlib.redirect_stdout(seen):
-                    self.transport.enter_raw_repl(soft_reset=self.soft_reset, timeout_overall=self.timeout)
-                result["ok"] = True
-            except Exception as e:  # TransportError, serial errors, a closed port
-                result["error"] = e
-
-        t = threading.Thread(target=handshake, daemon=True)
-        t.start()
-        t.join(self.timeout * 2 + 5)
-        if t.is_alive() or "ok" not in result:
-            answered = _received(seen.getvalue()) or (t.is_alive() and b"(a stream of data)")
+        try:
+            self._enter_raw_repl()
+        except DeviceError:
             self._abandon()
-            if answered:
-                shown = repr(answered[:40]) + ("…" if len(answered) > 40 else "")
-                raise DeviceError("%s answers, but not as MicroPython (no raw REPL prompt; got %s): "
-                                  "wrong port, or other firmware on the board?" % (self.port, shown))
-            raise DeviceError("no answer from %s within %gs: is the board powered and running "
-                              "MicroPython? press its reset button and try again" % (self.port, self.timeout))
+            raise
+
+    def _enter_raw_repl(self) -> None:
+        """Interrupt what runs, enter the raw REPL and (soft_reset) soft-reboot into it.
+
+        mpremote's own enter_raw_repl sends Ctrl-C and Ctrl-A once. A board that is restarting
+        loses them: the ESP32 empties its UART's receive FIFO when MicroPython starts
+        (uart_stdout_init() in ports/esp32/uart.c, docs/twin.md), ~0.3 s after a reset, and the
+        cabinet app then runs with nothing to stop it. So both are sent again until the raw
+        REPL answers, within `timeout`. A late copy of them only makes the board print the
+        prompt again before the soft reboot, which ends each copy's effect. A device that
+        sends a stream of other data cannot hold this past the deadline."""
+        ser = self.transport.serial
+        timeout = ser.timeout  # mpremote's own reads rely on it: put back afterwards
+        try:
+            self._handshake(ser)
+        except (OSError, serial.SerialException) as e:
+            raise DeviceError("lost %s while connecting: %s" % (self.port, _last_line(str(e)) or "port closed")) \
+                from None
+        finally:
+            ser.timeout = timeout
+        self.transport.in_raw_repl = True
+
+    def _handshake(self, ser: serial.Serial) -> None:
+        seen = bytearray()
+        deadline = time.monotonic() + self.timeout
+        wait = FIRST_ANSWER_S
+        while True:
+            ser.write(b"\r\x03")  # Ctrl-C: interrupt a running program
+            ser.write(b"\r\x01")  # Ctrl-A: the raw REPL
+            if self._read_until(_RAW_PROMPT, min(deadline, time.monotonic() + wait), seen):
+                break
+            if time.monotonic() >= deadline:
+                self._no_raw_repl(seen)
+            wait = AGAIN_S
+        deadline = time.monotonic() + self.timeout
+        if self.soft_reset:
+            ser.write(b"\x04")  # Ctrl-D at the raw prompt: soft reboot (boot.py runs, main.py not)
+            if not self._read_until(b"soft reboot\r\n", deadline, seen):
+                self._no_raw_repl(seen)
+        else:  # no reboot to end the copies: wait for the board to fall quiet, then ask again
+            self._read_until(None, deadline, seen, quiet=QUIET_S)
+            ser.write(b"\x01")
+        # The banner without its ">": mpremote's exec reads that as the prompt.
+        if not self._read_until(_RAW_PROMPT[:-1], deadline, seen):
+            self._no_raw_repl(seen)
+
+    def _read_until(self, ending: bytes | None, until: float, seen: bytearray, quiet: float | None = None) -> bool:
+        """Read into `seen` until it ends with `ending` (True), `until` passes or, with
+        `quiet`, nothing came for that long (False)."""
+        ser = self.transport.serial
+        start = len(seen)
+        last = time.monotonic()
+        while True:
+            now = time.monotonic()
+            if now >= until or (quiet is not None and now - last >= quiet):
+                return False
+            ser.timeout = min(0.05, until - now)
+            chunk = ser.read(1)  # a byte at a time: what follows `ending` stays for mpremote
+            if chunk:
+                seen += chunk
+                last = time.monotonic()
+                if ending and seen.endswith(ending) and len(seen) - start >= len(ending):
+                    return True
+
+    def _no_raw_repl(self, seen: bytearray) -> None:
+        got = bytes(seen).strip(b"\r\n>")
+        if got:
+            shown = repr(got[:40]) + ("…" if len(got) > 40 else "")
+            raise DeviceError("%s answers, but not as MicroPython (no raw REPL prompt; got %s): "
+                              "wrong port, or other firmware on the board?" % (self.port, shown))
+        raise DeviceError("no answer from %s within %gs: is the board powered and running "
+                          "MicroPython? press its reset button and try again" % (self.port, self.timeout))
 
     def _abandon(self) -> None:
         if self.transport is not None:

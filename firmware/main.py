@@ -19,9 +19,17 @@ try:
 
     asyncio.run(App(hw, flash).run())
 except KeyboardInterrupt:
-    hw.all_off()  # a technician at the REPL (Ctrl-C): stop here, outputs safe
-    if hw.wdt:
-        hw.wdt.hold_for_repl()
+    # A technician at the REPL (Ctrl-C): stop here, outputs safe. A second Ctrl-C (pressed
+    # twice; aedgate sends it again to a board that seems not to answer) must not cut this
+    # short: it would leave an output on, or the watchdog unfed at the REPL.
+    while True:
+        try:
+            hw.all_off()
+            if hw.wdt:
+                hw.wdt.hold_for_repl()
+            break
+        except KeyboardInterrupt:
+            pass
 except Exception as e:
     hw.all_off()
     upd = sys.modules.get("aedgate.update")  # loaded only by an offer; its Restart is not a fault

@@ -15,6 +15,9 @@ How it is put together:
   receive buffer (docs/twin.md): until the runtime's hello (then boot.py/main.py run and a
   Ctrl-C interrupts them), and from the end-of-boot marker until the REPL's prompt (the unix
   port would die of a Ctrl-C there). An mpremote that opens the port at once is served.
+  After a chip reset (not a soft reboot) host bytes are lost for `--chip-start-ms` before the
+  next interpreter starts, with what the old one had not read: the ESP32 empties its UART's
+  receive FIFO when MicroPython starts (docs/twin.md).
 - Ctrl-D at an empty prompt makes the unix port exit where a board soft-reboots. The harness
   writes `MPY: soft reboot\\r\\n`, starts a new interpreter, and — when the reboot came from the
   raw REPL, as with every `mpremote` command — runs boot.py only, hides the banner and puts the
@@ -102,6 +105,12 @@ DNS_FAULTS = ("ok", "slow", "dead")  # the resolver socket.getaddrinfo meets (sh
 # Datasheet, "Strapping Pins": internal weak pull-up on GPIO0, 5, 15, pull-down on 2, 12).
 STRAP_LEVELS = {0: 1, 2: 0, 5: 1, 12: 0, 15: 1}
 NTP_1900_TO_1970 = 2208988800
+# From a chip reset to MicroPython's start (ROM, second-stage bootloader, app start-up), where
+# uart_stdout_init() empties the UART's receive FIFO (ports/esp32/uart.c): what the host sends
+# meanwhile is lost. "Generally around 300 milliseconds" unoptimized, power-on to app_main
+# (Espressif, "ESP Chip Startup Time Optimization"). See docs/twin.md.
+CHIP_START_S = 0.3
+UP_AGAIN = "up again after the reset"  # logged when the restarted chip takes input again
 
 
 def _partial(buf: bytes, marker: bytes) -> int:
@@ -246,7 +255,7 @@ class VirtualDevice:
                  broker: str | None = None, flash_size: int = 2 * 1024 * 1024,
                  wifi_ssid: str | None = None, wifi_password: str | None = None,
                  heap: str | None = None, log: Callable[[str], None] | None = None,
-                 clock_drift_ppm: float = 20.0) -> None:
+                 clock_drift_ppm: float = 20.0, chip_start_s: float = CHIP_START_S) -> None:
         self._tmp = None
         if flash_dir is None:
             self._tmp = tempfile.TemporaryDirectory(prefix="vdev-flash-")
@@ -274,6 +283,8 @@ class VirtualDevice:
         self._tail = b""
         self._last = b""
         self._accepting = False      # the interpreter is up: host bytes go through
+        self._chip_starting = False  # a chip reset until MicroPython starts: host bytes are lost
+        self._lost = 0               # how many were lost in the current restart
         self._host_in = bytearray()  # host bytes waiting for the interpreter
         self._dev_in = bytearray()   # bytes being written to the interpreter
         self._host_out = bytearray()  # bytes waiting for the host to read
@@ -291,6 +302,7 @@ class VirtualDevice:
         self.boots = 0
         self.ota_running = "ota_0"  # the app partition the bootloader started (OTA, docs/twin.md)
         self.clock_drift_ppm = clock_drift_ppm
+        self.chip_start_s = chip_start_s
         self.clock = (time.time(), 0.0)  # host seconds, device seconds since 2000: power-on
         self.download_mode = False
 
@@ -376,6 +388,8 @@ class VirtualDevice:
                 if self.download_mode:
                     continue
                 self.ota_running = OTA.bootloader(str(self.flash_dir))  # rollback step included
+                if self.boots:  # (the first start is a board already running when its port appears)
+                    await self._chip_start()
             await self._spawn(run_main=mode != "raw", raw=mode == "raw")
             if self._pending_reset == "off":  # switched off while it was being started: the
                 await self._kill()             # kill then found only the previous interpreter
@@ -392,6 +406,11 @@ class VirtualDevice:
             kind, self._pending_reset = self._pending_reset, None
             if kind in ("hard", "wdt", "off", "deepsleep"):  # a chip reset ends the watchdog; a soft reboot does not
                 self._wdt_ms = 0
+                # ... and the UART: what the old interpreter did not read and what came since
+                # the reset is gone, and so is what comes until MicroPython starts again.
+                self._chip_starting = True
+                self._lost += len(self._host_in)
+                self._host_in.clear()
             if kind == "off":
                 cut = True
                 continue
@@ -408,6 +427,15 @@ class VirtualDevice:
                 self._to_host(b"MPY: soft reboot\r\n")
                 mode = "raw" if self._raw and kind is None else "soft"
                 self.reset_cause = SOFT_RESET  # main.c machine_deinit(): until the next hard reset
+
+    async def _chip_start(self) -> None:
+        """The chip's way from a reset to MicroPython: host input is lost meanwhile (_on_host)."""
+        self._chip_starting = True
+        await asyncio.sleep(self.chip_start_s)
+        self._chip_starting = False
+        lost, self._lost = self._lost, 0
+        self.log(UP_AGAIN + ("" if not lost else " (%d byte%s sent while the chip restarted: lost, as on a board)"
+                                                  % (lost, "" if lost == 1 else "s")))
 
     def _chip_reset(self) -> None:
         """A chip reset: every GPIO is an input with its strapping pull until boot.py drives it;
@@ -465,8 +493,8 @@ class VirtualDevice:
     def _close_inner(self) -> None:
         if self._inner_m is not None:
             self._drain_dev_output()
-            # Host bytes the old interpreter never read (sent while it was being reset) go to
-            # the next one: mpremote's Ctrl-C/Ctrl-A right after `mpremote reset` must not vanish.
+            # Host bytes the old interpreter never read go to the next one after a soft reboot
+            # (the UART's buffer outlives it); after a chip reset _supervise drops them.
             left = bytearray()
             try:
                 while select.select([self._inner_s], [], [], 0)[0]:
@@ -615,7 +643,10 @@ class VirtualDevice:
             data = os.read(self._outer_m, 65536)
         except OSError:
             return
-        if not self.world.power or not data:
+        if not data:
+            return
+        if not self.world.power or self._chip_starting:
+            self._lost += len(data)
             return
         self._host_in += data
         if self._accepting:
@@ -822,7 +853,10 @@ async def run(args) -> int:
     dev = VirtualDevice(args.flash_dir, args.device_id, broker=args.broker,
                         flash_size=parse_size(args.flash_size), wifi_ssid=args.wifi_ssid,
                         wifi_password=args.wifi_password, heap=args.heap,
-                        clock_drift_ppm=args.clock_drift_ppm)
+                        clock_drift_ppm=args.clock_drift_ppm, chip_start_s=args.chip_start_ms / 1000)
+    if not 0 <= args.chip_start_ms <= 60000:
+        print("aedsim vdev: --chip-start-ms must be 0 to 60000, not %g" % args.chip_start_ms, file=sys.stderr)
+        return 2
     try:
         await dev.start()
     except ValueError as e:
@@ -862,5 +896,9 @@ def add_arguments(p) -> None:
     p.add_argument("--wifi-ssid", metavar="S", help="only this SSID associates (default: any)")
     p.add_argument("--wifi-password", metavar="P", help="and only with this password")
     p.add_argument("--heap", metavar="SIZE", help="MicroPython heap size, e.g. 256k (default: the port's)")
+    p.add_argument("--chip-start-ms", type=float, default=CHIP_START_S * 1000, metavar="MS",
+                   help="time from a chip reset to MicroPython's start; what the host sends meanwhile "
+                        "is lost, as on a board (default %(default).0f ms; image validation or a slow "
+                        "flash make it longer)")
     p.add_argument("--clock-drift-ppm", type=float, default=20.0, metavar="PPM",
                    help="how fast the board's clock runs against real time (default 20 ppm, a crystal's)")

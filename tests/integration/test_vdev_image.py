@@ -5,7 +5,7 @@ is rolled back at the next reset when it is not marked valid — also when the a
 between set_boot() and the reset (docs/updates-install.md, docs/twin.md "OTA partitions")."""
 import hashlib
 
-from tests.integration.test_vdev import copy_firmware, mpremote, vdev_factory  # noqa: F401 (fixture)
+from tests.integration.test_vdev import copy_firmware, mpremote, reset, vdev_factory  # noqa: F401 (fixture)
 from tests.integration.test_vdev_ota import _power_cycle, _show
 
 BLOCK = 4096
@@ -70,19 +70,19 @@ def test_an_image_written_by_image_py_resumes_boots_on_trial_and_is_rolled_back(
     assert (v.dir / "ota_1.img").read_bytes()[:SIZE] == data
     assert _show(v.path) == ("ota_0", "ota_1", "MicroPython")  # set to boot, not yet running
     # The reset starts it on trial; nothing marks it valid; the next reset rolls it back.
-    assert mpremote(v.path, "reset").returncode == 0
+    reset(v)
     assert _show(v.path, resume=True) == ("ota_1", "ota_1", "4.0.0")
-    assert mpremote(v.path, "reset").returncode == 0
+    reset(v)
     assert _show(v.path, resume=True) == ("ota_0", "ota_0", "MicroPython")
     # The image is still there and good: finish again, reset, and this time the app (running
     # the new image, healthy) marks it valid: it stays through a reset and a power cycle.
     start, at, out = _run(v, 1000)
     assert start == SIZE and "FINISHED" in out, out
-    assert mpremote(v.path, "reset").returncode == 0
+    reset(v)
     r = mpremote(v.path, "resume", "exec", "import board\nhw, flash = board.setup()\nhw.all_off()\n"
                  "hw.image_valid()\nprint('OK')")
     assert "OK" in r.stdout, r.stdout + r.stderr
-    assert mpremote(v.path, "reset").returncode == 0
+    reset(v)
     assert _show(v.path, resume=True) == ("ota_1", "ota_1", "4.0.0")
     _power_cycle(v)
     assert _show(v.path) == ("ota_1", "ota_1", "4.0.0")

@@ -6,7 +6,7 @@ import time
 
 import serial
 
-from tests.integration.test_vdev import copy_firmware, mpremote, read_until, vdev_factory  # noqa: F401 (fixture)
+from tests.integration.test_vdev import copy_firmware, mpremote, read_until, reset, vdev_factory  # noqa: F401 (fixture)
 
 SHOW = ("from esp32 import Partition as P\n"
         "r = P(P.RUNNING); b = bytearray(32); r.readblocks(0, b)\n"
@@ -65,26 +65,26 @@ def test_partition_table_set_boot_and_rollback_when_not_marked_valid(vdev_factor
     assert _show(v.path) == ("ota_0", "ota_1", "MicroPython")
     # Reset: the bootloader starts ota_1, PENDING_VERIFY. Not marked valid, the next reset
     # aborts it and the factory app runs again.
-    assert mpremote(v.path, "reset").returncode == 0
+    reset(v)
     assert _show(v.path, resume=True) == ("ota_1", "ota_1", "2.0.0")
-    assert mpremote(v.path, "reset").returncode == 0
+    reset(v)
     assert _show(v.path, resume=True) == ("ota_0", "ota_0", "MicroPython")
     # Again, and this time marked valid: it stays through resets, a power cut and a restart
     # of the vdev on the same flash.
     r = mpremote(v.path, "exec", "from esp32 import Partition as P\nP('ota_1').set_boot()")
     assert r.returncode == 0, r.stderr
-    assert mpremote(v.path, "reset").returncode == 0
+    reset(v)
     r = mpremote(v.path, "resume", "exec",
                  "from esp32 import Partition as P\nP.mark_app_valid_cancel_rollback(); print('OK')")
     assert "OK" in r.stdout, r.stderr
-    assert mpremote(v.path, "reset").returncode == 0
+    reset(v)
     assert _show(v.path, resume=True) == ("ota_1", "ota_1", "2.0.0")
     _power_cycle(v)
     assert _show(v.path) == ("ota_1", "ota_1", "2.0.0")
     # A power cut while an update is on trial: the bootloader rolls it back.
     r = mpremote(v.path, "exec", "from esp32 import Partition as P\nP('ota_0').set_boot()")
     assert r.returncode == 0, r.stderr
-    assert mpremote(v.path, "reset").returncode == 0
+    reset(v)
     assert _show(v.path, resume=True) == ("ota_0", "ota_0", "MicroPython")
     _power_cycle(v)
     assert _show(v.path) == ("ota_1", "ota_1", "2.0.0")
@@ -124,7 +124,7 @@ def test_app_slot_on_the_vdev_boots_on_trial_and_a_crash_loop_reverts(vdev_facto
     consoles = []
     for _ in range(4):
         with serial.Serial(v.path, timeout=0.2) as port:
-            assert mpremote(v.path, "reset").returncode == 0
+            reset(v)
             consoles.append(read_until(port, b"event boot", timeout=60).decode(errors="replace"))
             time.sleep(1.0)
             consoles[-1] += port.read(port.in_waiting or 1).decode(errors="replace")
@@ -152,7 +152,7 @@ def test_the_app_online_keeps_a_new_image(vdev_factory, mosquitto, backend):  # 
     assert r.returncode == 0, r.stderr
     for _ in range(2):  # the new image's first boot, then one more reset: it stays
         with serial.Serial(v.path, timeout=0.2) as port:
-            assert mpremote(v.path, "reset").returncode == 0
+            reset(v)
             read_until(port, b"online:", timeout=60)
             time.sleep(1.0)
         assert _show(v.path) == ("ota_1", "ota_1", "3.0.0")

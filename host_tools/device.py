@@ -27,8 +27,8 @@ from host_tools.cli import CliError
 BAUD = 115200
 CHUNK = 512  # bytes per write command: larger saves round trips, the raw-paste window paces it
 _RAW_PROMPT = b"raw REPL; CTRL-B to exit\r\n>"
-FIRST_ANSWER_S = 1.0  # a running board is at its raw REPL well within this after Ctrl-C, Ctrl-A
-AGAIN_S = 2.0         # then they are sent again this often (a board that was restarting)
+FIRST_ANSWER_S = 0.5  # a running board is at its raw REPL well within this after Ctrl-C, Ctrl-A
+AGAIN_S = 1.0         # then they are sent again this often (a board that was restarting)
 QUIET_S = 0.3         # without a soft reboot: the board is done answering late copies
 
 

@@ -301,7 +301,6 @@ def ca_der(path: str) -> bytes:
 
 
 def provision(args: argparse.Namespace) -> dict[str, Any]:
-    t0 = time.monotonic()
     check_device(args.device_id)
     load_fleet_key(args.fleet_key)  # fail on a bad key file before touching the board
     parse_pins(args.pin)            # and on a pin the chip refuses
@@ -314,6 +313,9 @@ def provision(args: argparse.Namespace) -> dict[str, Any]:
     hint = ("the .mpy files do not fit either: remove files (mpremote rm) or use a board with a larger "
             "filesystem" if args.mpy else "remove files (mpremote rm) or use --mpy to ship smaller files")
     with Device(args.port, timeout=args.timeout, full_hint=hint) as dev:
+        # The time the summary gives is the board's work: connecting to a board that is just
+        # restarting (after a selftest) waits for it first.
+        t0 = time.monotonic()
         marker = dev.read_file(MARKER)
         if marker is not None:
             _say("note: a previous provisioning of this board did not finish (%s); finishing it now"

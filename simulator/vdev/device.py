@@ -285,6 +285,7 @@ class VirtualDevice:
         self._accepting = False      # the interpreter is up: host bytes go through
         self._chip_starting = False  # a chip reset until MicroPython starts: host bytes are lost
         self._lost = 0               # how many were lost in the current restart
+        self._press_due = False      # a Ctrl-C asked for again by the flash is on its way
         self._host_in = bytearray()  # host bytes waiting for the interpreter
         self._dev_in = bytearray()   # bytes being written to the interpreter
         self._host_out = bytearray()  # bytes waiting for the host to read
@@ -394,6 +395,10 @@ class VirtualDevice:
             if self._pending_reset == "off":  # switched off while it was being started: the
                 await self._kill()             # kill then found only the previous interpreter
             await self.proc.wait()
+            if self.proc.returncode == 1 and self._pending_reset is None:
+                self.log("the interpreter exited with status 1 in phase %r: sys.exit(1), or a second "
+                         "Ctrl-C before it had taken the first (ports/unix/unix_mphal.c; a board takes "
+                         "both)" % self._phase)
             if self.proc.returncode == -signal.SIGINT and self._pending_reset is None:
                 # A board's UART keeps a Ctrl-C until code takes it; here one reached the unix
                 # port while SIGINT had its default action. Said, so the hole can be found.
@@ -719,7 +724,9 @@ class VirtualDevice:
             self._deepsleep_ms = int(msg.get("ms") or 0)
             asyncio.ensure_future(self._kill())
         elif "intr" in msg:  # a Ctrl-C the interpreter could not take just now: again, soon
-            self.loop.call_later(0.002, self._press_again, self.proc)
+            if not self._press_due:  # once for requests that come together (see _press_again)
+                self._press_due = True
+                self.loop.call_later(0.002, self._press_again, self.proc)
         elif "sta" in msg:  # the Wi-Fi station's state: it outlives a soft reboot
             self._sta = msg["sta"]
         elif "wdt" in msg:
@@ -731,6 +738,10 @@ class VirtualDevice:
             self.clock = (float(msg["rtc"][0]), float(msg["rtc"][1]))
 
     def _press_again(self, proc) -> None:
+        # One press for requests that came together: the unix port exits when a second SIGINT
+        # comes before it has raised the first (ports/unix/unix_mphal.c sighandler); a board's
+        # UART interrupt just schedules the same KeyboardInterrupt again.
+        self._press_due = False
         # Only while the boot scripts of the interpreter that asked for it still run: once they
         # are over the harness holds host input (a Ctrl-C on the unix port's way to its REPL
         # would kill it), and at the REPL a late Ctrl-C would wipe the line being typed (a

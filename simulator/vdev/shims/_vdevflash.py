@@ -107,15 +107,21 @@ class BlockDevice:
     # -- the host file -------------------------------------------------------------------
     def _io(self, fn, pos, buf):
         # Everything that could see a pending Ctrl-C (a syscall, a jump) runs inside the try.
-        interrupted = False
+        # A Ctrl-C during on_interrupt asks again rather than repeating the operation; the
+        # harness presses once for requests that come together (a second Ctrl-C before the
+        # unix port took the first ends the interpreter: unix_mphal.c sighandler, exit(1)).
+        done = interrupted = False
         while True:
             try:
-                fn(pos, buf)
+                if not done:
+                    fn(pos, buf)  # repeated whole when interrupted: it is idempotent
+                    done = True
                 if interrupted and self.on_interrupt:
                     self.on_interrupt()
+                    interrupted = False
                 return
             except KeyboardInterrupt:
-                interrupted = True  # the operation is repeated whole: it is idempotent
+                interrupted = True
 
     def _read(self, pos, buf):
         self._f.seek(pos)

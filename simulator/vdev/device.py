@@ -111,6 +111,7 @@ NTP_1900_TO_1970 = 2208988800
 # (Espressif, "ESP Chip Startup Time Optimization"). See docs/twin.md.
 CHIP_START_S = 0.3
 UP_AGAIN = "up again after the reset"  # logged when the restarted chip takes input again
+CTRL_C_GAP_S = 0.05  # the interpreter gets what follows a Ctrl-C this much later (_flush_dev_in)
 
 
 def _partial(buf: bytes, marker: bytes) -> int:
@@ -286,6 +287,7 @@ class VirtualDevice:
         self._chip_starting = False  # a chip reset until MicroPython starts: host bytes are lost
         self._lost = 0               # how many were lost in the current restart
         self._press_due = False      # a Ctrl-C asked for again by the flash is on its way
+        self._paced: asyncio.TimerHandle | None = None  # the bytes after a Ctrl-C wait for it
         self._host_in = bytearray()  # host bytes waiting for the interpreter
         self._dev_in = bytearray()   # bytes being written to the interpreter
         self._host_out = bytearray()  # bytes waiting for the host to read
@@ -510,12 +512,15 @@ class VirtualDevice:
             except OSError:
                 pass
             os.close(self._inner_s)
-            self._host_in[:0] = left
+            self._host_in[:0] = left + self._dev_in  # (then what it was still to be given)
             self.loop.remove_reader(self._inner_m)
             self.loop.remove_writer(self._inner_m)
             os.close(self._inner_m)
             self._inner_m = None
             self._dev_in.clear()
+            if self._paced is not None:
+                self._paced.cancel()
+                self._paced = None
 
     # -- bytes: interpreter -> host ------------------------------------------------------------
     def _drain_dev_output(self) -> None:
@@ -666,14 +671,22 @@ class VirtualDevice:
         if _TRACE:
             _TRACE.write("H %r\n" % data); _TRACE.flush()
         self._dev_in += data
-        self._flush_dev_in()
+        if self._paced is None:
+            self._flush_dev_in()
 
     def _flush_dev_in(self) -> None:
+        # What follows a Ctrl-C goes CTRL_C_GAP_S later: the unix port exits when a second
+        # SIGINT comes before it has raised the first (ports/unix/unix_mphal.c sighandler), and
+        # `\x03\x03` (aedgate console --reset, a technician's double press) would bring both at
+        # once. A board's UART interrupt just schedules the same KeyboardInterrupt again.
+        self._paced = None
         if self._inner_m is None:
             return
         while self._dev_in:
+            cut = self._dev_in.find(b"\x03")
+            upto = 1024 if cut < 0 else min(1024, cut + 1)
             try:
-                n = os.write(self._inner_m, self._dev_in[:1024])
+                n = os.write(self._inner_m, self._dev_in[:upto])
             except BlockingIOError:
                 self.loop.add_writer(self._inner_m, self._flush_dev_in)
                 return
@@ -681,6 +694,10 @@ class VirtualDevice:
                 self._dev_in.clear()
                 break
             del self._dev_in[:n]
+            if n == cut + 1 and self._dev_in:
+                self.loop.remove_writer(self._inner_m)
+                self._paced = self.loop.call_later(CTRL_C_GAP_S, self._flush_dev_in)
+                return
         self.loop.remove_writer(self._inner_m)
 
     # -- the link to the shims -------------------------------------------------------------------

@@ -32,3 +32,34 @@ def test_requests_that_come_together_give_one_press_and_a_later_one_another():
     first, pressed = asyncio.run(main())
     assert first == [b"\x03"]
     assert pressed == [b"\x03", b"\x03"]
+
+
+def test_what_follows_a_ctrl_c_reaches_the_interpreter_a_little_later():
+    # `\x03\x03` (aedgate console --reset; a double press) must not bring two SIGINTs at once
+    import os
+    import time
+
+    from simulator.vdev.device import CTRL_C_GAP_S
+
+    async def main():
+        dev = VirtualDevice()
+        dev.loop = asyncio.get_running_loop()
+        r, w = os.pipe()
+        os.set_blocking(r, False)
+        dev._inner_m = w
+        got = []
+        dev.loop.add_reader(r, lambda: got.append((time.monotonic(), os.read(r, 100))))
+        dev._write_dev(b"\r\x03\x03\r\x01")
+        dev._write_dev(b"x")  # more input meanwhile keeps its place behind them
+        await asyncio.sleep(4 * CTRL_C_GAP_S)
+        dev.loop.remove_reader(r)
+        os.close(r)
+        os.close(w)
+        if dev._tmp:
+            dev._tmp.cleanup()
+        return got
+
+    got = asyncio.run(main())
+    assert b"".join(b for _, b in got) == b"\r\x03\x03\r\x01x"
+    assert [b for _, b in got] == [b"\r\x03", b"\x03", b"\r\x01x"]
+    assert got[1][0] - got[0][0] >= CTRL_C_GAP_S * 0.9 and got[2][0] - got[1][0] >= CTRL_C_GAP_S * 0.9

@@ -9,8 +9,10 @@ How it is put together:
                                                           └── loopback TCP link ── machine/network shims (simulator/vdev/shims)
 
 - The harness relays bytes between the two ptys. The interpreter's tty is raw (no `\\r\\r\\n`)
-  but keeps ISIG, so Ctrl-C from the host interrupts running code (main.py) exactly like a
-  board; lone `\\n` from the port is sent as `\\r\\n` as a board's UART would.
+  but keeps ISIG, so Ctrl-C from the host interrupts running code (main.py) like a board's:
+  the harness sends it as SIGINT once the interpreter waits in a system call, because the
+  unix port raises KeyboardInterrupt inside its signal handler, the ESP32 between bytecodes
+  (docs/twin.md); lone `\\n` from the port is sent as `\\r\\n` as a board's UART would.
 - Host bytes wait in the harness while no interpreter can take them, as in a board's UART
   receive buffer (docs/twin.md): until the runtime's hello (then boot.py/main.py run and a
   Ctrl-C interrupts them), and from the end-of-boot marker until the REPL's prompt (the unix
@@ -97,7 +99,25 @@ _READY = b"\x00vdev:ready\x00"
 _RAW_BANNER = b"raw REPL; CTRL-B to exit"
 _FRIENDLY_BANNER = b'Type "help()" for more information.'
 _OUT_LIMIT = 256 * 1024  # bytes kept for a host that is not reading (then the oldest go)
-_TRACE = open(os.environ["AEDSIM_VDEV_TRACE"], "a") if os.environ.get("AEDSIM_VDEV_TRACE") else None
+
+
+def _trace_file():
+    """AEDSIM_VDEV_TRACE=<file>, or <folder> (one file a vdev): bytes both ways, link messages,
+    phases, with times. For finding holes in the harness."""
+    where = os.environ.get("AEDSIM_VDEV_TRACE")
+    if not where:
+        return None
+    if os.path.isdir(where):
+        where = os.path.join(where, "vdev-%d.trace" % os.getpid())
+    return open(where, "a")
+
+
+_TRACE = _trace_file()
+
+
+def _trace(kind: str, what: Any) -> None:
+    _TRACE.write("%.3f %s %r\n" % (time.monotonic(), kind, what))
+    _TRACE.flush()
 WORLD_KEYS = ("door", "mains", "battery_mv", "temp_c", "power", "wifi", "button", "lock", "flash", "sntp",
               "dns", "temp_sensor", "adc_noise_mv")
 DNS_FAULTS = ("ok", "slow", "dead")  # the resolver socket.getaddrinfo meets (shims/socket.py)
@@ -112,6 +132,24 @@ NTP_1900_TO_1970 = 2208988800
 CHIP_START_S = 0.3
 UP_AGAIN = "up again after the reset"  # logged when the restarted chip takes input again
 CTRL_C_GAP_S = 0.05  # the interpreter gets what follows a Ctrl-C this much later (_flush_dev_in)
+SAFE_WAIT_S = 2.0    # a Ctrl-C waits at most this long for a safe moment (_interrupt_when_safe)
+# System calls in which the unix port's main thread holds none of its own locks: waiting for
+# input, a socket, a timer (poll, select, ppoll, pselect6, epoll_wait/_pwait, nanosleep,
+# clock_nanosleep, read, recvfrom). Not futex (a lock), not mmap/brk (malloc holds its lock).
+_SAFE_SYSCALLS = {"x86_64": {7, 23, 271, 270, 232, 281, 35, 230, 0, 45},
+                  "aarch64": {73, 72, 22, 101, 115, 63, 207}}.get(os.uname().machine)
+
+
+def _waits_safely(pid: int) -> bool:
+    """The process's main thread is in one of _SAFE_SYSCALLS (True where that cannot be told)."""
+    if _SAFE_SYSCALLS is None:
+        return True
+    try:
+        with open("/proc/%d/task/%d/syscall" % (pid, pid)) as f:
+            first = f.read().split(maxsplit=1)[0]
+    except (OSError, IndexError):
+        return True
+    return first.lstrip("-").isdigit() and int(first) in _SAFE_SYSCALLS
 
 
 def _partial(buf: bytes, marker: bytes) -> int:
@@ -288,10 +326,12 @@ class VirtualDevice:
         self._lost = 0               # how many were lost in the current restart
         self._press_due = False      # a Ctrl-C asked for again by the flash is on its way
         self._paced: asyncio.TimerHandle | None = None  # the bytes after a Ctrl-C wait for it
+        self._ctrl_c_waiting = False  # a Ctrl-C waits for a safe moment (_interrupt_when_safe)
         self._host_in = bytearray()  # host bytes waiting for the interpreter
         self._dev_in = bytearray()   # bytes being written to the interpreter
         self._host_out = bytearray()  # bytes waiting for the host to read
         self._inner_m: int | None = None
+        self._inner_s: int | None = None
         self._ctl: asyncio.StreamWriter | None = None
         self._wdt_ms = 0
         self._wdt_deadline = 0.0
@@ -397,6 +437,8 @@ class VirtualDevice:
             if self._pending_reset == "off":  # switched off while it was being started: the
                 await self._kill()             # kill then found only the previous interpreter
             await self.proc.wait()
+            if _TRACE:
+                _trace("S", ("ended", self.proc.pid, self.proc.returncode, self._pending_reset, self._phase))
             if self.proc.returncode == 1 and self._pending_reset is None:
                 self.log("the interpreter exited with status 1 in phase %r: sys.exit(1), or a second "
                          "Ctrl-C before it had taken the first (ports/unix/unix_mphal.c; a board takes "
@@ -495,6 +537,8 @@ class VirtualDevice:
             start_new_session=True, preexec_fn=controlling_tty)
         self._inner_s = s  # kept: what the interpreter did not read before it ended is recovered
         self.boots += 1
+        if _TRACE:
+            _trace("S", ("spawn", self.proc.pid, run_main, raw))
         self.loop.add_reader(m, self._on_dev)
 
     def _close_inner(self) -> None:
@@ -512,7 +556,10 @@ class VirtualDevice:
             except OSError:
                 pass
             os.close(self._inner_s)
-            self._host_in[:0] = left + self._dev_in  # (then what it was still to be given)
+            self._inner_s = None
+            # (then what it was still to be given, a Ctrl-C waiting for a safe moment first)
+            self._host_in[:0] = left + (b"\x03" if self._ctrl_c_waiting else b"") + self._dev_in
+            self._ctrl_c_waiting = False
             self.loop.remove_reader(self._inner_m)
             self.loop.remove_writer(self._inner_m)
             os.close(self._inner_m)
@@ -628,7 +675,7 @@ class VirtualDevice:
         if not data:
             return
         if _TRACE:
-            _TRACE.write("D %r\n" % data); _TRACE.flush()
+            _trace("D", data)
         self._host_out += data
         if len(self._host_out) > _OUT_LIMIT:  # nobody reading: a UART just loses the oldest
             del self._host_out[:len(self._host_out) - _OUT_LIMIT]
@@ -655,6 +702,8 @@ class VirtualDevice:
             return
         if not data:
             return
+        if _TRACE:
+            _trace("h", (data, self._phase, self._accepting, self._chip_starting))
         if not self.world.power or self._chip_starting:
             self._lost += len(data)
             return
@@ -669,22 +718,29 @@ class VirtualDevice:
 
     def _write_dev(self, data: bytes) -> None:
         if _TRACE:
-            _TRACE.write("H %r\n" % data); _TRACE.flush()
+            _trace("H", data)
         self._dev_in += data
         if self._paced is None:
             self._flush_dev_in()
 
     def _flush_dev_in(self) -> None:
-        # What follows a Ctrl-C goes CTRL_C_GAP_S later: the unix port exits when a second
-        # SIGINT comes before it has raised the first (ports/unix/unix_mphal.c sighandler), and
-        # `\x03\x03` (aedgate console --reset, a technician's double press) would bring both at
-        # once. A board's UART interrupt just schedules the same KeyboardInterrupt again.
+        # A Ctrl-C while the interpreter runs code (its tty has ISIG on) is not written as a
+        # byte but sent as a SIGINT when that is safe (_interrupt_when_safe), and what follows
+        # it goes CTRL_C_GAP_S later: the unix port exits when a second SIGINT comes before it
+        # has raised the first (ports/unix/unix_mphal.c sighandler), and `\x03\x03` (aedgate
+        # console --reset, a technician's double press) would bring both at once. At the REPL
+        # (ISIG off) it is a byte the REPL reads, as on a board.
         self._paced = None
         if self._inner_m is None:
             return
         while self._dev_in:
             cut = self._dev_in.find(b"\x03")
-            upto = 1024 if cut < 0 else min(1024, cut + 1)
+            if cut == 0 and self._isig():
+                del self._dev_in[:1]
+                self.loop.remove_writer(self._inner_m)
+                self._interrupt_when_safe(self.proc, self.loop.time())
+                return
+            upto = 1024 if cut < 0 else 1 if cut == 0 else min(1024, cut)  # a Ctrl-C goes alone
             try:
                 n = os.write(self._inner_m, self._dev_in[:upto])
             except BlockingIOError:
@@ -694,11 +750,47 @@ class VirtualDevice:
                 self._dev_in.clear()
                 break
             del self._dev_in[:n]
-            if n == cut + 1 and self._dev_in:
+            if cut == 0 and n == 1 and self._dev_in:
                 self.loop.remove_writer(self._inner_m)
                 self._paced = self.loop.call_later(CTRL_C_GAP_S, self._flush_dev_in)
                 return
         self.loop.remove_writer(self._inner_m)
+
+    def _isig(self) -> bool:
+        """The interpreter's tty turns Ctrl-C into SIGINT now (it runs code, not the REPL)."""
+        if self._inner_s is None:
+            return False
+        try:
+            return bool(termios.tcgetattr(self._inner_s)[3] & termios.ISIG)
+        except (OSError, termios.error):
+            return True
+
+    def _interrupt_when_safe(self, proc, since: float) -> None:
+        """SIGINT for a Ctrl-C, once the interpreter's main thread waits in a system call that
+        holds none of its locks. The unix port raises KeyboardInterrupt from inside the signal
+        handler (MICROPY_ASYNC_KBD_INTR, ports/unix/variants/mpconfigvariant_common.h): landing
+        while it interns a name (an import compiles) left its qstr mutex locked, and the next
+        import waited for ever; a full suite lost a selftest to it. The ESP32 raises
+        KeyboardInterrupt only between bytecodes (mp_sched_keyboard_interrupt). See docs/twin.md."""
+        self._paced = None
+        self._ctrl_c_waiting = False
+        if proc is not self.proc or proc is None or proc.returncode is not None or self._inner_m is None:
+            return  # that interpreter is gone: the Ctrl-C went with it, as a reset takes it
+        waited = self.loop.time() - since
+        if not _waits_safely(proc.pid) and waited < SAFE_WAIT_S:
+            self._ctrl_c_waiting = True
+            self._paced = self.loop.call_later(0.001, self._interrupt_when_safe, proc, since)
+            return
+        if waited >= SAFE_WAIT_S:
+            self.log("Ctrl-C sent while the interpreter computes (no system call in %.0f s): "
+                     "the unix port may hang where a board would not" % SAFE_WAIT_S)
+        if _TRACE:
+            _trace("S", ("sigint", proc.pid, round(waited, 4)))
+        try:
+            os.kill(proc.pid, signal.SIGINT)
+        except ProcessLookupError:
+            return
+        self._paced = self.loop.call_later(CTRL_C_GAP_S, self._flush_dev_in)
 
     # -- the link to the shims -------------------------------------------------------------------
     async def _on_ctl(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -722,6 +814,8 @@ class VirtualDevice:
             writer.close()
 
     def _on_shim(self, msg: dict[str, Any]) -> None:
+        if _TRACE:
+            _trace("C", (msg, self._phase, self._accepting))
         if "hello" in msg:
             # (the pty and this link are read apart: a hello read after the end-of-boot marker
             # is stale, and the prompt, not it, opens the input then)

@@ -63,3 +63,43 @@ def test_what_follows_a_ctrl_c_reaches_the_interpreter_a_little_later():
     assert b"".join(b for _, b in got) == b"\r\x03\x03\r\x01x"
     assert [b for _, b in got] == [b"\r\x03", b"\x03", b"\r\x01x"]
     assert got[1][0] - got[0][0] >= CTRL_C_GAP_S * 0.9 and got[2][0] - got[1][0] >= CTRL_C_GAP_S * 0.9
+
+
+def test_a_ctrl_c_for_running_code_waits_until_the_interpreter_waits_in_a_system_call():
+    # The unix port raises KeyboardInterrupt inside its SIGINT handler: landing while it holds
+    # its qstr mutex (an import compiling) left the mutex locked and the next import hung (a
+    # full suite lost a selftest to it). The harness sends the SIGINT when the main thread
+    # waits in a system call instead: here a child that computes for 0.4 s, then sleeps.
+    import sys
+
+    child = ("import signal, sys, time\n"
+             "got = []\n"
+             "signal.signal(signal.SIGINT, lambda *a: got.append(time.monotonic()))\n"
+             "print('ready', flush=True)\n"
+             "end = time.monotonic() + 0.4\n"
+             "while time.monotonic() < end:\n    pass\n"
+             "print('computed', time.monotonic(), flush=True)\n"
+             "time.sleep(1.0)\n"
+             "print('got', got[0] if got else None, flush=True)\n")
+
+    async def main():
+        dev = VirtualDevice()
+        dev.loop = asyncio.get_running_loop()
+        dev._inner_m = -1  # (an interpreter is running; nothing is written to it here)
+        proc = await asyncio.create_subprocess_exec(sys.executable, "-c", child, stdout=asyncio.subprocess.PIPE)
+        dev.proc = proc
+        assert (await proc.stdout.readline()).startswith(b"ready")
+        dev._interrupt_when_safe(proc, dev.loop.time())
+        computed = float((await proc.stdout.readline()).split()[1])
+        got = (await proc.stdout.readline()).split()[1]
+        dev._inner_m = None
+        if dev._paced:
+            dev._paced.cancel()
+        await proc.wait()
+        if dev._tmp:
+            dev._tmp.cleanup()
+        return computed, got
+
+    computed, got = asyncio.run(main())
+    assert got != b"None", "no SIGINT reached the child"
+    assert float(got) >= computed, (float(got), computed)  # not while it computed

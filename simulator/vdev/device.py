@@ -100,24 +100,6 @@ _RAW_BANNER = b"raw REPL; CTRL-B to exit"
 _FRIENDLY_BANNER = b'Type "help()" for more information.'
 _OUT_LIMIT = 256 * 1024  # bytes kept for a host that is not reading (then the oldest go)
 
-
-def _trace_file():
-    """AEDSIM_VDEV_TRACE=<file>, or <folder> (one file a vdev): bytes both ways, link messages,
-    phases, with times. For finding holes in the harness."""
-    where = os.environ.get("AEDSIM_VDEV_TRACE")
-    if not where:
-        return None
-    if os.path.isdir(where):
-        where = os.path.join(where, "vdev-%d.trace" % os.getpid())
-    return open(where, "a")
-
-
-_TRACE = _trace_file()
-
-
-def _trace(kind: str, what: Any) -> None:
-    _TRACE.write("%.3f %s %r\n" % (time.monotonic(), kind, what))
-    _TRACE.flush()
 WORLD_KEYS = ("door", "mains", "battery_mv", "temp_c", "power", "wifi", "button", "lock", "flash", "sntp",
               "dns", "temp_sensor", "adc_noise_mv")
 DNS_FAULTS = ("ok", "slow", "dead")  # the resolver socket.getaddrinfo meets (shims/socket.py)
@@ -150,6 +132,25 @@ def _waits_safely(pid: int) -> bool:
     except (OSError, IndexError):
         return True
     return first.lstrip("-").isdigit() and int(first) in _SAFE_SYSCALLS
+
+
+def _trace_file():
+    """AEDSIM_VDEV_TRACE=<file>, or <folder> (one file a vdev): bytes both ways, link messages,
+    phases, with times. For finding holes in the harness."""
+    where = os.environ.get("AEDSIM_VDEV_TRACE")
+    if not where:
+        return None
+    if os.path.isdir(where):
+        where = os.path.join(where, "vdev-%d.trace" % os.getpid())
+    return open(where, "a")
+
+
+_TRACE = _trace_file()
+
+
+def _trace(kind: str, what: Any) -> None:
+    _TRACE.write("%.3f %s %r\n" % (time.monotonic(), kind, what))
+    _TRACE.flush()
 
 
 def _partial(buf: bytes, marker: bytes) -> int:

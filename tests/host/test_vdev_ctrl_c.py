@@ -8,9 +8,9 @@ import asyncio
 from simulator.vdev.device import VirtualDevice
 
 
-def test_requests_that_come_together_give_one_press_and_a_later_one_another():
+def test_requests_that_come_together_give_one_press_and_a_later_one_another(tmp_path):
     async def main():
-        dev = VirtualDevice()
+        dev = VirtualDevice(tmp_path)  # (never started: its flash folder is the test's)
         dev.loop = asyncio.get_running_loop()
         dev.proc = object()  # the interpreter that asked
         dev._accepting, dev._phase = True, "boot"
@@ -25,8 +25,6 @@ def test_requests_that_come_together_give_one_press_and_a_later_one_another():
         dev._phase = "run"         # the boot scripts are over: no late Ctrl-C at the REPL
         dev._on_shim({"intr": 1})
         await asyncio.sleep(0.05)
-        if dev._tmp:
-            dev._tmp.cleanup()
         return first, pressed
 
     first, pressed = asyncio.run(main())
@@ -34,7 +32,7 @@ def test_requests_that_come_together_give_one_press_and_a_later_one_another():
     assert pressed == [b"\x03", b"\x03"]
 
 
-def test_what_follows_a_ctrl_c_reaches_the_interpreter_a_little_later():
+def test_what_follows_a_ctrl_c_reaches_the_interpreter_a_little_later(tmp_path):
     # `\x03\x03` (aedgate console --reset; a double press) must not bring two SIGINTs at once
     import os
     import time
@@ -42,7 +40,7 @@ def test_what_follows_a_ctrl_c_reaches_the_interpreter_a_little_later():
     from simulator.vdev.device import CTRL_C_GAP_S
 
     async def main():
-        dev = VirtualDevice()
+        dev = VirtualDevice(tmp_path)  # (never started: its flash folder is the test's)
         dev.loop = asyncio.get_running_loop()
         r, w = os.pipe()
         os.set_blocking(r, False)
@@ -55,8 +53,6 @@ def test_what_follows_a_ctrl_c_reaches_the_interpreter_a_little_later():
         dev.loop.remove_reader(r)
         os.close(r)
         os.close(w)
-        if dev._tmp:
-            dev._tmp.cleanup()
         return got
 
     got = asyncio.run(main())
@@ -65,7 +61,7 @@ def test_what_follows_a_ctrl_c_reaches_the_interpreter_a_little_later():
     assert got[1][0] - got[0][0] >= CTRL_C_GAP_S * 0.9 and got[2][0] - got[1][0] >= CTRL_C_GAP_S * 0.9
 
 
-def test_a_ctrl_c_for_running_code_waits_until_the_interpreter_waits_in_a_system_call():
+def test_a_ctrl_c_for_running_code_waits_until_the_interpreter_waits_in_a_system_call(tmp_path):
     # The unix port raises KeyboardInterrupt inside its SIGINT handler: landing while it holds
     # its qstr mutex (an import compiling) left the mutex locked and the next import hung (a
     # full suite lost a selftest to it). The harness sends the SIGINT when the main thread
@@ -83,7 +79,7 @@ def test_a_ctrl_c_for_running_code_waits_until_the_interpreter_waits_in_a_system
              "print('got', got[0] if got else None, flush=True)\n")
 
     async def main():
-        dev = VirtualDevice()
+        dev = VirtualDevice(tmp_path)  # (never started: its flash folder is the test's)
         dev.loop = asyncio.get_running_loop()
         dev._inner_m = -1  # (an interpreter is running; nothing is written to it here)
         proc = await asyncio.create_subprocess_exec(sys.executable, "-c", child, stdout=asyncio.subprocess.PIPE)
@@ -96,8 +92,6 @@ def test_a_ctrl_c_for_running_code_waits_until_the_interpreter_waits_in_a_system
         if dev._paced:
             dev._paced.cancel()
         await proc.wait()
-        if dev._tmp:
-            dev._tmp.cleanup()
         return computed, got
 
     computed, got = asyncio.run(main())
